@@ -1,0 +1,293 @@
+//! The core-mapping and limits config (`tuning/*.toml`).
+//!
+//! Parsed once on the main thread before any shard starts; shards get a
+//! read-only copy. Every key has a default (the embedded
+//! `tuning/default.toml`), unknown keys are errors, and validation errors
+//! name the field and the problem.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// The embedded default config, `tuning/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../tuning/default.toml");
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("config: {0}")]
+    Parse(String),
+    /// A value out of range or inconsistent with the host.
+    #[error("config: `{field}`: {problem}")]
+    Invalid {
+        /// Dotted field name, e.g. `shards.cpus`.
+        field: &'static str,
+        /// What is wrong, in plain words.
+        problem: String,
+    },
+}
+
+/// The whole config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Shards and the mesh.
+    #[serde(default)]
+    pub shards: ShardsConfig,
+    /// Per-connection and per-shard limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public listener address (port 0 picks a free port, shared by all shards).
+    pub listen: SocketAddr,
+    /// Accept backlog per shard listener.
+    pub backlog: u32,
+}
+
+/// Which CPUs run shards.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Cpus {
+    /// `"all"`: every CPU this process may run on.
+    All(String),
+    /// An explicit list.
+    List(Vec<usize>),
+}
+
+/// `[shards]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardsConfig {
+    /// CPUs, one shard each.
+    pub cpus: Cpus,
+    /// Virtual partitions.
+    pub partitions: u32,
+    /// Slots per SPSC ring.
+    pub ring_capacity: usize,
+    /// glommio preemption timer, µs.
+    pub preempt_timer_us: u64,
+    /// glommio DMA memory per executor, KiB.
+    pub io_memory_kib: usize,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest inbound message, bytes.
+    pub max_message_bytes: usize,
+    /// Connections per shard.
+    pub max_connections_per_shard: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions_per_connection: usize,
+    /// Outbound soft limit per connection, bytes.
+    pub outbound_soft_bytes: usize,
+    /// Outbound hard limit per connection, bytes.
+    pub outbound_hard_bytes: usize,
+    /// Topics owned per shard.
+    pub max_topics_per_shard: usize,
+    /// Upgrade deadline, ms.
+    pub handshake_timeout_ms: u64,
+}
+
+/// The embedded default, parsed. Every section's `Default` comes from here,
+/// so the file is the single source of default values.
+fn embedded() -> Config {
+    toml::from_str::<EmbeddedDefault>(DEFAULT_TOML)
+        .map(|d| Config { server: d.server, shards: d.shards, limits: d.limits })
+        // Invariant: the embedded file is tested to parse (tests below).
+        .expect("embedded tuning/default.toml parses")
+}
+
+/// The embedded file must spell out every key (no defaults to fall back on).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddedDefault {
+    server: ServerConfig,
+    shards: ShardsConfig,
+    limits: Limits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), backlog: 4096 }
+    }
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        Self {
+            cpus: Cpus::All("all".into()),
+            partitions: 1024,
+            ring_capacity: 8192,
+            preempt_timer_us: 500,
+            io_memory_kib: 64,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            max_connections_per_shard: 200_000,
+            max_subscriptions_per_connection: 1024,
+            outbound_soft_bytes: 1 << 20,
+            outbound_hard_bytes: 4 << 20,
+            max_topics_per_shard: 1_000_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        embedded()
+    }
+}
+
+impl Config {
+    /// Parses and validates a config from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks ranges and consistency (not the host: see [`Config::shard_cpus`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        if let Cpus::All(s) = &self.shards.cpus {
+            if s != "all" {
+                return invalid("shards.cpus", "must be \"all\" or a list of CPU ids like [0, 1]");
+            }
+        }
+        if let Cpus::List(list) = &self.shards.cpus {
+            if list.is_empty() {
+                return invalid("shards.cpus", "the list is empty: name at least one CPU");
+            }
+            let mut sorted = list.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != list.len() {
+                return invalid("shards.cpus", "a CPU is listed twice");
+            }
+        }
+        if self.server.backlog == 0 {
+            return invalid("server.backlog", "must be at least 1");
+        }
+        if self.shards.partitions == 0 {
+            return invalid("shards.partitions", "must be at least 1");
+        }
+        if self.shards.ring_capacity < 2 * crate::mesh::ring::CONTROL_RESERVE {
+            return invalid("shards.ring_capacity", "must be at least 128 (64 slots are kept for control traffic)");
+        }
+        if !(10..=100_000).contains(&self.shards.preempt_timer_us) {
+            return invalid("shards.preempt_timer_us", "must be between 10 and 100000");
+        }
+        let l = &self.limits;
+        if !(128..=16 << 20).contains(&l.max_message_bytes) {
+            return invalid("limits.max_message_bytes", "must be between 128 and 16777216");
+        }
+        if l.max_connections_per_shard == 0 {
+            return invalid("limits.max_connections_per_shard", "must be at least 1");
+        }
+        if l.max_subscriptions_per_connection == 0 {
+            return invalid("limits.max_subscriptions_per_connection", "must be at least 1");
+        }
+        if l.outbound_soft_bytes == 0 || l.outbound_hard_bytes < l.outbound_soft_bytes {
+            return invalid("limits.outbound_hard_bytes", "must be at least outbound_soft_bytes, which must be positive");
+        }
+        if l.outbound_hard_bytes < l.max_message_bytes + 1024 {
+            return invalid("limits.outbound_hard_bytes", "must exceed max_message_bytes by at least 1024");
+        }
+        if l.max_topics_per_shard == 0 {
+            return invalid("limits.max_topics_per_shard", "must be at least 1");
+        }
+        if l.handshake_timeout_ms == 0 {
+            return invalid("limits.handshake_timeout_ms", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The CPUs shards run on, checked against the CPUs this process may use.
+    pub fn shard_cpus(&self) -> Result<Vec<usize>, ConfigError> {
+        let online: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        match &self.shards.cpus {
+            Cpus::All(_) if online.is_empty() => Err(ConfigError::Invalid {
+                field: "shards.cpus",
+                problem: "cannot read this process's CPU set; list the CPUs explicitly".into(),
+            }),
+            Cpus::All(_) => Ok(online),
+            Cpus::List(list) => match list.iter().find(|c| !online.contains(c)) {
+                Some(c) => Err(ConfigError::Invalid {
+                    field: "shards.cpus",
+                    problem: format!("CPU {c} is not available to this process (available: {online:?})"),
+                }),
+                None => Ok(list.clone()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_matches_defaults() {
+        let cfg = Config::from_toml(DEFAULT_TOML).unwrap();
+        let empty = Config::from_toml("").unwrap();
+        assert_eq!(format!("{cfg:?}"), format!("{empty:?}"), "section defaults equal the file");
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.server.backlog, 4096);
+        assert_eq!(cfg.shards.cpus, Cpus::All("all".into()));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+        assert!(err("[shards]\ncpus = []").contains("`shards.cpus`"));
+        assert!(err("[shards]\ncpus = [0, 0]").contains("listed twice"));
+        assert!(err("[shards]\ncpus = \"some\"").contains("`shards.cpus`"));
+        assert!(err("[shards]\npartitions = 0").contains("`shards.partitions`"));
+        assert!(err("[limits]\noutbound_soft_bytes = 10\noutbound_hard_bytes = 5").contains("outbound_hard_bytes"));
+        assert!(err("[server]\nlisten = \"nope\"").contains("listen"));
+        assert!(err("[server]\nbogus = 1").contains("bogus"));
+    }
+
+    #[test]
+    fn unavailable_cpu_is_named() {
+        let cfg = Config::from_toml("[shards]\ncpus = [0, 4096]").unwrap();
+        let e = cfg.shard_cpus().unwrap_err().to_string();
+        assert!(e.contains("CPU 4096 is not available"), "{e}");
+    }
+}

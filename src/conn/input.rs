@@ -1,0 +1,183 @@
+//! Inbound bytes → protocol actions, for one connection at a time.
+//!
+//! Called by the connection's I/O task with bytes it just read into the
+//! shard-wide read buffer. Complete frames are handled in place; only an
+//! unfinished request head or frame is copied into the connection's own
+//! `inbuf`. Nothing here panics on any input: a bad byte stream gets a close
+//! code, a bad command gets an `error` reply.
+
+use std::time::Instant;
+
+use crate::conn::Phase;
+use crate::mesh::{ConnRef, MeshMsg, PublishReq};
+use crate::proto::frame::{self, CloseCode, Decoded, ServerOp};
+use crate::proto::handshake::{self, HandshakeOutcome};
+use crate::proto::message::{self, Command, ErrorCode};
+use crate::shard::core::{ShardCore, OVERLOADED_RETRY_MS};
+use crate::topic::name;
+
+impl ShardCore {
+    /// Handles bytes read from connection `idx`.
+    pub fn on_bytes(&mut self, idx: usize, data: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(idx) else { return };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        if conn.inbuf.is_empty() {
+            let used = self.process(idx, data);
+            self.keep_unused(idx, &data[used..]);
+        } else {
+            let mut buf = std::mem::take(&mut conn.inbuf);
+            buf.extend_from_slice(data);
+            let used = self.process(idx, &mut buf);
+            buf.drain(..used);
+            if let Some(conn) = self.conns.get_mut(idx) {
+                if buf.capacity() > 4 * buf.len().max(1024) {
+                    buf.shrink_to_fit();
+                }
+                conn.inbuf = buf;
+            }
+        }
+    }
+
+    fn keep_unused(&mut self, idx: usize, rest: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(idx) {
+            if !rest.is_empty() && conn.phase != Phase::Closing {
+                conn.inbuf.extend_from_slice(rest);
+            }
+        }
+    }
+
+    /// Handles as much of `buf` as forms complete units; returns bytes used.
+    fn process(&mut self, idx: usize, buf: &mut [u8]) -> usize {
+        let mut used = 0;
+        if self.conns[idx].phase == Phase::Handshake {
+            match handshake::parse(buf, self.id) {
+                HandshakeOutcome::Incomplete => return 0,
+                HandshakeOutcome::Upgrade { response, head_len } => {
+                    let conn = &mut self.conns[idx];
+                    conn.out.push_control(usize::MAX, |o| o.extend_from_slice(&response));
+                    conn.phase = Phase::Open;
+                    conn.wake();
+                    self.counters.handshakes += 1;
+                    used = head_len;
+                }
+                HandshakeOutcome::Http(req) => {
+                    self.counters.http_requests += 1;
+                    let body = format!("no route for {} {}\n", req.method, req.path);
+                    let resp = handshake::response(404, "Not Found", "Connection: close\r\n", "text/plain", body.as_bytes());
+                    self.close_http(idx, &resp);
+                    return buf.len();
+                }
+                HandshakeOutcome::Reject(status, reason) => {
+                    self.counters.handshakes_failed += 1;
+                    self.close_http(idx, &handshake::reject_response(status, reason));
+                    return buf.len();
+                }
+            }
+        }
+        self.process_frames(idx, &mut buf[used..]) + used
+    }
+
+    fn process_frames(&mut self, idx: usize, buf: &mut [u8]) -> usize {
+        let max = self.limits.max_message_bytes;
+        let mut asm = std::mem::take(&mut self.conns[idx].asm);
+        let mut used = 0;
+        loop {
+            match asm.decode(&mut buf[used..], max) {
+                Ok(None) => break,
+                Ok(Some((n, event))) => {
+                    used += n;
+                    if let Some(event) = event {
+                        self.on_event(idx, event);
+                    }
+                }
+                Err(e) => {
+                    self.counters.protocol_errors += 1;
+                    self.close(idx, e.code, e.reason);
+                    used = buf.len();
+                }
+            }
+            if self.conns.get(idx).is_none_or(|c| c.phase == Phase::Closing) {
+                break;
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(idx) {
+            conn.asm = asm;
+        }
+        used
+    }
+
+    fn on_event(&mut self, idx: usize, event: Decoded<'_>) {
+        match event {
+            Decoded::Text(text) => {
+                self.counters.commands += 1;
+                match message::parse_command(text) {
+                    Ok(cmd) => self.on_command(idx, cmd),
+                    Err(e) => self.reply_error(idx, e.id, e.code, &e.message, None),
+                }
+            }
+            Decoded::Binary => {
+                self.reply_error(idx, None, ErrorCode::BadRequest, "binary frames are not accepted; send JSON text", None)
+            }
+            Decoded::Ping(payload) => self.reply(idx, |o| frame::write_frame(ServerOp::Pong, payload, o)),
+            Decoded::Pong => {}
+            Decoded::Close(code) => {
+                let echo = code.map_or(CloseCode::NORMAL, CloseCode);
+                self.close(idx, echo, "");
+            }
+        }
+    }
+
+    fn on_command(&mut self, idx: usize, cmd: Command<'_>) {
+        let gen = self.conns[idx].gen;
+        let conn = ConnRef { idx: idx as u32, gen };
+        match cmd {
+            Command::Ping { id } => self.reply(idx, |o| message::pong(o, id)),
+            Command::Sub { id, topic, since } => {
+                if let Err(e) = name::validate(&topic) {
+                    return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+                }
+                let c = &mut self.conns[idx];
+                let held = c.subs.len() + c.pending_subs as usize;
+                if held >= self.limits.max_subscriptions_per_connection && c.sub_index(&topic).is_none() {
+                    let msg = format!("at most {} subscriptions per connection", self.limits.max_subscriptions_per_connection);
+                    return self.reply_error(idx, id, ErrorCode::TooManySubscriptions, &msg, None);
+                }
+                c.pending_subs += 1;
+                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since };
+                self.route_to_owner(msg);
+            }
+            Command::Unsub { id, topic } => {
+                if let Err(e) = name::validate(&topic) {
+                    return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+                }
+                self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
+            }
+            Command::Pub { id, topic, data, msg_id, prio } => {
+                if let Err(e) = name::validate(&topic) {
+                    return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+                }
+                let owner = self.map.owner(&topic);
+                if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
+                    if let Some(o) = self.outboxes[owner].as_mut() {
+                        o.note_full();
+                    }
+                    *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
+                    let msg = "engine overloaded (mesh ring full); retry later";
+                    return self.reply_error(idx, id, ErrorCode::Overloaded, msg, Some(OVERLOADED_RETRY_MS));
+                }
+                let req = PublishReq {
+                    conn,
+                    id,
+                    topic: topic.into(),
+                    data: data.get().into(),
+                    msg_id: msg_id.map(Into::into),
+                    prio,
+                    received_at: Instant::now(),
+                };
+                self.route_to_owner(MeshMsg::Publish(Box::new(req)));
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The I/O tasks of the connection plane (the only glommio code in `conn/`).
+//!
+//! One accept task per shard, and one small task per connection that is a
+//! single `poll_fn` state machine: read whatever is there into the
+//! shard-wide read buffer and hand it to the shard core, then write whatever
+//! is queued in one `send`, then sleep until the socket or a fanout wakes it.
+//! No per-connection read buffer, no large future: a task's state is the
+//! stream, two optional timers and a flag.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::future::poll_fn;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::Timer;
+
+use crate::conn::Phase;
+use crate::mesh::ConnRef;
+use crate::proto::handshake;
+use crate::shard::ShardCtx;
+
+/// Most bytes handed to one `send`.
+pub const WRITE_CHUNK: usize = 64 * 1024;
+/// Reads per poll before yielding to other connections (fairness).
+const READ_ROUNDS: usize = 4;
+/// How long a closing connection may take to flush and see the peer's FIN.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Accepts connections until the shard stops.
+pub async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                if ctx.stopping.get() {
+                    return;
+                }
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                Timer::new(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if ctx.stopping.get() {
+            return;
+        }
+        let accepted = ctx.core.borrow_mut().accept(Instant::now());
+        match accepted {
+            Some(r) => {
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(serve(ctx.clone(), stream, r)).detach();
+            }
+            None => {
+                glommio::spawn_local(refuse(stream)).detach();
+            }
+        }
+    }
+}
+
+/// Answers 503 to a connection over the limit and closes it.
+async fn refuse(mut stream: TcpStream) {
+    let resp = handshake::reject_response(503, "Service Unavailable");
+    let _ = stream.write_all(&resp).await;
+    let _ = stream.close().await;
+}
+
+/// Per-connection task state kept between polls.
+struct Task {
+    idx: usize,
+    stream: TcpStream,
+    /// Until the upgrade completes.
+    handshake_timer: Option<Timer>,
+    /// Once closing: the bound on flushing and waiting for the peer's FIN.
+    linger: Option<Timer>,
+    /// The write side was shut down after the last byte was sent.
+    shut: bool,
+}
+
+/// Runs one connection to its end, then forgets it in the shard core.
+async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, r: ConnRef) {
+    let timeout = Duration::from_millis(ctx.core.borrow().limits.handshake_timeout_ms);
+    let mut task = Task {
+        idx: r.idx as usize,
+        stream,
+        handshake_timer: Some(Timer::new(timeout)),
+        linger: None,
+        shut: false,
+    };
+    poll_fn(|cx| task.poll(&ctx, cx)).await;
+    ctx.core.borrow_mut().remove(task.idx);
+}
+
+impl Task {
+    fn poll(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        if self.read(ctx, cx).is_ready() || self.write(ctx, cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let phase = {
+            let mut core = ctx.core.borrow_mut();
+            let Some(conn) = core.conns.get_mut(self.idx) else { return Poll::Ready(()) };
+            if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                conn.waker = Some(cx.waker().clone());
+            }
+            conn.phase
+        };
+        match phase {
+            Phase::Handshake => self.poll_handshake_deadline(ctx, cx),
+            Phase::Open => {
+                self.handshake_timer = None;
+                Poll::Pending
+            }
+            Phase::Closing => self.poll_closing(ctx, cx),
+        }
+    }
+
+    /// Reads what is there; Ready when the socket is finished.
+    fn read(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..READ_ROUNDS {
+            let mut rbuf = ctx.rbuf.borrow_mut();
+            match Pin::new(&mut self.stream).poll_read(cx, &mut rbuf[..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => ctx.core.borrow_mut().on_bytes(self.idx, &mut rbuf[..n]),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // More may be waiting: let other connections run first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes what is queued, one `send` per chunk; Ready on a socket error.
+    fn write(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        let mut core = ctx.core.borrow_mut();
+        let Some(conn) = core.conns.get_mut(self.idx) else { return Poll::Ready(()) };
+        loop {
+            if !conn.out.pending().is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, conn.out.pending()) {
+                    Poll::Ready(Ok(n)) => conn.out.advance_pending(n),
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            let mut wbuf = ctx.wbuf.borrow_mut();
+            wbuf.clear();
+            conn.out.fill(&mut wbuf, WRITE_CHUNK);
+            if wbuf.is_empty() {
+                return Poll::Pending;
+            }
+            match Pin::new(&mut self.stream).poll_write(cx, &wbuf) {
+                Poll::Ready(Ok(n)) => conn.out.keep_unsent(&wbuf[n..]),
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => {
+                    conn.out.keep_unsent(&wbuf);
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn poll_handshake_deadline(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(timer) = self.handshake_timer.as_mut() else { return Poll::Pending };
+        if Pin::new(timer).poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.handshake_timer = None;
+        let mut core = ctx.core.borrow_mut();
+        core.counters.handshake_timeouts += 1;
+        core.close_http(self.idx, &handshake::reject_response(408, "Request Timeout"));
+        drop(core);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Flush, shut down the write side, wait for the peer's FIN, all within
+    /// the linger bound.
+    fn poll_closing(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        let linger = self.linger.get_or_insert_with(|| Timer::new(CLOSE_LINGER));
+        if Pin::new(linger).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let flushed = ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.out.is_empty());
+        if flushed && !self.shut {
+            self.shut = true;
+            // The whole reply is out; FIN tells the peer, and reading on
+            // until its FIN avoids a RST that could destroy the close frame.
+            let _ = socket_shutdown_write(&self.stream);
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+fn socket_shutdown_write(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a socket fd we own; no memory is passed.
+    let rc = unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

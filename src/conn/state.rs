@@ -1,0 +1,90 @@
+//! One connection's state, as held in its shard's slab.
+//!
+//! Kept small on purpose (an idle subscribed socket should cost well under
+//! 2 KiB of server memory in all): no read buffer while idle (`inbuf` holds
+//! only an unfinished frame), outbound lanes of shared handles, and
+//! subscriptions as (topic, position) pairs.
+
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+use super::outbound::Outbound;
+use crate::proto::MessageAssembler;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head.
+    Handshake,
+    /// WebSocket open.
+    Open,
+    /// A close (or final HTTP response) is queued; flush it, shut down,
+    /// and ignore further input.
+    Closing,
+}
+
+/// One subscription of a connection.
+#[derive(Debug)]
+pub struct Sub {
+    /// The topic (the same `Arc` as the shard's local index key).
+    pub topic: Arc<str>,
+    /// This connection's position in the topic's local subscriber list.
+    pub pos: u32,
+}
+
+/// A connection's state.
+#[derive(Debug)]
+pub struct Conn {
+    /// Slot generation (see `ConnRef`).
+    pub gen: u32,
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// Bytes of an unfinished request head or frame. Empty when idle.
+    pub inbuf: Vec<u8>,
+    /// Fragment reassembly state.
+    pub asm: MessageAssembler,
+    /// Outbound lanes.
+    pub out: Outbound,
+    /// Live subscriptions.
+    pub subs: Vec<Sub>,
+    /// `sub` commands sent to an owner and not answered yet (counted
+    /// against the subscription limit).
+    pub pending_subs: u32,
+    /// Wakes the connection's task when something is queued.
+    pub waker: Option<Waker>,
+    /// When the connection was accepted (handshake deadline).
+    pub accepted_at: Instant,
+    /// The close code sent, once closing (for metrics).
+    pub close_code: Option<u16>,
+}
+
+impl Conn {
+    /// A fresh connection in the handshake phase.
+    pub fn new(gen: u32, now: Instant) -> Self {
+        Self {
+            gen,
+            phase: Phase::Handshake,
+            inbuf: Vec::new(),
+            asm: MessageAssembler::default(),
+            out: Outbound::default(),
+            subs: Vec::new(),
+            pending_subs: 0,
+            waker: None,
+            accepted_at: now,
+            close_code: None,
+        }
+    }
+
+    /// Index of the subscription to `topic`, if any.
+    pub fn sub_index(&self, topic: &str) -> Option<usize> {
+        self.subs.iter().position(|s| &*s.topic == topic)
+    }
+
+    /// Wakes the connection's task (to write what was queued).
+    pub fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The `shardcast` binary: `shardcast serve [--config FILE]`.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use crossbeam_channel::select;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A thread-per-core WebSocket fanout engine.
+#[derive(Parser)]
+#[command(name = "shardcast", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: one pinned shard per CPU of the core map.
+    Serve(ServeArgs),
+    /// Print the embedded default config (a starting point for --config).
+    DefaultConfig,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Core-mapping and limits config (TOML). Without it the embedded
+    /// default applies: every CPU, 127.0.0.1:8080.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<String>,
+    /// Override `server.listen` (e.g. 127.0.0.1:9000).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Override `shards.cpus` with a comma-separated list (e.g. 0,1).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shardcast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::DefaultConfig => {
+            print!("{}", shardcast::config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = match &args.config {
+        Some(path) => shardcast::Config::from_file(path)?,
+        None => shardcast::Config::default(),
+    };
+    if let Some(addr) = args.listen {
+        cfg.server.listen = addr;
+    }
+    if let Some(cpus) = args.cpus {
+        cfg.shards.cpus = shardcast::config::Cpus::List(cpus);
+    }
+    let server = shardcast::start(cfg).context("starting the engine")?;
+    tracing::info!(addr = %server.local_addr(), shards = server.shards(), "shardcast serving WebSocket at ws://{}/ws", server.local_addr());
+
+    let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            if sig_tx.send(sig).is_err() {
+                break;
+            }
+        }
+    })?;
+
+    select! {
+        recv(sig_rx) -> sig => {
+            tracing::info!(signal = ?sig.ok(), "stopping");
+            server.shutdown();
+            Ok(ExitCode::SUCCESS)
+        }
+        recv(server.exits()) -> exit => {
+            // A shard ended on its own: the process cannot serve its share
+            // of connections and partitions, so it stops as a whole.
+            let exit = exit.ok();
+            eprintln!("shardcast: shard {:?} stopped unexpectedly (panicked: {:?}); exiting", exit.as_ref().map(|e| e.shard), exit.as_ref().map(|e| e.panicked));
+            std::process::exit(70);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The one message enum that crosses shards.
+//!
+//! Every variant is `Send` with no `Rc` inside, and says who sends it and
+//! what the receiver must do. Rings are FIFO per ordered pair of shards;
+//! several guarantees rest on that (see `Subscribed` and `Unsubscribed`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::proto::message::{ErrorCode, Prio, Recovery, Since};
+use crate::topic::owned::Epoch;
+
+/// A pre-encoded WebSocket frame shared by every subscriber on every shard.
+pub type SharedFrame = Arc<[u8]>;
+
+/// A connection on some shard: its slot and the slot's generation, so a
+/// reply to a connection that has gone (and whose slot was reused) is
+/// recognised and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    /// Slot index in the shard's connection slab.
+    pub idx: u32,
+    /// Generation of the slot when the request was made.
+    pub gen: u32,
+}
+
+/// A publish on its way to the owner.
+#[derive(Debug)]
+pub struct PublishReq {
+    /// The publishing connection (on the sending shard).
+    pub conn: ConnRef,
+    /// Command id to echo.
+    pub id: Option<u64>,
+    /// Validated topic.
+    pub topic: Box<str>,
+    /// Verbatim JSON `data`.
+    pub data: Box<str>,
+    /// Idempotency key.
+    pub msg_id: Option<Box<str>>,
+    /// Priority as the publisher gave it (None: not given, i.e. normal).
+    pub prio: Option<Prio>,
+    /// When the publish was read off the socket.
+    pub received_at: Instant,
+}
+
+/// A message between two shards.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// Shard of the publisher → owner: sequence, ack (`Reply`) and fan out
+    /// (`Deliver`), or refuse (`Reply` with an error).
+    Publish(Box<PublishReq>),
+    /// Owner → each interested shard: queue `frame` on every local
+    /// subscriber of `topic`.
+    Deliver {
+        /// The topic.
+        topic: Arc<str>,
+        /// The publication's seq (for `gap` notices).
+        seq: u64,
+        /// Delivery lane.
+        prio: Prio,
+        /// The encoded `msg` frame.
+        frame: SharedFrame,
+        /// When the publish was read off the publisher's socket.
+        received_at: Instant,
+    },
+    /// Owner → shard of `conn`: queue this pre-encoded control frame.
+    Reply {
+        /// Recipient.
+        conn: ConnRef,
+        /// An encoded `ack` or `error` frame.
+        frame: Box<[u8]>,
+    },
+    /// Shard of `conn` → owner: count one more subscription of the sender,
+    /// answer with `Subscribed`.
+    Subscribe {
+        /// The subscribing connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Validated topic.
+        topic: Box<str>,
+        /// Resume position, if any.
+        since: Option<Since>,
+    },
+    /// Owner → shard of `conn`: the subscription is counted. Every `Deliver`
+    /// of this topic sent after this message carries a seq above `seq`, so
+    /// adding the connection now gives it exactly the seqs after `seq`. If
+    /// the connection is gone or already subscribed, the receiver gives the
+    /// count back with `Release`.
+    Subscribed {
+        /// The subscribing connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// The topic.
+        topic: Arc<str>,
+        /// Last assigned seq at subscribe time.
+        seq: u64,
+        /// Current epoch.
+        epoch: Epoch,
+        /// How a `since` resume turned out.
+        recovery: Recovery,
+    },
+    /// Owner → shard of `conn`: the subscription was refused (nothing was
+    /// counted); send `error` with `code`.
+    SubscribeRefused {
+        /// The subscribing connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Error code to send.
+        code: ErrorCode,
+        /// Explanation to send.
+        message: &'static str,
+    },
+    /// Shard of `conn` → owner: round trip so that the `unsubscribed` reply
+    /// is ordered after any `Subscribed` still in flight for this topic.
+    Unsubscribe {
+        /// The unsubscribing connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Validated topic.
+        topic: Box<str>,
+    },
+    /// Owner → shard of `conn`: apply the unsubscribe now and reply.
+    Unsubscribed {
+        /// The unsubscribing connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Validated topic.
+        topic: Box<str>,
+    },
+    /// Any shard → owner: give back one subscription of the sender.
+    Release {
+        /// The topic.
+        topic: Arc<str>,
+    },
+}

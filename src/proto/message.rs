@@ -1,0 +1,384 @@
+//! Protocol messages (docs/PROTOCOL.md): parsing client commands and encoding
+//! server replies straight into frame buffers.
+//!
+//! `data` is carried as raw JSON text from the publisher's message into the
+//! `msg` frame and never re-serialized. Encoders append a complete WebSocket
+//! text frame to a caller-owned `Vec<u8>`, so replies cost no allocation of
+//! their own.
+
+use std::borrow::Cow;
+use std::io::Write;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Error codes of the `error` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Malformed JSON, a missing or mistyped field, a binary frame.
+    BadRequest,
+    /// An `op` this server does not know.
+    UnknownOp,
+    /// A topic that breaks the naming rules.
+    BadTopic,
+    /// `unsub` for a topic the connection is not subscribed to.
+    NotSubscribed,
+    /// A publish over a rate limit.
+    RateLimited,
+    /// The engine cannot take the publish now (a full mesh ring).
+    Overloaded,
+    /// Over the per-connection subscription limit.
+    TooManySubscriptions,
+    /// Not allowed.
+    Forbidden,
+    /// A bug or an unexpected state on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire name of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::UnknownOp => "unknown_op",
+            Self::BadTopic => "bad_topic",
+            Self::NotSubscribed => "not_subscribed",
+            Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::Forbidden => "forbidden",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// Delivery priority of a publication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prio {
+    /// May be dropped for a slow consumer (who then gets a `gap`).
+    #[default]
+    Normal,
+    /// Never dropped; a consumer that cannot keep up is closed instead.
+    Critical,
+}
+
+/// A resume position carried by `sub`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since {
+    /// The last seq the client saw.
+    pub seq: u64,
+    /// The epoch that seq belongs to.
+    pub epoch: String,
+}
+
+/// A parsed client command. Borrowed from the inbound message where possible.
+#[derive(Debug)]
+pub enum Command<'a> {
+    /// Subscribe, optionally resuming after `since`.
+    Sub {
+        /// Echoed in the reply.
+        id: Option<u64>,
+        /// Topic name (not yet validated).
+        topic: Cow<'a, str>,
+        /// Resume position.
+        since: Option<Since>,
+    },
+    /// Unsubscribe.
+    Unsub {
+        /// Echoed in the reply.
+        id: Option<u64>,
+        /// Topic name (not yet validated).
+        topic: Cow<'a, str>,
+    },
+    /// Publish.
+    Pub {
+        /// Echoed in the reply.
+        id: Option<u64>,
+        /// Topic name (not yet validated).
+        topic: Cow<'a, str>,
+        /// The payload, verbatim JSON text.
+        data: &'a RawValue,
+        /// Idempotency key.
+        msg_id: Option<Cow<'a, str>>,
+        /// Delivery priority, if given (echoed in `msg` only when given).
+        prio: Option<Prio>,
+    },
+    /// Application-level ping.
+    Ping {
+        /// Echoed in the reply.
+        id: Option<u64>,
+    },
+}
+
+/// A command that cannot be executed, with the reply to send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct CommandError {
+    /// The command's `id`, if it could be read.
+    pub id: Option<u64>,
+    /// The error code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: Cow<'static, str>,
+}
+
+impl CommandError {
+    /// An error answering command `id`.
+    pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { id, code, message: message.into() }
+    }
+}
+
+/// Longest accepted `msg_id`, in bytes.
+pub const MAX_MSG_ID: usize = 128;
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "some_raw")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    msg_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    prio: Option<Cow<'a, str>>,
+    #[serde(default)]
+    since: Option<Since>,
+}
+
+/// Present-but-null `data` is a value (`null`), not a missing field.
+fn some_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+}
+
+/// Parses one client message.
+pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
+    let wire: Wire<'_> = match serde_json::from_str(text) {
+        Ok(w) => w,
+        Err(e) => {
+            // Recover the id, if the JSON is well-formed enough, to echo it.
+            let id = read_id(text).ok().flatten();
+            return Err(CommandError::new(id, ErrorCode::BadRequest, format!("invalid message: {e}")));
+        }
+    };
+    let id = check_id(wire.id)?;
+    let Some(op) = wire.op else {
+        return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `op`"));
+    };
+    match op.as_ref() {
+        "sub" => Ok(Command::Sub { id, topic: need_topic(wire.topic, id)?, since: wire.since }),
+        "unsub" => Ok(Command::Unsub { id, topic: need_topic(wire.topic, id)? }),
+        "ping" => Ok(Command::Ping { id }),
+        "pub" => {
+            let topic = need_topic(wire.topic, id)?;
+            let Some(data) = wire.data else {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `data`"));
+            };
+            if wire.msg_id.as_ref().is_some_and(|m| m.len() > MAX_MSG_ID) {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "`msg_id` longer than 128 bytes"));
+            }
+            let prio = match wire.prio.as_deref() {
+                None => None,
+                Some("normal") => Some(Prio::Normal),
+                Some("critical") => Some(Prio::Critical),
+                Some(_) => {
+                    return Err(CommandError::new(id, ErrorCode::BadRequest, "`prio` must be \"normal\" or \"critical\""))
+                }
+            };
+            Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio })
+        }
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            Err(CommandError::new(id, ErrorCode::UnknownOp, format!("unknown op `{shown}`")))
+        }
+    }
+}
+
+fn need_topic(t: Option<Cow<'_, str>>, id: Option<u64>) -> Result<Cow<'_, str>, CommandError> {
+    t.ok_or_else(|| CommandError::new(id, ErrorCode::BadRequest, "missing field `topic`"))
+}
+
+/// Reads `id` first so that every later error can echo it. A present `id`
+/// that is not an unsigned integer is itself a `bad_request`.
+fn read_id(text: &str) -> Result<Option<u64>, CommandError> {
+    let parsed: IdOnly = serde_json::from_str(text)
+        .map_err(|e| CommandError::new(None, ErrorCode::BadRequest, format!("invalid JSON: {e}")))?;
+    check_id(parsed.id)
+}
+
+fn check_id(id: Option<serde_json::Value>) -> Result<Option<u64>, CommandError> {
+    match id {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| CommandError::new(None, ErrorCode::BadRequest, "`id` must be an unsigned integer")),
+    }
+}
+
+/// Appends one text frame whose JSON payload `body` writes.
+pub fn append_text_frame(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0x81, 126, 0, 0]);
+    body(out);
+    let len = out.len() - start - 4;
+    if len <= 125 {
+        out[start + 1] = len as u8;
+        out.drain(start + 2..start + 4);
+    } else if len <= 0xffff {
+        out[start + 2..start + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        let mut ext = [0u8; 9];
+        ext[0] = 127;
+        ext[1..].copy_from_slice(&(len as u64).to_be_bytes());
+        out.splice(start + 1..start + 4, ext);
+    }
+}
+
+fn id_field(out: &mut Vec<u8>, id: Option<u64>) {
+    if let Some(id) = id {
+        let _ = write!(out, ",\"id\":{id}");
+    }
+}
+
+/// Writes a JSON string (with escaping).
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The fields of a publication frame.
+#[derive(Debug, Clone, Copy)]
+pub struct MsgFields<'a> {
+    /// Validated topic name.
+    pub topic: &'a str,
+    /// Sequence number.
+    pub seq: u64,
+    /// Topic epoch.
+    pub epoch: &'a str,
+    /// Idempotency key, if the publisher gave one.
+    pub msg_id: Option<&'a str>,
+    /// Priority, if the publisher gave one.
+    pub prio: Option<Prio>,
+    /// Verbatim JSON payload.
+    pub data: &'a str,
+}
+
+/// Appends the `msg` frame for a publication: encoded once per publish, then
+/// shared byte-for-byte by every subscriber.
+pub fn msg(out: &mut Vec<u8>, m: &MsgFields<'_>) {
+    append_text_frame(out, |o| {
+        let _ = write!(o, "{{\"op\":\"msg\",\"topic\":\"{}\",\"seq\":{},\"epoch\":\"{}\"", m.topic, m.seq, m.epoch);
+        if let Some(mid) = m.msg_id {
+            o.extend_from_slice(b",\"msg_id\":");
+            json_str(o, mid);
+        }
+        match m.prio {
+            Some(Prio::Critical) => o.extend_from_slice(b",\"prio\":\"critical\""),
+            Some(Prio::Normal) => o.extend_from_slice(b",\"prio\":\"normal\""),
+            None => {}
+        }
+        o.extend_from_slice(b",\"data\":");
+        o.extend_from_slice(m.data.as_bytes());
+        o.push(b'}');
+    });
+}
+
+/// Appends an `ack`.
+pub fn ack(out: &mut Vec<u8>, id: Option<u64>, topic: &str, seq: u64, epoch: &str, dup: bool) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"ack\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"seq\":{seq},\"epoch\":\"{epoch}\",\"dup\":{dup}}}");
+    });
+}
+
+/// How a `sub` with `since` turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// No `since` was given.
+    NotAsked,
+    /// Recovered: this many replayed frames follow.
+    Recovered(u64),
+    /// Not recovered, for this reason (`epoch_mismatch`, `expired`, `limit`).
+    Failed(&'static str),
+}
+
+/// Appends a `subscribed` reply.
+pub fn subscribed(out: &mut Vec<u8>, id: Option<u64>, topic: &str, epoch: &str, seq: u64, rec: Recovery) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"subscribed\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"epoch\":\"{epoch}\",\"seq\":{seq}");
+        match rec {
+            Recovery::NotAsked => {}
+            Recovery::Recovered(n) => {
+                let _ = write!(o, ",\"recovered\":true,\"replayed\":{n}");
+            }
+            Recovery::Failed(reason) => {
+                let _ = write!(o, ",\"recovered\":false,\"replayed\":0,\"reason\":\"{reason}\"");
+            }
+        }
+        o.push(b'}');
+    });
+}
+
+/// Appends an `unsubscribed` reply.
+pub fn unsubscribed(out: &mut Vec<u8>, id: Option<u64>, topic: &str) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"unsubscribed\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"topic\":\"{topic}\"}}");
+    });
+}
+
+/// Appends a `pong` reply.
+pub fn pong(out: &mut Vec<u8>, id: Option<u64>) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"pong\"");
+        id_field(o, id);
+        o.push(b'}');
+    });
+}
+
+/// Appends an `error` reply.
+pub fn error(out: &mut Vec<u8>, id: Option<u64>, code: ErrorCode, message: &str, retry_after_ms: Option<u64>) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"error\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"code\":\"{}\",\"message\":", code.as_str());
+        json_str(o, message);
+        if let Some(ms) = retry_after_ms {
+            let _ = write!(o, ",\"retry_after_ms\":{ms}");
+        }
+        o.push(b'}');
+    });
+}
+
+/// Appends a `gap` notice.
+pub fn gap(out: &mut Vec<u8>, topic: &str, from: u64, to: u64) {
+    append_text_frame(out, |o| {
+        let _ = write!(o, "{{\"op\":\"gap\",\"topic\":\"{topic}\",\"from\":{from},\"to\":{to}}}");
+    });
+}
+
+/// Appends a `drain` notice.
+pub fn drain(out: &mut Vec<u8>, reconnect_after_ms: u64) {
+    append_text_frame(out, |o| {
+        let _ = write!(o, "{{\"op\":\"drain\",\"reconnect_after_ms\":{reconnect_after_ms}}}");
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! The public entry point: start the shards, talk to them over the control
+//! plane, stop them.
+//!
+//! Runs on the caller's thread (the binary's main thread, or a test's). It
+//! builds every listener and the whole mesh before any shard starts, so a
+//! bind or config error is reported before anything runs, and port 0 works:
+//! the first listener picks the port and the others join it.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Config, ConfigError};
+use crate::mesh::{self, Doorbell};
+use crate::shard::stats::{ShardStats, Totals};
+use crate::shard::{self, Control, ShardExit, ShardSpec};
+use crate::topic::PartitionMap;
+
+/// glommio refuses to start with less locked memory than this.
+const MIN_MEMLOCK: u64 = 512 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The config is invalid for this host.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// RLIMIT_MEMLOCK is below what glommio needs.
+    #[error("RLIMIT_MEMLOCK is {have} bytes; glommio needs at least {need} plus shards.io_memory_kib per shard: raise it (ulimit -l, or LimitMEMLOCK= in systemd)")]
+    Memlock {
+        /// Current soft limit.
+        have: u64,
+        /// Minimum needed.
+        need: u64,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A shard's executor could not start (often: io_uring unavailable).
+    #[error("shard {shard} (cpu {cpu}) failed to start: {message}. If io_uring is blocked (kernel.io_uring_disabled, or a container seccomp profile), shardcast cannot run here")]
+    Shard {
+        /// Shard index.
+        shard: usize,
+        /// Its CPU.
+        cpu: usize,
+        /// glommio's error.
+        message: String,
+    },
+    /// An OS resource (socket pair for a doorbell) could not be created.
+    #[error("cannot create the mesh: {0}")]
+    Mesh(std::io::Error),
+}
+
+struct ShardLink {
+    control: Sender<Control>,
+    bell: Arc<Doorbell>,
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    map: PartitionMap,
+    links: Vec<ShardLink>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    exits: Receiver<ShardExit>,
+}
+
+/// Starts a server with `cfg`; returns once every shard is running.
+pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
+    cfg.validate()?;
+    let cpus = cfg.shard_cpus()?;
+    check_memlock()?;
+    // glommio sends without MSG_NOSIGNAL: a write to a reset socket must
+    // not kill the process.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    let n = cpus.len();
+    let map = PartitionMap { partitions: cfg.shards.partitions, shards: n };
+    let (listeners, addr) = bind_listeners(cfg.server.listen, cfg.server.backlog, n)?;
+    let meshes = mesh::build(n, cfg.shards.ring_capacity).map_err(StartError::Mesh)?;
+    let (exit_tx, exits) = crossbeam_channel::unbounded();
+    let mut links = Vec::with_capacity(n);
+    let mut threads = Vec::with_capacity(n);
+    for (id, ((cpu, listener), mesh)) in cpus.iter().copied().zip(listeners).zip(meshes).enumerate() {
+        let (control_tx, control) = crossbeam_channel::unbounded();
+        links.push(ShardLink { control: control_tx, bell: mesh.bell.clone() });
+        let spec = ShardSpec { id, cpu, listener, mesh, map, limits: cfg.limits.clone(), control };
+        match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                let handle = ServerHandle { addr, map, links, threads, exits };
+                handle.shutdown();
+                return Err(StartError::Shard { shard: id, cpu, message: e.to_string() });
+            }
+        }
+    }
+    let handle = ServerHandle { addr, map, links, threads, exits };
+    // Every shard answering the control plane means every executor is up.
+    handle.try_stats(Duration::from_secs(10)).ok_or_else(|| StartError::Shard {
+        shard: 0,
+        cpu: cpus[0],
+        message: "a shard did not come up within 10 s".into(),
+    })?;
+    Ok(handle)
+}
+
+fn check_memlock() -> Result<(), StartError> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Ok(()); // cannot tell; glommio will say
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MIN_MEMLOCK {
+        return Err(StartError::Memlock { have: lim.rlim_cur, need: MIN_MEMLOCK });
+    }
+    Ok(())
+}
+
+/// One SO_REUSEPORT listener per shard on the same address.
+fn bind_listeners(addr: SocketAddr, backlog: u32, n: usize) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    let mut bound = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sock = listener(bound, backlog).map_err(|source| StartError::Bind { addr: bound, source })?;
+        if bound.port() == 0 {
+            let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+            bound = local.ok_or_else(|| StartError::Bind { addr, source: std::io::Error::other("no local address") })?;
+        }
+        out.push(OwnedFd::from(sock));
+    }
+    Ok((out, bound))
+}
+
+fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(sock)
+}
+
+impl ServerHandle {
+    /// The public listener's address (with the real port if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.links.len()
+    }
+
+    /// The shard that owns `topic`.
+    pub fn owner_of(&self, topic: &str) -> usize {
+        self.map.owner(topic)
+    }
+
+    /// Shard exits, for a supervisor to wait on.
+    pub fn exits(&self) -> &Receiver<ShardExit> {
+        &self.exits
+    }
+
+    fn send(&self, shard: usize, msg: Control) -> bool {
+        let link = &self.links[shard];
+        let ok = link.control.send(msg).is_ok();
+        link.bell.notify();
+        ok
+    }
+
+    /// A snapshot of every shard, or None if one did not answer in time.
+    pub fn try_stats(&self, timeout: Duration) -> Option<Totals> {
+        let mut shards = Vec::with_capacity(self.links.len());
+        for i in 0..self.links.len() {
+            let (tx, rx) = crossbeam_channel::bounded::<ShardStats>(1);
+            if !self.send(i, Control::Stats(tx)) {
+                return None;
+            }
+            shards.push(rx.recv_timeout(timeout).ok()?);
+        }
+        Some(Totals { shards })
+    }
+
+    /// A snapshot of every shard. Panics if a shard does not answer within
+    /// 10 s (meant for tests and tools).
+    pub fn stats(&self) -> Totals {
+        self.try_stats(Duration::from_secs(10)).expect("every shard answers the control plane")
+    }
+
+    /// Stops every shard and waits for their threads.
+    pub fn shutdown(self) {
+        for i in 0..self.links.len() {
+            self.send(i, Control::Stop);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! `ShardCore`: everything one shard owns, and nothing any other thread
+//! touches: its connections (a slab of [`Conn`]), its local subscriber
+//! index, the topics it owns, its ends of the mesh, and its counters.
+//!
+//! Run only by the shard's own thread. No glommio here: I/O tasks call in
+//! with bytes and get bytes queued; the mesh task calls in with messages.
+//! A `RefCell` around it is borrowed only inside one poll, never across an
+//! `.await`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use slab::Slab;
+
+use super::stats::Counters;
+use crate::config::Limits;
+use crate::conn::outbound::Push;
+use crate::conn::{Conn, Phase};
+use crate::mesh::{ConnRef, Outbox};
+use crate::proto::frame::{self, CloseCode};
+use crate::proto::message::{self, ErrorCode};
+use crate::topic::local::LocalSubs;
+use crate::topic::owned::OwnedTopics;
+use crate::topic::PartitionMap;
+
+/// How long a publisher refused with `overloaded` is asked to wait.
+pub const OVERLOADED_RETRY_MS: u64 = 50;
+
+/// One shard's state.
+#[derive(Debug)]
+pub struct ShardCore {
+    /// This shard's index.
+    pub id: usize,
+    /// Topic → owner shard.
+    pub map: PartitionMap,
+    /// Limits from the config.
+    pub limits: Limits,
+    /// Connections on this shard.
+    pub conns: Slab<Conn>,
+    /// Next slot generation.
+    next_gen: u32,
+    /// Local subscribers by topic.
+    pub local: LocalSubs,
+    /// Topics this shard owns.
+    pub owned: OwnedTopics,
+    /// Outboxes to the other shards (None at `id`).
+    pub outboxes: Vec<Option<Outbox>>,
+    /// Counters and latency histograms.
+    pub counters: Counters,
+    /// Reused buffer for encoding one publication frame.
+    pub(super) encode_buf: Vec<u8>,
+    /// Reused list of target shards of one publish.
+    pub(super) targets: Vec<usize>,
+    /// Draining: no new connections, no new work.
+    pub draining: bool,
+}
+
+impl ShardCore {
+    /// A shard with no connections.
+    pub fn new(id: usize, map: PartitionMap, limits: Limits, outboxes: Vec<Option<Outbox>>) -> Self {
+        let owned = OwnedTopics::new(id, map.shards, limits.max_topics_per_shard);
+        Self {
+            id,
+            map,
+            limits,
+            conns: Slab::new(),
+            next_gen: 0,
+            local: LocalSubs::default(),
+            owned,
+            outboxes,
+            counters: Counters::new(),
+            encode_buf: Vec::new(),
+            targets: Vec::new(),
+            draining: false,
+        }
+    }
+
+    /// Registers a new connection, or `None` at the connection limit.
+    pub fn accept(&mut self, now: Instant) -> Option<ConnRef> {
+        if self.draining || self.conns.len() >= self.limits.max_connections_per_shard {
+            self.counters.connections_refused += 1;
+            return None;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let idx = self.conns.insert(Conn::new(self.next_gen, now));
+        self.counters.connections_opened += 1;
+        Some(ConnRef { idx: idx as u32, gen: self.next_gen })
+    }
+
+    /// The connection `r` refers to, if it is still there.
+    pub fn conn_mut(&mut self, r: ConnRef) -> Option<&mut Conn> {
+        self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)
+    }
+
+    /// Forgets a connection whose socket is gone: its subscriptions are
+    /// removed from the local index and given back to their owners.
+    pub fn remove(&mut self, idx: usize) {
+        let Some(conn) = self.conns.try_remove(idx) else { return };
+        for sub in conn.subs {
+            self.unlink(idx as u32, &sub.topic, sub.pos);
+            self.release(sub.topic);
+        }
+        self.counters.connections_closed += 1;
+        *self.counters.closed_by_code.entry(conn.close_code.unwrap_or(0)).or_default() += 1;
+    }
+
+    /// Removes `conn` at `pos` from `topic`'s local list, fixing the position
+    /// of the connection that took its place.
+    pub(super) fn unlink(&mut self, conn: u32, topic: &Arc<str>, pos: u32) {
+        let Some(moved) = self.local.remove(topic, pos) else { return };
+        debug_assert_ne!(moved, conn);
+        if let Some(m) = self.conns.get_mut(moved as usize) {
+            if let Some(s) = m.subs.iter_mut().find(|s| Arc::ptr_eq(&s.topic, topic)) {
+                s.pos = pos;
+            }
+        }
+    }
+
+    /// Queues a control reply on connection `idx` (which must exist).
+    pub fn reply(&mut self, idx: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        let hard = self.limits.outbound_hard_bytes;
+        let Some(conn) = self.conns.get_mut(idx) else { return };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        let was_empty = conn.out.is_empty();
+        match conn.out.push_control(hard, write) {
+            Push::Overflow => self.close_slow(idx),
+            _ if was_empty => conn.wake(),
+            _ => {}
+        }
+    }
+
+    /// Queues an `error` reply.
+    pub fn reply_error(&mut self, idx: usize, id: Option<u64>, code: ErrorCode, msg: &str, retry: Option<u64>) {
+        *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
+        self.reply(idx, |o| message::error(o, id, code, msg, retry));
+    }
+
+    /// Queues a close frame and stops reading; the writer flushes and shuts
+    /// the socket down.
+    pub fn close(&mut self, idx: usize, code: CloseCode, reason: &str) {
+        let Some(conn) = self.conns.get_mut(idx) else { return };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        let was_empty = conn.out.is_empty();
+        conn.out.push_control(usize::MAX, |o| frame::write_close(code, reason, o));
+        conn.phase = Phase::Closing;
+        conn.close_code = Some(code.0);
+        if was_empty {
+            conn.wake();
+        }
+    }
+
+    /// Answers a connection still in its HTTP phase and closes it.
+    pub fn close_http(&mut self, idx: usize, response: &[u8]) {
+        let Some(conn) = self.conns.get_mut(idx) else { return };
+        conn.out.push_control(usize::MAX, |o| o.extend_from_slice(response));
+        conn.phase = Phase::Closing;
+        conn.wake();
+    }
+
+    /// Closes a connection that cannot keep up: what is queued is dropped
+    /// (but a partly sent frame is finished) and 4000 is sent.
+    pub fn close_slow(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx) else { return };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        conn.out.discard_queued();
+        self.counters.slow_consumer_closes += 1;
+        self.close(idx, CloseCode::SLOW_CONSUMER, "slow consumer");
+    }
+}

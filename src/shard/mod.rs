@@ -1,0 +1,248 @@
+//! Shard bootstrap: one glommio executor per core-map entry, pinned with
+//! `Placement::Fixed`, named `shard-NN`, each with its own SO_REUSEPORT
+//! listener and its ends of the mesh; a guard that tells the supervisor when
+//! a shard's thread ends, however it ends.
+//!
+//! Inside a shard: the accept task, one task per connection (`conn::io`) and
+//! the mesh task below, which drains the inbound rings in batches and
+//! answers the control plane. All of them share one [`ShardCtx`] through an
+//! `Rc`; its `RefCell`s are never borrowed across an `.await`.
+
+pub mod core;
+pub mod routing;
+pub mod stats;
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use futures_lite::AsyncReadExt;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use self::core::ShardCore;
+use self::stats::{RingStats, ShardStats};
+use crate::config::{Limits, ShardsConfig};
+use crate::mesh::MeshEnds;
+use crate::topic::PartitionMap;
+
+/// Mesh messages handled per ring before other tasks get to run.
+const RING_BATCH: usize = 1024;
+/// Size of the shard-wide read buffer.
+pub const READ_BUF: usize = 64 * 1024;
+/// How often a shard with overflowed control messages retries its rings.
+const OVERFLOW_RETRY: Duration = Duration::from_micros(200);
+
+/// What one shard's tasks share.
+pub struct ShardCtx {
+    /// Shard index.
+    pub id: usize,
+    /// The shard's state.
+    pub core: RefCell<ShardCore>,
+    /// Shard-wide read buffer: every connection reads into this.
+    pub rbuf: RefCell<Box<[u8]>>,
+    /// Shard-wide write buffer: queued frames are coalesced here for one send.
+    pub wbuf: RefCell<Vec<u8>>,
+    /// The shard is stopping: accept no more.
+    pub stopping: Cell<bool>,
+}
+
+/// Control-plane requests to a shard (crossbeam channel + doorbell).
+#[derive(Debug)]
+pub enum Control {
+    /// Reply with a stats snapshot.
+    Stats(Sender<ShardStats>),
+    /// Stop: close the listener and end the executor (sockets close).
+    Stop,
+}
+
+/// Why a shard thread ended, for the supervisor.
+#[derive(Debug, Clone)]
+pub struct ShardExit {
+    /// Shard index.
+    pub shard: usize,
+    /// It ended by panicking.
+    pub panicked: bool,
+}
+
+/// Sends a [`ShardExit`] when dropped: on return and on unwind alike.
+struct ExitGuard {
+    shard: usize,
+    tx: Sender<ShardExit>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(ShardExit { shard: self.shard, panicked: std::thread::panicking() });
+    }
+}
+
+/// Everything a shard thread needs, moved into it.
+pub struct ShardSpec {
+    /// Shard index.
+    pub id: usize,
+    /// CPU to pin to.
+    pub cpu: usize,
+    /// This shard's listener socket (bound, listening, non-blocking).
+    pub listener: OwnedFd,
+    /// Mesh ends.
+    pub mesh: MeshEnds,
+    /// Topic → owner map.
+    pub map: PartitionMap,
+    /// Limits.
+    pub limits: Limits,
+    /// Control-plane inbox.
+    pub control: Receiver<Control>,
+}
+
+/// Starts a shard thread.
+pub fn spawn(spec: ShardSpec, cfg: &ShardsConfig, exits: Sender<ShardExit>) -> glommio::Result<glommio::ExecutorJoinHandle<()>, ()> {
+    LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
+        .name(&format!("shard-{:02}", spec.id))
+        .preempt_timer(Duration::from_micros(cfg.preempt_timer_us))
+        .io_memory(cfg.io_memory_kib * 1024)
+        .spawn(move || async move {
+            let _guard = ExitGuard { shard: spec.id, tx: exits };
+            run(spec).await;
+        })
+}
+
+async fn run(spec: ShardSpec) {
+    let ShardSpec { id, listener, mesh, map, limits, control, .. } = spec;
+    let MeshEnds { outboxes, inboxes, bell, bell_rx } = mesh;
+    let ctx = Rc::new(ShardCtx {
+        id,
+        core: RefCell::new(ShardCore::new(id, map, limits, outboxes)),
+        rbuf: RefCell::new(vec![0u8; READ_BUF].into_boxed_slice()),
+        wbuf: RefCell::new(Vec::with_capacity(crate::conn::io::WRITE_CHUNK + 4096)),
+        stopping: Cell::new(false),
+    });
+    // SAFETY: the fd is a listening TCP socket this thread now owns alone.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let accept = glommio::spawn_local(crate::conn::io::accept_loop(ctx.clone(), listener));
+    // SAFETY: the read end of the doorbell pair, owned by this shard alone.
+    let bell_rx = unsafe { glommio::net::UnixStream::from_raw_fd(bell_rx.into_raw_fd()) };
+    let mesh = MeshTask { ctx: ctx.clone(), inboxes, bell, bell_rx, control };
+    mesh.run().await;
+    ctx.stopping.set(true);
+    drop(accept);
+}
+
+struct MeshTask {
+    ctx: Rc<ShardCtx>,
+    inboxes: Vec<(usize, rtrb::Consumer<crate::mesh::MeshMsg>)>,
+    bell: std::sync::Arc<crate::mesh::Doorbell>,
+    bell_rx: glommio::net::UnixStream,
+    control: Receiver<Control>,
+}
+
+impl MeshTask {
+    /// Drains rings and control requests until told to stop.
+    async fn run(mut self) {
+        let mut sink = [0u8; 64];
+        loop {
+            if self.handle_control() {
+                return;
+            }
+            let handled = self.drain_rings();
+            let overflowing = self.flush_overflow();
+            if handled > 0 {
+                // Let connection tasks write what was just queued.
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            self.bell.park();
+            if self.has_work() {
+                self.bell.unpark();
+                continue;
+            }
+            if overflowing {
+                let wake = async {
+                    let _ = self.bell_rx.read(&mut sink).await;
+                };
+                let tick = async {
+                    glommio::timer::Timer::new(OVERFLOW_RETRY).await;
+                };
+                futures_lite::future::or(wake, tick).await;
+            } else {
+                let _ = self.bell_rx.read(&mut sink).await;
+            }
+            self.bell.unpark();
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.control.is_empty() || self.inboxes.iter().any(|(_, c)| c.slots() > 0)
+    }
+
+    /// Returns true when the shard must stop.
+    fn handle_control(&mut self) -> bool {
+        while let Ok(req) = self.control.try_recv() {
+            match req {
+                Control::Stop => return true,
+                Control::Stats(reply) => {
+                    let _ = reply.send(snapshot(&self.ctx.core.borrow(), &self.bell));
+                }
+            }
+        }
+        false
+    }
+
+    fn drain_rings(&mut self) -> usize {
+        let mut core = self.ctx.core.borrow_mut();
+        let mut handled = 0;
+        for (from, cons) in self.inboxes.iter_mut() {
+            let n = cons.slots().min(RING_BATCH);
+            for _ in 0..n {
+                match cons.pop() {
+                    Ok(msg) => core.on_mesh(*from, msg),
+                    Err(_) => break,
+                }
+            }
+            handled += n;
+        }
+        handled
+    }
+
+    fn flush_overflow(&mut self) -> bool {
+        let mut core = self.ctx.core.borrow_mut();
+        core.outboxes.iter_mut().flatten().fold(false, |any, o| o.flush_overflow() | any)
+    }
+}
+
+/// A stats snapshot of one shard.
+pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
+    let (mut outbound_bytes, mut outbound_max_bytes) = (0u64, 0u64);
+    for (_, c) in core.conns.iter() {
+        let b = c.out.bytes() as u64;
+        outbound_bytes += b;
+        outbound_max_bytes = outbound_max_bytes.max(b);
+    }
+    let rings = core
+        .outboxes
+        .iter()
+        .enumerate()
+        .filter_map(|(to, o)| o.as_ref().map(|o| (to, o)))
+        .map(|(to, o)| RingStats {
+            to,
+            occupancy: o.occupancy() as u64,
+            overflow: o.overflow_len() as u64,
+            full_events: o.full_events,
+            pushed: o.pushed,
+        })
+        .collect();
+    ShardStats {
+        shard: core.id,
+        counters: core.counters.clone(),
+        connections_open: core.conns.len() as u64,
+        subscriptions: core.local.subscriptions(),
+        local_topics: core.local.topics() as u64,
+        owned_topics: core.owned.len() as u64,
+        owned_interest: core.owned.total_interest(),
+        outbound_bytes,
+        outbound_max_bytes,
+        rings,
+        doorbell_kicks: bell.kicks(),
+    }
+}

@@ -1,0 +1,183 @@
+//! Per-shard counters and latency histograms.
+//!
+//! Plain integers owned by the shard's thread: no atomics on the data path.
+//! The control plane asks each shard for a [`ShardStats`] snapshot and
+//! merges them (histograms too) on the asking side.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+/// Highest latency tracked, µs (60 s); larger samples are clamped.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// Counters a shard increments as it works.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    /// Connections accepted.
+    pub connections_opened: u64,
+    /// Connections closed (socket gone).
+    pub connections_closed: u64,
+    /// Connections refused at the limit or while draining.
+    pub connections_refused: u64,
+    /// Closed connections by the close code the server sent (0: none sent,
+    /// e.g. the peer just went away).
+    pub closed_by_code: BTreeMap<u16, u64>,
+    /// WebSocket upgrades completed.
+    pub handshakes: u64,
+    /// Upgrade requests refused (garbage, wrong version, head too large…).
+    pub handshakes_failed: u64,
+    /// Plain HTTP requests on the public listener.
+    pub http_requests: u64,
+    /// Text messages handled as commands.
+    pub commands: u64,
+    /// Connections that did not finish the upgrade in time (slowloris).
+    pub handshake_timeouts: u64,
+    /// Streams closed for a framing or UTF-8 error.
+    pub protocol_errors: u64,
+    /// `error` replies by code.
+    pub errors_sent: BTreeMap<&'static str, u64>,
+    /// Subscriptions added.
+    pub subscribes: u64,
+    /// Subscriptions removed by `unsub`.
+    pub unsubscribes: u64,
+    /// Publications sequenced by this shard (as owner).
+    pub publishes_accepted: u64,
+    /// Publications refused, by reason.
+    pub publishes_rejected: BTreeMap<&'static str, u64>,
+    /// `msg` frames encoded (one per accepted publish: encode-once).
+    pub frames_encoded: u64,
+    /// Frames queued on a local subscriber.
+    pub deliveries: u64,
+    /// Normal frames dropped for a slow subscriber (reported by `gap`).
+    pub dropped_slow: u64,
+    /// Connections closed with 4000 slow consumer.
+    pub slow_consumer_closes: u64,
+    /// Bookkeeping that should never happen (a bug if non-zero).
+    pub internal_errors: u64,
+    /// Publish read → frame queued on this shard's subscribers, µs.
+    pub deliver_latency_us: Histogram<u64>,
+    /// Publish read → ack queued, µs.
+    pub ack_latency_us: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Invariant: constant, valid bounds.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+impl Counters {
+    /// All zero.
+    pub fn new() -> Self {
+        Self {
+            connections_opened: 0,
+            connections_closed: 0,
+            connections_refused: 0,
+            closed_by_code: BTreeMap::new(),
+            handshakes: 0,
+            handshakes_failed: 0,
+            http_requests: 0,
+            commands: 0,
+            protocol_errors: 0,
+            handshake_timeouts: 0,
+            errors_sent: BTreeMap::new(),
+            subscribes: 0,
+            unsubscribes: 0,
+            publishes_accepted: 0,
+            publishes_rejected: BTreeMap::new(),
+            frames_encoded: 0,
+            deliveries: 0,
+            dropped_slow: 0,
+            slow_consumer_closes: 0,
+            internal_errors: 0,
+            deliver_latency_us: histogram(),
+            ack_latency_us: histogram(),
+        }
+    }
+
+    /// Records publish → delivery-queued latency.
+    pub fn record_deliver(&mut self, received_at: Instant) {
+        let us = received_at.elapsed().as_micros() as u64;
+        self.deliver_latency_us.saturating_record(us.clamp(1, MAX_LATENCY_US));
+    }
+
+    /// Records publish → ack-queued latency.
+    pub fn record_ack(&mut self, received_at: Instant) {
+        let us = received_at.elapsed().as_micros() as u64;
+        self.ack_latency_us.saturating_record(us.clamp(1, MAX_LATENCY_US));
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A shard's counters plus gauges, as sent over the control plane.
+#[derive(Debug, Clone)]
+pub struct ShardStats {
+    /// Shard index.
+    pub shard: usize,
+    /// Counters.
+    pub counters: Counters,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Local subscriptions now.
+    pub subscriptions: u64,
+    /// Topics with local subscribers now.
+    pub local_topics: u64,
+    /// Topics owned now.
+    pub owned_topics: u64,
+    /// Sum of interest counts over owned topics (must equal the sum of all
+    /// shards' `subscriptions` for this shard's topics when quiet).
+    pub owned_interest: u64,
+    /// Bytes queued on all connections.
+    pub outbound_bytes: u64,
+    /// Largest per-connection outbound queue, bytes.
+    pub outbound_max_bytes: u64,
+    /// Per outgoing ring: (to shard, occupancy, overflow queue length,
+    /// full events, messages pushed).
+    pub rings: Vec<RingStats>,
+    /// Wake-ups written to this shard's doorbell.
+    pub doorbell_kicks: u64,
+}
+
+/// One outgoing ring's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct RingStats {
+    /// Destination shard.
+    pub to: usize,
+    /// Messages on the ring now.
+    pub occupancy: u64,
+    /// Control messages waiting for room.
+    pub overflow: u64,
+    /// Data refused because the ring was full.
+    pub full_events: u64,
+    /// Messages pushed.
+    pub pushed: u64,
+}
+
+/// Sums over all shards.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    /// Per-shard snapshots, by shard index.
+    pub shards: Vec<ShardStats>,
+}
+
+impl Totals {
+    /// Sums one figure over all shards.
+    pub fn sum(&self, f: impl Fn(&ShardStats) -> u64) -> u64 {
+        self.shards.iter().map(f).sum()
+    }
+
+    /// Merged publish → delivery-queued latency over all shards.
+    pub fn deliver_latency(&self) -> Histogram<u64> {
+        let mut h = histogram();
+        for s in &self.shards {
+            let _ = h.add(&s.counters.deliver_latency_us);
+        }
+        h
+    }
+}

@@ -1,0 +1,207 @@
+//! Test harness: a real server on loopback (2 shards, port 0) and real
+//! WebSocket clients (tungstenite over std TCP), plus raw-socket helpers for
+//! byte streams no well-behaved client would send.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use shardcast::{Config, ServerHandle};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A 2-shard server on 127.0.0.1 with a free port; `tweak` edits the config.
+pub fn server_with(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
+    let mut cfg = Config::from_toml(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[shards]\ncpus = [0, 1]\nring_capacity = 4096\n",
+    )
+    .expect("test config");
+    tweak(&mut cfg);
+    shardcast::start(cfg).expect("server starts")
+}
+
+/// A 2-shard server with the test defaults.
+pub fn server() -> ServerHandle {
+    server_with(|_| {})
+}
+
+/// A WebSocket client that knows which shard it landed on.
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+    pub shard: usize,
+}
+
+impl Client {
+    /// Connects and upgrades at /ws.
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (ws, resp) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).expect("upgrade");
+        let shard = resp
+            .headers()
+            .get("x-shardcast-shard")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("X-Shardcast-Shard header");
+        Client { ws, shard }
+    }
+
+    /// Connects until the kernel's SO_REUSEPORT spreading lands the
+    /// connection on `shard` (bounded: fails the test after 500 tries).
+    pub fn connect_to_shard(addr: SocketAddr, shard: usize) -> Client {
+        for _ in 0..500 {
+            let c = Client::connect(addr);
+            if c.shard == shard {
+                return c;
+            }
+        }
+        panic!("could not land a connection on shard {shard}");
+    }
+
+    /// Sends one JSON command.
+    pub fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).expect("send");
+    }
+
+    /// Next text message as JSON (pings are answered by tungstenite).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("read") {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("server sends JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    /// Next text message, raw.
+    pub fn recv_text(&mut self) -> String {
+        loop {
+            match self.ws.read().expect("read") {
+                Message::Text(t) => return t.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    /// Next message whose op is `op`; fails on any other op in between.
+    pub fn expect_op(&mut self, op: &str) -> Value {
+        let v = self.recv();
+        assert_eq!(v["op"], op, "expected {op}, got {v}");
+        v
+    }
+
+    /// Subscribes and waits for `subscribed`.
+    pub fn sub(&mut self, topic: &str) -> Value {
+        self.send(json!({"op":"sub","id":1,"topic":topic}));
+        let v = self.expect_op("subscribed");
+        assert_eq!(v["topic"], topic);
+        v
+    }
+
+    /// Publishes and waits for the ack (the connection must not be
+    /// subscribed to the topic, or the msg may come first... it never does:
+    /// see the ack-order test).
+    pub fn publish(&mut self, topic: &str, data: Value) -> Value {
+        self.send(json!({"op":"pub","id":7,"topic":topic,"data":data}));
+        self.expect_op("ack")
+    }
+
+    /// A round trip: everything sent before this has been handled.
+    pub fn sync(&mut self) {
+        self.send(json!({"op":"ping","id":424242}));
+        let v = self.expect_op("pong");
+        assert_eq!(v["id"], 424242);
+    }
+
+    /// Reads until the close frame; returns its code.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => return u16::from(f.code),
+                Ok(Message::Close(None)) => return 1005,
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended without a close frame: {e}"),
+            }
+        }
+    }
+
+    /// Writes raw bytes under the WebSocket (hand-made frames).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.ws.get_mut().write_all(bytes).unwrap();
+    }
+}
+
+/// A masked client frame with opcode `op`, `fin`, and `payload`.
+pub fn client_frame(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | op];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Sends raw bytes on a fresh TCP connection and reads until EOF (bounded).
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Polls the server's stats until `cond` holds (fails after WAIT).
+pub fn wait_stats(server: &ServerHandle, what: &str, cond: impl Fn(&shardcast::shard::stats::Totals) -> bool) -> shardcast::shard::stats::Totals {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let t = server.stats();
+        if cond(&t) {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "stats never showed {what}: {:#?}", summary(&t));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The headline figures of a stats snapshot, for failure messages.
+pub fn summary(t: &shardcast::shard::stats::Totals) -> Value {
+    json!({
+        "connections_open": t.sum(|s| s.connections_open),
+        "subscriptions": t.sum(|s| s.subscriptions),
+        "local_topics": t.sum(|s| s.local_topics),
+        "owned_interest": t.sum(|s| s.owned_interest),
+        "owned_topics": t.sum(|s| s.owned_topics),
+        "internal_errors": t.sum(|s| s.counters.internal_errors),
+    })
+}
+
+/// A topic owned by `shard`.
+pub fn topic_owned_by(server: &ServerHandle, shard: usize, prefix: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}/room-{i}"))
+        .find(|t| server.owner_of(t) == shard)
+        .expect("some topic hashes to every shard")
+}
+
+pub fn close_code(c: CloseCode) -> u16 {
+    u16::from(c)
+}

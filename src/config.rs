@@ -37,6 +37,9 @@ pub enum ConfigError {
     },
 }
 
+/// Shortest accepted glommio preemption timer, µs (docs/GLOMMIO-NOTES.md).
+pub const MIN_PREEMPT_US: u64 = 10_000;
+
 /// The whole config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,7 +115,11 @@ pub struct Limits {
 /// so the file is the single source of default values.
 fn embedded() -> Config {
     toml::from_str::<EmbeddedDefault>(DEFAULT_TOML)
-        .map(|d| Config { server: d.server, shards: d.shards, limits: d.limits })
+        .map(|d| Config {
+            server: d.server,
+            shards: d.shards,
+            limits: d.limits,
+        })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
 }
@@ -128,7 +135,10 @@ struct EmbeddedDefault {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), backlog: 4096 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backlog: 4096,
+        }
     }
 }
 
@@ -138,7 +148,7 @@ impl Default for ShardsConfig {
             cpus: Cpus::All("all".into()),
             partitions: 1024,
             ring_capacity: 8192,
-            preempt_timer_us: 500,
+            preempt_timer_us: 100_000,
             io_memory_kib: 64,
         }
     }
@@ -174,16 +184,27 @@ impl Config {
 
     /// Reads, parses and validates a config file.
     pub fn from_file(path: &str) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_toml(&text)
     }
 
     /// Checks ranges and consistency (not the host: see [`Config::shard_cpus`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.into(),
+            })
+        };
         if let Cpus::All(s) = &self.shards.cpus {
             if s != "all" {
-                return invalid("shards.cpus", "must be \"all\" or a list of CPU ids like [0, 1]");
+                return invalid(
+                    "shards.cpus",
+                    "must be \"all\" or a list of CPU ids like [0, 1]",
+                );
             }
         }
         if let Cpus::List(list) = &self.shards.cpus {
@@ -204,26 +225,44 @@ impl Config {
             return invalid("shards.partitions", "must be at least 1");
         }
         if self.shards.ring_capacity < 2 * crate::mesh::ring::CONTROL_RESERVE {
-            return invalid("shards.ring_capacity", "must be at least 128 (64 slots are kept for control traffic)");
+            return invalid(
+                "shards.ring_capacity",
+                "must be at least 128 (64 slots are kept for control traffic)",
+            );
         }
-        if !(10..=100_000).contains(&self.shards.preempt_timer_us) {
-            return invalid("shards.preempt_timer_us", "must be between 10 and 100000");
+        if !(MIN_PREEMPT_US..=1_000_000).contains(&self.shards.preempt_timer_us) {
+            return invalid(
+                "shards.preempt_timer_us",
+                "must be between 10000 and 1000000: shorter timers can wedge a glommio 0.9 executor (docs/GLOMMIO-NOTES.md)",
+            );
         }
         let l = &self.limits;
         if !(128..=16 << 20).contains(&l.max_message_bytes) {
-            return invalid("limits.max_message_bytes", "must be between 128 and 16777216");
+            return invalid(
+                "limits.max_message_bytes",
+                "must be between 128 and 16777216",
+            );
         }
         if l.max_connections_per_shard == 0 {
             return invalid("limits.max_connections_per_shard", "must be at least 1");
         }
         if l.max_subscriptions_per_connection == 0 {
-            return invalid("limits.max_subscriptions_per_connection", "must be at least 1");
+            return invalid(
+                "limits.max_subscriptions_per_connection",
+                "must be at least 1",
+            );
         }
         if l.outbound_soft_bytes == 0 || l.outbound_hard_bytes < l.outbound_soft_bytes {
-            return invalid("limits.outbound_hard_bytes", "must be at least outbound_soft_bytes, which must be positive");
+            return invalid(
+                "limits.outbound_hard_bytes",
+                "must be at least outbound_soft_bytes, which must be positive",
+            );
         }
         if l.outbound_hard_bytes < l.max_message_bytes + 1024 {
-            return invalid("limits.outbound_hard_bytes", "must exceed max_message_bytes by at least 1024");
+            return invalid(
+                "limits.outbound_hard_bytes",
+                "must exceed max_message_bytes by at least 1024",
+            );
         }
         if l.max_topics_per_shard == 0 {
             return invalid("limits.max_topics_per_shard", "must be at least 1");
@@ -250,7 +289,9 @@ impl Config {
             Cpus::List(list) => match list.iter().find(|c| !online.contains(c)) {
                 Some(c) => Err(ConfigError::Invalid {
                     field: "shards.cpus",
-                    problem: format!("CPU {c} is not available to this process (available: {online:?})"),
+                    problem: format!(
+                        "CPU {c} is not available to this process (available: {online:?})"
+                    ),
                 }),
                 None => Ok(list.clone()),
             },
@@ -266,7 +307,11 @@ mod tests {
     fn embedded_default_parses_and_matches_defaults() {
         let cfg = Config::from_toml(DEFAULT_TOML).unwrap();
         let empty = Config::from_toml("").unwrap();
-        assert_eq!(format!("{cfg:?}"), format!("{empty:?}"), "section defaults equal the file");
+        assert_eq!(
+            format!("{cfg:?}"),
+            format!("{empty:?}"),
+            "section defaults equal the file"
+        );
         assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.server.backlog, 4096);
         assert_eq!(cfg.shards.cpus, Cpus::All("all".into()));
@@ -279,7 +324,10 @@ mod tests {
         assert!(err("[shards]\ncpus = [0, 0]").contains("listed twice"));
         assert!(err("[shards]\ncpus = \"some\"").contains("`shards.cpus`"));
         assert!(err("[shards]\npartitions = 0").contains("`shards.partitions`"));
-        assert!(err("[limits]\noutbound_soft_bytes = 10\noutbound_hard_bytes = 5").contains("outbound_hard_bytes"));
+        assert!(
+            err("[limits]\noutbound_soft_bytes = 10\noutbound_hard_bytes = 5")
+                .contains("outbound_hard_bytes")
+        );
         assert!(err("[server]\nlisten = \"nope\"").contains("listen"));
         assert!(err("[server]\nbogus = 1").contains("bogus"));
     }

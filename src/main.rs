@@ -81,28 +81,51 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(addr = %server.local_addr(), shards = server.shards(), "shardcast serving WebSocket at ws://{}/ws", server.local_addr());
 
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        for sig in signals.forever() {
-            if sig_tx.send(sig).is_err() {
-                break;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig_tx.send(sig).is_err() {
+                    break;
+                }
             }
-        }
-    })?;
+        })?;
 
-    select! {
-        recv(sig_rx) -> sig => {
-            tracing::info!(signal = ?sig.ok(), "stopping");
-            server.shutdown();
-            Ok(ExitCode::SUCCESS)
-        }
-        recv(server.exits()) -> exit => {
-            // A shard ended on its own: the process cannot serve its share
-            // of connections and partitions, so it stops as a whole.
-            let exit = exit.ok();
-            eprintln!("shardcast: shard {:?} stopped unexpectedly (panicked: {:?}); exiting", exit.as_ref().map(|e| e.shard), exit.as_ref().map(|e| e.panicked));
-            std::process::exit(70);
+    // The supervisor: stop on a signal; exit non-zero if any shard ends or
+    // stops answering (a wedged shard cannot serve its connections and
+    // partitions, so the process must be restarted as a whole).
+    loop {
+        select! {
+            recv(sig_rx) -> sig => {
+                tracing::info!(signal = ?sig.ok(), "stopping");
+                server.shutdown();
+                return Ok(ExitCode::SUCCESS);
+            }
+            recv(server.exits()) -> exit => {
+                let exit = exit.ok();
+                eprintln!(
+                    "shardcast: shard {:?} stopped unexpectedly (panicked: {:?}); exiting",
+                    exit.as_ref().map(|e| e.shard),
+                    exit.as_ref().map(|e| e.panicked)
+                );
+                std::process::exit(70);
+            }
+            default(LIVENESS_PERIOD) => {
+                if let Err(shard) = server.alive(LIVENESS_TIMEOUT) {
+                    eprintln!("shardcast: shard {shard} did not answer the control plane within {LIVENESS_TIMEOUT:?}; exiting");
+                    std::process::exit(70);
+                }
+            }
         }
     }
 }
+
+/// How often the supervisor probes every shard.
+const LIVENESS_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a shard may take to answer a probe.
+const LIVENESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -86,56 +86,105 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
     let n = cpus.len();
-    let map = PartitionMap { partitions: cfg.shards.partitions, shards: n };
+    let map = PartitionMap {
+        partitions: cfg.shards.partitions,
+        shards: n,
+    };
     let (listeners, addr) = bind_listeners(cfg.server.listen, cfg.server.backlog, n)?;
     let meshes = mesh::build(n, cfg.shards.ring_capacity).map_err(StartError::Mesh)?;
     let (exit_tx, exits) = crossbeam_channel::unbounded();
     let mut links = Vec::with_capacity(n);
     let mut threads = Vec::with_capacity(n);
-    for (id, ((cpu, listener), mesh)) in cpus.iter().copied().zip(listeners).zip(meshes).enumerate() {
+    for (id, ((cpu, listener), mesh)) in cpus.iter().copied().zip(listeners).zip(meshes).enumerate()
+    {
         let (control_tx, control) = crossbeam_channel::unbounded();
-        links.push(ShardLink { control: control_tx, bell: mesh.bell.clone() });
-        let spec = ShardSpec { id, cpu, listener, mesh, map, limits: cfg.limits.clone(), control };
+        links.push(ShardLink {
+            control: control_tx,
+            bell: mesh.bell.clone(),
+        });
+        let spec = ShardSpec {
+            id,
+            cpu,
+            listener,
+            mesh,
+            map,
+            limits: cfg.limits.clone(),
+            control,
+        };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
-                let handle = ServerHandle { addr, map, links, threads, exits };
+                let handle = ServerHandle {
+                    addr,
+                    map,
+                    links,
+                    threads,
+                    exits,
+                };
                 handle.shutdown();
-                return Err(StartError::Shard { shard: id, cpu, message: e.to_string() });
+                return Err(StartError::Shard {
+                    shard: id,
+                    cpu,
+                    message: e.to_string(),
+                });
             }
         }
     }
-    let handle = ServerHandle { addr, map, links, threads, exits };
+    let handle = ServerHandle {
+        addr,
+        map,
+        links,
+        threads,
+        exits,
+    };
     // Every shard answering the control plane means every executor is up.
-    handle.try_stats(Duration::from_secs(10)).ok_or_else(|| StartError::Shard {
-        shard: 0,
-        cpu: cpus[0],
-        message: "a shard did not come up within 10 s".into(),
-    })?;
+    handle
+        .try_stats(Duration::from_secs(10))
+        .ok_or_else(|| StartError::Shard {
+            shard: 0,
+            cpu: cpus[0],
+            message: "a shard did not come up within 10 s".into(),
+        })?;
     Ok(handle)
 }
 
 fn check_memlock() -> Result<(), StartError> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
         return Ok(()); // cannot tell; glommio will say
     }
     if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MIN_MEMLOCK {
-        return Err(StartError::Memlock { have: lim.rlim_cur, need: MIN_MEMLOCK });
+        return Err(StartError::Memlock {
+            have: lim.rlim_cur,
+            need: MIN_MEMLOCK,
+        });
     }
     Ok(())
 }
 
 /// One SO_REUSEPORT listener per shard on the same address.
-fn bind_listeners(addr: SocketAddr, backlog: u32, n: usize) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+fn bind_listeners(
+    addr: SocketAddr,
+    backlog: u32,
+    n: usize,
+) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
     let mut bound = addr;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let sock = listener(bound, backlog).map_err(|source| StartError::Bind { addr: bound, source })?;
+        let sock = listener(bound, backlog).map_err(|source| StartError::Bind {
+            addr: bound,
+            source,
+        })?;
         if bound.port() == 0 {
             let local = sock.local_addr().ok().and_then(|a| a.as_socket());
-            bound = local.ok_or_else(|| StartError::Bind { addr, source: std::io::Error::other("no local address") })?;
+            bound = local.ok_or_else(|| StartError::Bind {
+                addr,
+                source: std::io::Error::other("no local address"),
+            })?;
         }
         out.push(OwnedFd::from(sock));
     }
@@ -180,6 +229,26 @@ impl ServerHandle {
         ok
     }
 
+    /// Whether every shard's mesh task answers the control plane within
+    /// `timeout` (a liveness probe: a wedged executor cannot answer).
+    pub fn alive(&self, timeout: Duration) -> Result<(), usize> {
+        let mut waits = Vec::with_capacity(self.links.len());
+        for i in 0..self.links.len() {
+            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+            if !self.send(i, Control::Ping(tx)) {
+                return Err(i);
+            }
+            waits.push(rx);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        for (i, rx) in waits.iter().enumerate() {
+            if rx.recv_deadline(deadline).is_err() {
+                return Err(i);
+            }
+        }
+        Ok(())
+    }
+
     /// A snapshot of every shard, or None if one did not answer in time.
     pub fn try_stats(&self, timeout: Duration) -> Option<Totals> {
         let mut shards = Vec::with_capacity(self.links.len());
@@ -196,7 +265,8 @@ impl ServerHandle {
     /// A snapshot of every shard. Panics if a shard does not answer within
     /// 10 s (meant for tests and tools).
     pub fn stats(&self) -> Totals {
-        self.try_stats(Duration::from_secs(10)).expect("every shard answers the control plane")
+        self.try_stats(Duration::from_secs(10))
+            .expect("every shard answers the control plane")
     }
 
     /// Stops every shard and waits for their threads.

@@ -19,7 +19,9 @@ use crate::topic::name;
 impl ShardCore {
     /// Handles bytes read from connection `idx`.
     pub fn on_bytes(&mut self, idx: usize, data: &mut [u8]) {
-        let Some(conn) = self.conns.get_mut(idx) else { return };
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             return;
         }
@@ -56,7 +58,8 @@ impl ShardCore {
                 HandshakeOutcome::Incomplete => return 0,
                 HandshakeOutcome::Upgrade { response, head_len } => {
                     let conn = &mut self.conns[idx];
-                    conn.out.push_control(usize::MAX, |o| o.extend_from_slice(&response));
+                    conn.out
+                        .push_control(usize::MAX, |o| o.extend_from_slice(&response));
                     conn.phase = Phase::Open;
                     conn.wake();
                     self.counters.handshakes += 1;
@@ -65,7 +68,13 @@ impl ShardCore {
                 HandshakeOutcome::Http(req) => {
                     self.counters.http_requests += 1;
                     let body = format!("no route for {} {}\n", req.method, req.path);
-                    let resp = handshake::response(404, "Not Found", "Connection: close\r\n", "text/plain", body.as_bytes());
+                    let resp = handshake::response(
+                        404,
+                        "Not Found",
+                        "Connection: close\r\n",
+                        "text/plain",
+                        body.as_bytes(),
+                    );
                     self.close_http(idx, &resp);
                     return buf.len();
                 }
@@ -98,7 +107,11 @@ impl ShardCore {
                     used = buf.len();
                 }
             }
-            if self.conns.get(idx).is_none_or(|c| c.phase == Phase::Closing) {
+            if self
+                .conns
+                .get(idx)
+                .is_none_or(|c| c.phase == Phase::Closing)
+            {
                 break;
             }
         }
@@ -117,10 +130,16 @@ impl ShardCore {
                     Err(e) => self.reply_error(idx, e.id, e.code, &e.message, None),
                 }
             }
-            Decoded::Binary => {
-                self.reply_error(idx, None, ErrorCode::BadRequest, "binary frames are not accepted; send JSON text", None)
+            Decoded::Binary => self.reply_error(
+                idx,
+                None,
+                ErrorCode::BadRequest,
+                "binary frames are not accepted; send JSON text",
+                None,
+            ),
+            Decoded::Ping(payload) => {
+                self.reply(idx, |o| frame::write_frame(ServerOp::Pong, payload, o))
             }
-            Decoded::Ping(payload) => self.reply(idx, |o| frame::write_frame(ServerOp::Pong, payload, o)),
             Decoded::Pong => {}
             Decoded::Close(code) => {
                 let echo = code.map_or(CloseCode::NORMAL, CloseCode);
@@ -131,7 +150,10 @@ impl ShardCore {
 
     fn on_command(&mut self, idx: usize, cmd: Command<'_>) {
         let gen = self.conns[idx].gen;
-        let conn = ConnRef { idx: idx as u32, gen };
+        let conn = ConnRef {
+            idx: idx as u32,
+            gen,
+        };
         match cmd {
             Command::Ping { id } => self.reply(idx, |o| message::pong(o, id)),
             Command::Sub { id, topic, since } => {
@@ -140,32 +162,63 @@ impl ShardCore {
                 }
                 let c = &mut self.conns[idx];
                 let held = c.subs.len() + c.pending_subs as usize;
-                if held >= self.limits.max_subscriptions_per_connection && c.sub_index(&topic).is_none() {
-                    let msg = format!("at most {} subscriptions per connection", self.limits.max_subscriptions_per_connection);
+                if held >= self.limits.max_subscriptions_per_connection
+                    && c.sub_index(&topic).is_none()
+                {
+                    let msg = format!(
+                        "at most {} subscriptions per connection",
+                        self.limits.max_subscriptions_per_connection
+                    );
                     return self.reply_error(idx, id, ErrorCode::TooManySubscriptions, &msg, None);
                 }
                 c.pending_subs += 1;
-                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since };
+                let msg = MeshMsg::Subscribe {
+                    conn,
+                    id,
+                    topic: topic.into(),
+                    since,
+                };
                 self.route_to_owner(msg);
             }
             Command::Unsub { id, topic } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
-                self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
+                self.route_to_owner(MeshMsg::Unsubscribe {
+                    conn,
+                    id,
+                    topic: topic.into(),
+                });
             }
-            Command::Pub { id, topic, data, msg_id, prio } => {
+            Command::Pub {
+                id,
+                topic,
+                data,
+                msg_id,
+                prio,
+            } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
                 let owner = self.map.owner(&topic);
-                if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
+                if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1))
+                {
                     if let Some(o) = self.outboxes[owner].as_mut() {
                         o.note_full();
                     }
-                    *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
+                    *self
+                        .counters
+                        .publishes_rejected
+                        .entry("overloaded")
+                        .or_default() += 1;
                     let msg = "engine overloaded (mesh ring full); retry later";
-                    return self.reply_error(idx, id, ErrorCode::Overloaded, msg, Some(OVERLOADED_RETRY_MS));
+                    return self.reply_error(
+                        idx,
+                        id,
+                        ErrorCode::Overloaded,
+                        msg,
+                        Some(OVERLOADED_RETRY_MS),
+                    );
                 }
                 let req = PublishReq {
                     conn,

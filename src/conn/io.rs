@@ -101,7 +101,9 @@ impl Task {
         }
         let phase = {
             let mut core = ctx.core.borrow_mut();
-            let Some(conn) = core.conns.get_mut(self.idx) else { return Poll::Ready(()) };
+            let Some(conn) = core.conns.get_mut(self.idx) else {
+                return Poll::Ready(());
+            };
             if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 conn.waker = Some(cx.waker().clone());
             }
@@ -135,11 +137,19 @@ impl Task {
     /// Writes what is queued, one `send` per chunk; Ready on a socket error.
     fn write(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
         let mut core = ctx.core.borrow_mut();
-        let Some(conn) = core.conns.get_mut(self.idx) else { return Poll::Ready(()) };
+        let core = &mut *core;
+        let Some(conn) = core.conns.get_mut(self.idx) else {
+            return Poll::Ready(());
+        };
+        let counters = &mut core.counters;
         loop {
             if !conn.out.pending().is_empty() {
                 match Pin::new(&mut self.stream).poll_write(cx, conn.out.pending()) {
-                    Poll::Ready(Ok(n)) => conn.out.advance_pending(n),
+                    Poll::Ready(Ok(n)) => {
+                        counters.sends += 1;
+                        counters.bytes_sent += n as u64;
+                        conn.out.advance_pending(n);
+                    }
                     Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -152,7 +162,11 @@ impl Task {
                 return Poll::Pending;
             }
             match Pin::new(&mut self.stream).poll_write(cx, &wbuf) {
-                Poll::Ready(Ok(n)) => conn.out.keep_unsent(&wbuf[n..]),
+                Poll::Ready(Ok(n)) => {
+                    counters.sends += 1;
+                    counters.bytes_sent += n as u64;
+                    conn.out.keep_unsent(&wbuf[n..]);
+                }
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Pending => {
                     conn.out.keep_unsent(&wbuf);
@@ -163,14 +177,19 @@ impl Task {
     }
 
     fn poll_handshake_deadline(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(timer) = self.handshake_timer.as_mut() else { return Poll::Pending };
+        let Some(timer) = self.handshake_timer.as_mut() else {
+            return Poll::Pending;
+        };
         if Pin::new(timer).poll(cx).is_pending() {
             return Poll::Pending;
         }
         self.handshake_timer = None;
         let mut core = ctx.core.borrow_mut();
         core.counters.handshake_timeouts += 1;
-        core.close_http(self.idx, &handshake::reject_response(408, "Request Timeout"));
+        core.close_http(
+            self.idx,
+            &handshake::reject_response(408, "Request Timeout"),
+        );
         drop(core);
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -183,7 +202,12 @@ impl Task {
         if Pin::new(linger).poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        let flushed = ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.out.is_empty());
+        let flushed = ctx
+            .core
+            .borrow()
+            .conns
+            .get(self.idx)
+            .is_none_or(|c| c.out.is_empty());
         if flushed && !self.shut {
             self.shut = true;
             // The whole reply is out; FIN tells the peer, and reading on

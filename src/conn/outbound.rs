@@ -91,7 +91,15 @@ impl Outbound {
     }
 
     /// Queues a publication frame of `topic`/`seq` on its lane.
-    pub fn push_frame(&mut self, frame: &LocalFrame, prio: Prio, topic: &Arc<str>, seq: u64, soft: usize, hard: usize) -> Push {
+    pub fn push_frame(
+        &mut self,
+        frame: &LocalFrame,
+        prio: Prio,
+        topic: &Arc<str>,
+        seq: u64,
+        soft: usize,
+        hard: usize,
+    ) -> Push {
         let len = frame.len();
         match prio {
             Prio::Critical => {
@@ -117,7 +125,11 @@ impl Outbound {
         if self.bytes + GAP_CHARGE > hard {
             return Push::Overflow;
         }
-        self.normal.push_back(Item::Gap { topic: topic.clone(), from: seq, to: seq });
+        self.normal.push_back(Item::Gap {
+            topic: topic.clone(),
+            from: seq,
+            to: seq,
+        });
         self.bytes += GAP_CHARGE;
         Push::Dropped
     }
@@ -159,7 +171,9 @@ impl Outbound {
             }
         }
         while out.len() < max {
-            let Some(f) = self.critical.pop_front() else { break };
+            let Some(f) = self.critical.pop_front() else {
+                break;
+            };
             out.extend_from_slice(&f);
             self.bytes -= f.len();
         }
@@ -228,16 +242,28 @@ mod tests {
     fn soft_limit_drops_normal_into_one_gap_in_place() {
         let t: Arc<str> = Arc::from("a/b");
         let mut o = Outbound::default();
-        assert_eq!(o.push_frame(&frame(b'1', 10), Prio::Normal, &t, 1, 15, 1000), Push::Queued);
+        assert_eq!(
+            o.push_frame(&frame(b'1', 10), Prio::Normal, &t, 1, 15, 1000),
+            Push::Queued
+        );
         for seq in 2..=5 {
-            assert_eq!(o.push_frame(&frame(b'x', 10), Prio::Normal, &t, seq, 15, 1000), Push::Dropped);
+            assert_eq!(
+                o.push_frame(&frame(b'x', 10), Prio::Normal, &t, seq, 15, 1000),
+                Push::Dropped
+            );
         }
         // Critical still gets through past the soft limit.
-        assert_eq!(o.push_frame(&frame(b'C', 10), Prio::Critical, &t, 6, 15, 1000), Push::Queued);
+        assert_eq!(
+            o.push_frame(&frame(b'C', 10), Prio::Critical, &t, 6, 15, 1000),
+            Push::Queued
+        );
         let out = drain(&mut o);
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("CCCCCCCCCC1111111111"), "{text}");
-        assert!(text.ends_with(r#"{"op":"gap","topic":"a/b","from":2,"to":5}"#), "{text}");
+        assert!(
+            text.ends_with(r#"{"op":"gap","topic":"a/b","from":2,"to":5}"#),
+            "{text}"
+        );
         assert!(o.is_empty());
     }
 
@@ -245,9 +271,18 @@ mod tests {
     fn hard_limit_overflows() {
         let t: Arc<str> = Arc::from("a/b");
         let mut o = Outbound::default();
-        assert_eq!(o.push_frame(&frame(b'c', 90), Prio::Critical, &t, 1, 50, 100), Push::Queued);
-        assert_eq!(o.push_frame(&frame(b'c', 20), Prio::Critical, &t, 2, 50, 100), Push::Overflow);
-        assert_eq!(o.push_control(100, |v| v.extend_from_slice(&[0; 20])), Push::Overflow);
+        assert_eq!(
+            o.push_frame(&frame(b'c', 90), Prio::Critical, &t, 1, 50, 100),
+            Push::Queued
+        );
+        assert_eq!(
+            o.push_frame(&frame(b'c', 20), Prio::Critical, &t, 2, 50, 100),
+            Push::Overflow
+        );
+        assert_eq!(
+            o.push_control(100, |v| v.extend_from_slice(&[0; 20])),
+            Push::Overflow
+        );
     }
 
     #[test]
@@ -264,7 +299,11 @@ mod tests {
         o.advance_pending(2);
         assert_eq!(o.pending(), b"bbb");
         o.advance_pending(3);
-        assert_eq!(drain(&mut o), b"X", "control waits for the partly sent frame");
+        assert_eq!(
+            drain(&mut o),
+            b"X",
+            "control waits for the partly sent frame"
+        );
         assert!(o.is_empty());
     }
 }

@@ -30,7 +30,11 @@ impl Doorbell {
         let (tx, rx) = UnixStream::pair()?;
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
-        let bell = Self { parked: AtomicBool::new(false), tx, kicks: AtomicU64::new(0) };
+        let bell = Self {
+            parked: AtomicBool::new(false),
+            tx,
+            kicks: AtomicU64::new(0),
+        };
         Ok((Arc::new(bell), rx))
     }
 
@@ -50,10 +54,18 @@ impl Doorbell {
         let _ = (&self.tx).write(&[1]);
     }
 
+    /// Wakes the consumer whether or not it parked. The consumer uses it on
+    /// itself to yield through io_uring (see the shard's mesh task).
+    pub fn poke(&self) {
+        self.parked.store(false, Ordering::SeqCst);
+        self.kick();
+    }
+
     /// Consumer side: announce the intent to sleep. Re-check every source of
     /// work after this and before waiting.
     pub fn park(&self) {
         self.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     /// Consumer side: found work after `park`; no wake-up needed.

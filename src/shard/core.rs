@@ -57,7 +57,12 @@ pub struct ShardCore {
 
 impl ShardCore {
     /// A shard with no connections.
-    pub fn new(id: usize, map: PartitionMap, limits: Limits, outboxes: Vec<Option<Outbox>>) -> Self {
+    pub fn new(
+        id: usize,
+        map: PartitionMap,
+        limits: Limits,
+        outboxes: Vec<Option<Outbox>>,
+    ) -> Self {
         let owned = OwnedTopics::new(id, map.shards, limits.max_topics_per_shard);
         Self {
             id,
@@ -84,30 +89,43 @@ impl ShardCore {
         self.next_gen = self.next_gen.wrapping_add(1);
         let idx = self.conns.insert(Conn::new(self.next_gen, now));
         self.counters.connections_opened += 1;
-        Some(ConnRef { idx: idx as u32, gen: self.next_gen })
+        Some(ConnRef {
+            idx: idx as u32,
+            gen: self.next_gen,
+        })
     }
 
     /// The connection `r` refers to, if it is still there.
     pub fn conn_mut(&mut self, r: ConnRef) -> Option<&mut Conn> {
-        self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)
+        self.conns
+            .get_mut(r.idx as usize)
+            .filter(|c| c.gen == r.gen)
     }
 
     /// Forgets a connection whose socket is gone: its subscriptions are
     /// removed from the local index and given back to their owners.
     pub fn remove(&mut self, idx: usize) {
-        let Some(conn) = self.conns.try_remove(idx) else { return };
+        let Some(conn) = self.conns.try_remove(idx) else {
+            return;
+        };
         for sub in conn.subs {
             self.unlink(idx as u32, &sub.topic, sub.pos);
             self.release(sub.topic);
         }
         self.counters.connections_closed += 1;
-        *self.counters.closed_by_code.entry(conn.close_code.unwrap_or(0)).or_default() += 1;
+        *self
+            .counters
+            .closed_by_code
+            .entry(conn.close_code.unwrap_or(0))
+            .or_default() += 1;
     }
 
     /// Removes `conn` at `pos` from `topic`'s local list, fixing the position
     /// of the connection that took its place.
     pub(super) fn unlink(&mut self, conn: u32, topic: &Arc<str>, pos: u32) {
-        let Some(moved) = self.local.remove(topic, pos) else { return };
+        let Some(moved) = self.local.remove(topic, pos) else {
+            return;
+        };
         debug_assert_ne!(moved, conn);
         if let Some(m) = self.conns.get_mut(moved as usize) {
             if let Some(s) = m.subs.iter_mut().find(|s| Arc::ptr_eq(&s.topic, topic)) {
@@ -119,7 +137,9 @@ impl ShardCore {
     /// Queues a control reply on connection `idx` (which must exist).
     pub fn reply(&mut self, idx: usize, write: impl FnOnce(&mut Vec<u8>)) {
         let hard = self.limits.outbound_hard_bytes;
-        let Some(conn) = self.conns.get_mut(idx) else { return };
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             return;
         }
@@ -132,7 +152,14 @@ impl ShardCore {
     }
 
     /// Queues an `error` reply.
-    pub fn reply_error(&mut self, idx: usize, id: Option<u64>, code: ErrorCode, msg: &str, retry: Option<u64>) {
+    pub fn reply_error(
+        &mut self,
+        idx: usize,
+        id: Option<u64>,
+        code: ErrorCode,
+        msg: &str,
+        retry: Option<u64>,
+    ) {
         *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
         self.reply(idx, |o| message::error(o, id, code, msg, retry));
     }
@@ -140,12 +167,15 @@ impl ShardCore {
     /// Queues a close frame and stops reading; the writer flushes and shuts
     /// the socket down.
     pub fn close(&mut self, idx: usize, code: CloseCode, reason: &str) {
-        let Some(conn) = self.conns.get_mut(idx) else { return };
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             return;
         }
         let was_empty = conn.out.is_empty();
-        conn.out.push_control(usize::MAX, |o| frame::write_close(code, reason, o));
+        conn.out
+            .push_control(usize::MAX, |o| frame::write_close(code, reason, o));
         conn.phase = Phase::Closing;
         conn.close_code = Some(code.0);
         if was_empty {
@@ -155,8 +185,11 @@ impl ShardCore {
 
     /// Answers a connection still in its HTTP phase and closes it.
     pub fn close_http(&mut self, idx: usize, response: &[u8]) {
-        let Some(conn) = self.conns.get_mut(idx) else { return };
-        conn.out.push_control(usize::MAX, |o| o.extend_from_slice(response));
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
+        conn.out
+            .push_control(usize::MAX, |o| o.extend_from_slice(response));
         conn.phase = Phase::Closing;
         conn.wake();
     }
@@ -164,7 +197,9 @@ impl ShardCore {
     /// Closes a connection that cannot keep up: what is queued is dropped
     /// (but a partly sent frame is finished) and 4000 is sent.
     pub fn close_slow(&mut self, idx: usize) {
-        let Some(conn) = self.conns.get_mut(idx) else { return };
+        let Some(conn) = self.conns.get_mut(idx) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             return;
         }

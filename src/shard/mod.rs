@@ -53,6 +53,8 @@ pub struct ShardCtx {
 pub enum Control {
     /// Reply with a stats snapshot.
     Stats(Sender<ShardStats>),
+    /// Liveness probe: reply at once.
+    Ping(Sender<()>),
     /// Stop: close the listener and end the executor (sockets close).
     Stop,
 }
@@ -74,7 +76,10 @@ struct ExitGuard {
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        let _ = self.tx.send(ShardExit { shard: self.shard, panicked: std::thread::panicking() });
+        let _ = self.tx.send(ShardExit {
+            shard: self.shard,
+            panicked: std::thread::panicking(),
+        });
     }
 }
 
@@ -97,20 +102,40 @@ pub struct ShardSpec {
 }
 
 /// Starts a shard thread.
-pub fn spawn(spec: ShardSpec, cfg: &ShardsConfig, exits: Sender<ShardExit>) -> glommio::Result<glommio::ExecutorJoinHandle<()>, ()> {
+pub fn spawn(
+    spec: ShardSpec,
+    cfg: &ShardsConfig,
+    exits: Sender<ShardExit>,
+) -> glommio::Result<glommio::ExecutorJoinHandle<()>, ()> {
     LocalExecutorBuilder::new(Placement::Fixed(spec.cpu))
         .name(&format!("shard-{:02}", spec.id))
         .preempt_timer(Duration::from_micros(cfg.preempt_timer_us))
         .io_memory(cfg.io_memory_kib * 1024)
         .spawn(move || async move {
-            let _guard = ExitGuard { shard: spec.id, tx: exits };
+            let _guard = ExitGuard {
+                shard: spec.id,
+                tx: exits,
+            };
             run(spec).await;
         })
 }
 
 async fn run(spec: ShardSpec) {
-    let ShardSpec { id, listener, mesh, map, limits, control, .. } = spec;
-    let MeshEnds { outboxes, inboxes, bell, bell_rx } = mesh;
+    let ShardSpec {
+        id,
+        listener,
+        mesh,
+        map,
+        limits,
+        control,
+        ..
+    } = spec;
+    let MeshEnds {
+        outboxes,
+        inboxes,
+        bell,
+        bell_rx,
+    } = mesh;
     let ctx = Rc::new(ShardCtx {
         id,
         core: RefCell::new(ShardCore::new(id, map, limits, outboxes)),
@@ -123,7 +148,13 @@ async fn run(spec: ShardSpec) {
     let accept = glommio::spawn_local(crate::conn::io::accept_loop(ctx.clone(), listener));
     // SAFETY: the read end of the doorbell pair, owned by this shard alone.
     let bell_rx = unsafe { glommio::net::UnixStream::from_raw_fd(bell_rx.into_raw_fd()) };
-    let mesh = MeshTask { ctx: ctx.clone(), inboxes, bell, bell_rx, control };
+    let mesh = MeshTask {
+        ctx: ctx.clone(),
+        inboxes,
+        bell,
+        bell_rx,
+        control,
+    };
     mesh.run().await;
     ctx.stopping.set(true);
     drop(accept);
@@ -148,8 +179,15 @@ impl MeshTask {
             let handled = self.drain_rings();
             let overflowing = self.flush_overflow();
             if handled > 0 {
-                // Let connection tasks write what was just queued.
-                futures_lite::future::yield_now().await;
+                // Let connection tasks write what was just queued, and let the
+                // reactor look at sockets, before the next batch. A plain
+                // `yield_now` would keep the task queue active, and glommio
+                // polls io_uring only when queues drain or the preemption
+                // timer fires (which we keep long: docs/GLOMMIO-NOTES.md).
+                // Ringing our own doorbell makes the wake-up an io_uring
+                // event: one small write per batch, not per message.
+                self.bell.poke();
+                let _ = self.bell_rx.read(&mut sink).await;
                 continue;
             }
             self.bell.park();
@@ -184,6 +222,9 @@ impl MeshTask {
                 Control::Stats(reply) => {
                     let _ = reply.send(snapshot(&self.ctx.core.borrow(), &self.bell));
                 }
+                Control::Ping(reply) => {
+                    let _ = reply.send(());
+                }
             }
         }
         false
@@ -207,7 +248,10 @@ impl MeshTask {
 
     fn flush_overflow(&mut self) -> bool {
         let mut core = self.ctx.core.borrow_mut();
-        core.outboxes.iter_mut().flatten().fold(false, |any, o| o.flush_overflow() | any)
+        core.outboxes
+            .iter_mut()
+            .flatten()
+            .fold(false, |any, o| o.flush_overflow() | any)
     }
 }
 

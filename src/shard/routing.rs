@@ -21,7 +21,9 @@ impl ShardCore {
     pub(crate) fn route_to_owner(&mut self, msg: MeshMsg) {
         let owner = match &msg {
             MeshMsg::Publish(r) => self.map.owner(&r.topic),
-            MeshMsg::Subscribe { topic, .. } | MeshMsg::Unsubscribe { topic, .. } => self.map.owner(topic),
+            MeshMsg::Subscribe { topic, .. } | MeshMsg::Unsubscribe { topic, .. } => {
+                self.map.owner(topic)
+            }
             MeshMsg::Release { topic } => self.map.owner(topic),
             _ => self.id,
         };
@@ -43,36 +45,73 @@ impl ShardCore {
     pub fn on_mesh(&mut self, from: usize, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
-            MeshMsg::Subscribe { conn, id, topic, since } => self.owner_subscribe(from, conn, id, &topic, since),
-            MeshMsg::Unsubscribe { conn, id, topic } => self.send_to(from, MeshMsg::Unsubscribed { conn, id, topic }),
+            MeshMsg::Subscribe {
+                conn,
+                id,
+                topic,
+                since,
+            } => self.owner_subscribe(from, conn, id, &topic, since),
+            MeshMsg::Unsubscribe { conn, id, topic } => {
+                self.send_to(from, MeshMsg::Unsubscribed { conn, id, topic })
+            }
             MeshMsg::Release { topic } => {
-                let released = self.owned.get_mut(&topic).is_some_and(|t| t.release_interest(from));
+                let released = self
+                    .owned
+                    .get_mut(&topic)
+                    .is_some_and(|t| t.release_interest(from));
                 if !released {
                     self.counters.internal_errors += 1;
                 }
             }
-            MeshMsg::Deliver { topic, seq, prio, frame, received_at } => {
-                self.fanout_local(&topic, seq, prio, frame, received_at)
-            }
+            MeshMsg::Deliver {
+                topic,
+                seq,
+                prio,
+                frame,
+                received_at,
+            } => self.fanout_local(&topic, seq, prio, frame, received_at),
             MeshMsg::Reply { conn, frame } => {
                 if self.conn_mut(conn).is_some() {
                     self.reply(conn.idx as usize, |o| o.extend_from_slice(&frame));
                 }
             }
-            MeshMsg::Subscribed { conn, id, topic, seq, epoch, recovery } => {
-                self.on_subscribed(conn, id, topic, seq, epoch, recovery)
-            }
-            MeshMsg::SubscribeRefused { conn, id, code, message } => {
+            MeshMsg::Subscribed {
+                conn,
+                id,
+                topic,
+                seq,
+                epoch,
+                recovery,
+            } => self.on_subscribed(conn, id, topic, seq, epoch, recovery),
+            MeshMsg::SubscribeRefused {
+                conn,
+                id,
+                code,
+                message,
+            } => {
                 if let Some(c) = self.conn_mut(conn) {
                     c.pending_subs = c.pending_subs.saturating_sub(1);
-                    self.reply_error(conn.idx as usize, id, code, message, Some(OVERLOADED_RETRY_MS));
+                    self.reply_error(
+                        conn.idx as usize,
+                        id,
+                        code,
+                        message,
+                        Some(OVERLOADED_RETRY_MS),
+                    );
                 }
             }
             MeshMsg::Unsubscribed { conn, id, topic } => self.on_unsubscribed(conn, id, &topic),
         }
     }
 
-    fn owner_subscribe(&mut self, from: usize, conn: ConnRef, id: Option<u64>, topic: &str, since: Option<Since>) {
+    fn owner_subscribe(
+        &mut self,
+        from: usize,
+        conn: ConnRef,
+        id: Option<u64>,
+        topic: &str,
+        since: Option<Since>,
+    ) {
         let msg = match self.owned.get_or_create(topic) {
             Err(_) => MeshMsg::SubscribeRefused {
                 conn,
@@ -83,13 +122,28 @@ impl ShardCore {
             Ok(t) => {
                 t.add_interest(from);
                 let recovery = recovery(t, since.as_ref());
-                MeshMsg::Subscribed { conn, id, topic: t.name.clone(), seq: t.seq, epoch: t.epoch, recovery }
+                MeshMsg::Subscribed {
+                    conn,
+                    id,
+                    topic: t.name.clone(),
+                    seq: t.seq,
+                    epoch: t.epoch,
+                    recovery,
+                }
             }
         };
         self.send_to(from, msg);
     }
 
-    fn on_subscribed(&mut self, conn: ConnRef, id: Option<u64>, topic: Arc<str>, seq: u64, epoch: Epoch, rec: Recovery) {
+    fn on_subscribed(
+        &mut self,
+        conn: ConnRef,
+        id: Option<u64>,
+        topic: Arc<str>,
+        seq: u64,
+        epoch: Epoch,
+        rec: Recovery,
+    ) {
         let idx = conn.idx as usize;
         let Some(c) = self.conns.get_mut(idx).filter(|c| c.gen == conn.gen) else {
             return self.release(topic);
@@ -106,14 +160,24 @@ impl ShardCore {
             c.subs.push(Sub { topic: name, pos });
             self.counters.subscribes += 1;
         }
-        self.reply(idx, |o| message::subscribed(o, id, &topic, epoch.as_str(), seq, rec));
+        self.reply(idx, |o| {
+            message::subscribed(o, id, &topic, epoch.as_str(), seq, rec)
+        });
     }
 
     fn on_unsubscribed(&mut self, conn: ConnRef, id: Option<u64>, topic: &str) {
         let idx = conn.idx as usize;
-        let Some(c) = self.conns.get_mut(idx).filter(|c| c.gen == conn.gen) else { return };
+        let Some(c) = self.conns.get_mut(idx).filter(|c| c.gen == conn.gen) else {
+            return;
+        };
         let Some(i) = c.sub_index(topic) else {
-            return self.reply_error(idx, id, ErrorCode::NotSubscribed, "not subscribed to this topic", None);
+            return self.reply_error(
+                idx,
+                id,
+                ErrorCode::NotSubscribed,
+                "not subscribed to this topic",
+                None,
+            );
         };
         let sub = c.subs.swap_remove(i);
         self.unlink(conn.idx, &sub.topic, sub.pos);
@@ -137,14 +201,29 @@ impl ShardCore {
         }
         let mut frame = Vec::new();
         write(&mut frame);
-        self.send_to(shard, MeshMsg::Reply { conn, frame: frame.into_boxed_slice() });
+        self.send_to(
+            shard,
+            MeshMsg::Reply {
+                conn,
+                frame: frame.into_boxed_slice(),
+            },
+        );
     }
 
-    fn refuse_publish(&mut self, from: usize, req: &PublishReq, code: ErrorCode, reason: &'static str, msg: &str) {
+    fn refuse_publish(
+        &mut self,
+        from: usize,
+        req: &PublishReq,
+        code: ErrorCode,
+        reason: &'static str,
+        msg: &str,
+    ) {
         *self.counters.publishes_rejected.entry(reason).or_default() += 1;
         *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
         let retry = Some(OVERLOADED_RETRY_MS);
-        self.reply_to(from, req.conn, |o| message::error(o, req.id, code, msg, retry));
+        self.reply_to(from, req.conn, |o| {
+            message::error(o, req.id, code, msg, retry)
+        });
     }
 
     /// Sequences a publication, encodes its frame once, acks the publisher
@@ -156,9 +235,10 @@ impl ShardCore {
         };
         self.targets.clear();
         self.targets.extend(t.interested());
-        let full = self.targets.iter().copied().find(|&s| {
-            s != self.id && !self.outboxes[s].as_ref().is_some_and(|o| o.has_room(1))
-        });
+        let full =
+            self.targets.iter().copied().find(|&s| {
+                s != self.id && !self.outboxes[s].as_ref().is_some_and(|o| o.has_room(1))
+            });
         if let Some(s) = full {
             if let Some(o) = self.outboxes[s].as_mut() {
                 o.note_full();
@@ -166,7 +246,9 @@ impl ShardCore {
             let msg = "engine overloaded (mesh ring full); retry later";
             return self.refuse_publish(from, &req, ErrorCode::Overloaded, "overloaded", msg);
         }
-        let Some(t) = self.owned.get_mut(&req.topic) else { return };
+        let Some(t) = self.owned.get_mut(&req.topic) else {
+            return;
+        };
         t.seq += 1;
         let (seq, epoch, name) = (t.seq, t.epoch, t.name.clone());
         self.encode_buf.clear();
@@ -183,7 +265,9 @@ impl ShardCore {
         self.counters.frames_encoded += 1;
         self.counters.publishes_accepted += 1;
 
-        self.reply_to(from, req.conn, |o| message::ack(o, req.id, &name, seq, epoch.as_str(), false));
+        self.reply_to(from, req.conn, |o| {
+            message::ack(o, req.id, &name, seq, epoch.as_str(), false)
+        });
         self.counters.record_ack(req.received_at);
 
         let prio = req.prio.unwrap_or_default();
@@ -193,16 +277,34 @@ impl ShardCore {
                 self.fanout_local(&name, seq, prio, frame.clone(), req.received_at);
             } else if let Some(out) = self.outboxes[s].as_mut() {
                 let (topic, frame, received_at) = (name.clone(), frame.clone(), req.received_at);
-                out.push_data(MeshMsg::Deliver { topic, seq, prio, frame, received_at });
+                out.push_data(MeshMsg::Deliver {
+                    topic,
+                    seq,
+                    prio,
+                    frame,
+                    received_at,
+                });
             }
         }
         self.targets = targets;
     }
 
     /// Queues one publication frame on every local subscriber of `topic`.
-    pub fn fanout_local(&mut self, topic: &str, seq: u64, prio: Prio, frame: SharedFrame, received_at: Instant) {
-        let Some(lt) = self.local.get(topic) else { return };
-        let (soft, hard) = (self.limits.outbound_soft_bytes, self.limits.outbound_hard_bytes);
+    pub fn fanout_local(
+        &mut self,
+        topic: &str,
+        seq: u64,
+        prio: Prio,
+        frame: SharedFrame,
+        received_at: Instant,
+    ) {
+        let Some(lt) = self.local.get(topic) else {
+            return;
+        };
+        let (soft, hard) = (
+            self.limits.outbound_soft_bytes,
+            self.limits.outbound_hard_bytes,
+        );
         let local = Rc::new(frame);
         let mut slow = Vec::new();
         for &c in &lt.subs {
@@ -235,7 +337,9 @@ impl ShardCore {
 /// Whether a `since` position can be resumed (without a replay ring yet:
 /// only when nothing was missed).
 fn recovery(t: &OwnedTopic, since: Option<&Since>) -> Recovery {
-    let Some(since) = since else { return Recovery::NotAsked };
+    let Some(since) = since else {
+        return Recovery::NotAsked;
+    };
     if since.epoch != t.epoch.as_str() {
         Recovery::Failed("epoch_mismatch")
     } else if since.seq == t.seq {

@@ -54,6 +54,10 @@ pub struct Counters {
     pub dropped_slow: u64,
     /// Connections closed with 4000 slow consumer.
     pub slow_consumer_closes: u64,
+    /// `send` calls made by connection writers.
+    pub sends: u64,
+    /// Bytes those sends wrote.
+    pub bytes_sent: u64,
     /// Bookkeeping that should never happen (a bug if non-zero).
     pub internal_errors: u64,
     /// Publish read → frame queued on this shard's subscribers, µs.
@@ -90,6 +94,8 @@ impl Counters {
             deliveries: 0,
             dropped_slow: 0,
             slow_consumer_closes: 0,
+            sends: 0,
+            bytes_sent: 0,
             internal_errors: 0,
             deliver_latency_us: histogram(),
             ack_latency_us: histogram(),
@@ -99,13 +105,15 @@ impl Counters {
     /// Records publish → delivery-queued latency.
     pub fn record_deliver(&mut self, received_at: Instant) {
         let us = received_at.elapsed().as_micros() as u64;
-        self.deliver_latency_us.saturating_record(us.clamp(1, MAX_LATENCY_US));
+        self.deliver_latency_us
+            .saturating_record(us.clamp(1, MAX_LATENCY_US));
     }
 
     /// Records publish → ack-queued latency.
     pub fn record_ack(&mut self, received_at: Instant) {
         let us = received_at.elapsed().as_micros() as u64;
-        self.ack_latency_us.saturating_record(us.clamp(1, MAX_LATENCY_US));
+        self.ack_latency_us
+            .saturating_record(us.clamp(1, MAX_LATENCY_US));
     }
 }
 

@@ -97,7 +97,11 @@ impl OwnedTopic {
 
     /// Shards that hold at least one subscription.
     pub fn interested(&self) -> impl Iterator<Item = usize> + '_ {
-        self.interest.iter().enumerate().filter(|(_, &n)| n > 0).map(|(s, _)| s)
+        self.interest
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(s, _)| s)
     }
 
     /// Total subscriptions over all shards.
@@ -129,7 +133,13 @@ pub struct OwnedTopics {
 impl OwnedTopics {
     /// An empty set for shard `shard` of `shards`, holding at most `max_topics`.
     pub fn new(shard: usize, shards: usize, max_topics: usize) -> Self {
-        Self { map: HashMap::new(), shards, max_topics, epochs: EpochSource::new(shard), evicted: 0 }
+        Self {
+            map: HashMap::new(),
+            shards,
+            max_topics,
+            epochs: EpochSource::new(shard),
+            evicted: 0,
+        }
     }
 
     /// The topic, if this shard has state for it.
@@ -143,7 +153,11 @@ impl OwnedTopics {
     pub fn get_or_create(&mut self, name: &str) -> Result<&mut OwnedTopic, TopicError> {
         if !self.map.contains_key(name) {
             if self.map.len() >= self.max_topics {
-                let victim = self.map.iter().find(|(_, t)| t.subscriptions() == 0).map(|(k, _)| k.clone());
+                let victim = self
+                    .map
+                    .iter()
+                    .find(|(_, t)| t.subscriptions() == 0)
+                    .map(|(k, _)| k.clone());
                 let Some(victim) = victim else {
                     return Err(TopicError::TooManyTopics);
                 };
@@ -223,7 +237,10 @@ mod tests {
         assert_eq!((topics.len(), topics.evicted), (2, 1));
         assert!(topics.get_mut("a/2").is_none());
         topics.get_mut("a/3").unwrap().add_interest(0);
-        assert_eq!(topics.get_or_create("a/4").unwrap_err(), TopicError::TooManyTopics);
+        assert_eq!(
+            topics.get_or_create("a/4").unwrap_err(),
+            TopicError::TooManyTopics
+        );
         // Recreating an evicted topic draws a new epoch.
         topics.get_mut("a/3").unwrap().release_interest(0);
         assert_ne!(topics.get_or_create("a/2").unwrap().epoch, e2);

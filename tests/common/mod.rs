@@ -42,7 +42,8 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let (ws, resp) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).expect("upgrade");
+        let (ws, resp) =
+            tungstenite::client::client(format!("ws://{addr}/ws"), stream).expect("upgrade");
         let shard = resp
             .headers()
             .get("x-shardcast-shard")
@@ -73,7 +74,9 @@ impl Client {
     pub fn recv(&mut self) -> Value {
         loop {
             match self.ws.read().expect("read") {
-                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("server sends JSON"),
+                Message::Text(t) => {
+                    return serde_json::from_str(t.as_str()).expect("server sends JSON")
+                }
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("unexpected message {other:?}"),
             }
@@ -170,14 +173,22 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Polls the server's stats until `cond` holds (fails after WAIT).
-pub fn wait_stats(server: &ServerHandle, what: &str, cond: impl Fn(&shardcast::shard::stats::Totals) -> bool) -> shardcast::shard::stats::Totals {
+pub fn wait_stats(
+    server: &ServerHandle,
+    what: &str,
+    cond: impl Fn(&shardcast::shard::stats::Totals) -> bool,
+) -> shardcast::shard::stats::Totals {
     let deadline = Instant::now() + WAIT;
     loop {
         let t = server.stats();
         if cond(&t) {
             return t;
         }
-        assert!(Instant::now() < deadline, "stats never showed {what}: {:#?}", summary(&t));
+        assert!(
+            Instant::now() < deadline,
+            "stats never showed {what}: {:#?}",
+            summary(&t)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

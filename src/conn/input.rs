@@ -34,7 +34,11 @@ impl ShardCore {
             let used = self.process(idx, &mut buf);
             buf.drain(..used);
             if let Some(conn) = self.conns.get_mut(idx) {
-                if buf.capacity() > 4 * buf.len().max(1024) {
+                // Keep only what an unfinished frame needs; an idle
+                // connection holds no input buffer at all.
+                if buf.is_empty() {
+                    buf = Vec::new();
+                } else if buf.capacity() > 2 * buf.len() {
                     buf.shrink_to_fit();
                 }
                 conn.inbuf = buf;

@@ -165,10 +165,10 @@ impl Outbound {
         if !self.control.is_empty() {
             out.extend_from_slice(&self.control);
             self.bytes -= self.control.len();
-            self.control.clear();
-            if self.control.capacity() > IDLE_KEEP {
-                self.control = Vec::new();
-            }
+            // Released, not cleared: an idle connection must not keep the
+            // capacity of its last replies (one allocation per reply batch
+            // is the price; replies are per command, never per delivery).
+            self.control = Vec::new();
         }
         while out.len() < max {
             let Some(f) = self.critical.pop_front() else {

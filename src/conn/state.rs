@@ -6,6 +6,8 @@
 //! subscriptions as (topic, position) pairs.
 
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 use std::task::Waker;
 use std::time::Instant;
 
@@ -46,8 +48,8 @@ pub struct Conn {
     pub asm: MessageAssembler,
     /// Outbound lanes.
     pub out: Outbound,
-    /// Live subscriptions.
-    pub subs: Vec<Sub>,
+    /// Live subscriptions (the common single subscription is held inline).
+    pub subs: SmallVec<[Sub; 1]>,
     /// `sub` commands sent to an owner and not answered yet (counted
     /// against the subscription limit).
     pub pending_subs: u32,
@@ -68,7 +70,7 @@ impl Conn {
             inbuf: Vec::new(),
             asm: MessageAssembler::default(),
             out: Outbound::default(),
-            subs: Vec::new(),
+            subs: SmallVec::new(),
             pending_subs: 0,
             waker: None,
             accepted_at: now,

@@ -1,0 +1,214 @@
+//! Micro-benchmarks of the hot paths, without sockets:
+//! `msg` frame encode, command parse, mesh ring push/pop across two
+//! threads, and one shard's local fanout of a frame to 10,000 subscriber
+//! queues (plus the writer's copy out of them).
+//!
+//! `cargo bench --bench micro`; CI runs `-- --test` (one iteration each).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use shardcast::config::Limits;
+use shardcast::mesh::{ConnRef, MeshMsg};
+use shardcast::proto::message::{self, MsgFields, Prio, Recovery};
+use shardcast::shard::core::ShardCore;
+use shardcast::topic::owned::EpochSource;
+use shardcast::topic::PartitionMap;
+
+const DATA: &str = r#"{"token":"Hello, world","index":41,"model":"gpt-x","done":false,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    g.throughput(Throughput::Elements(1));
+    let mut out = Vec::with_capacity(512);
+    g.bench_function("msg_frame", |b| {
+        b.iter(|| {
+            out.clear();
+            let f = MsgFields {
+                topic: "acme/room-1",
+                seq: black_box(123_456),
+                epoch: "9f2c41d07ab3",
+                msg_id: Some("gen-77:3"),
+                prio: None,
+                data: DATA,
+            };
+            message::msg(&mut out, &f);
+            black_box(&out);
+        })
+    });
+    g.bench_function("ack", |b| {
+        b.iter(|| {
+            out.clear();
+            message::ack(
+                &mut out,
+                Some(7),
+                "acme/room-1",
+                black_box(99),
+                "9f2c41d07ab3",
+                false,
+            );
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+fn parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(1));
+    let pubs =
+        format!(r#"{{"op":"pub","id":2,"topic":"acme/room-1","data":{DATA},"msg_id":"gen-77:3"}}"#);
+    g.bench_function("pub_command", |b| {
+        b.iter(|| black_box(message::parse_command(black_box(&pubs)).is_ok()))
+    });
+    let sub =
+        r#"{"op":"sub","id":1,"topic":"acme/room-1","since":{"seq":41,"epoch":"9f2c41d07ab3"}}"#;
+    g.bench_function("sub_command", |b| {
+        b.iter(|| black_box(message::parse_command(black_box(sub)).is_ok()))
+    });
+    g.finish();
+}
+
+fn ring(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mesh_ring");
+    const N: u64 = 100_000;
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("push_pop_across_threads_100k", |b| {
+        b.iter(|| {
+            let mut ends = shardcast::mesh::build(2, 8192).expect("mesh");
+            let e1 = ends.pop().expect("shard 1");
+            let mut e0 = ends.pop().expect("shard 0");
+            let frame: shardcast::mesh::SharedFrame = Arc::from(&b"frame"[..]);
+            let consumer = std::thread::spawn(move || {
+                let mut cons = e1.inboxes.into_iter().next().expect("ring").1;
+                let mut seen = 0u64;
+                while seen < N {
+                    if let Ok(chunk) = cons.read_chunk(cons.slots()) {
+                        seen += chunk.into_iter().count() as u64;
+                    }
+                }
+                seen
+            });
+            let out = e0.outboxes[1].as_mut().expect("outbox");
+            let topic: Arc<str> = Arc::from("acme/room-1");
+            let mut sent = 0;
+            while sent < N {
+                if out.has_room(1) {
+                    out.push_data(MeshMsg::Deliver {
+                        topic: topic.clone(),
+                        seq: sent,
+                        prio: Prio::Normal,
+                        frame: frame.clone(),
+                        received_at: Instant::now(),
+                    });
+                    sent += 1;
+                }
+            }
+            assert_eq!(consumer.join().expect("consumer"), N);
+        })
+    });
+    g.finish();
+}
+
+/// A single-shard core with `n` open connections subscribed to one topic.
+pub fn core_with_subscribers(n: usize) -> ShardCore {
+    let map = PartitionMap {
+        partitions: 1024,
+        shards: 1,
+    };
+    let limits = Limits {
+        max_connections_per_shard: n + 1,
+        ..Limits::default()
+    };
+    let mut core = ShardCore::new(0, map, limits, vec![None]);
+    let epoch = EpochSource::new(0).next_epoch();
+    let now = Instant::now();
+    for _ in 0..n {
+        let conn: ConnRef = core.accept(now).expect("below the limit");
+        core.conns[conn.idx as usize].phase = shardcast::conn::Phase::Open;
+        let topic: Arc<str> = Arc::from("acme/room-1");
+        core.on_mesh(
+            0,
+            MeshMsg::Subscribed {
+                conn,
+                id: None,
+                topic,
+                seq: 0,
+                epoch,
+                recovery: Recovery::NotAsked,
+            },
+        );
+    }
+    // Throw away the `subscribed` replies.
+    let mut sink = Vec::new();
+    for (_, c) in core.conns.iter_mut() {
+        sink.clear();
+        c.out.fill(&mut sink, usize::MAX);
+    }
+    core
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("local_fanout");
+    const SUBS: usize = 10_000;
+    g.throughput(Throughput::Elements(SUBS as u64));
+    let mut frame_bytes = Vec::new();
+    message::msg(
+        &mut frame_bytes,
+        &MsgFields {
+            topic: "acme/room-1",
+            seq: 1,
+            epoch: "9f2c41d07ab3",
+            msg_id: None,
+            prio: None,
+            data: DATA,
+        },
+    );
+    let frame: shardcast::mesh::SharedFrame = Arc::from(&frame_bytes[..]);
+    let mut core = core_with_subscribers(SUBS);
+    let mut seq = 0;
+    g.bench_function("queue_one_frame_on_10k_subscribers", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                seq += 1;
+                core.fanout_local(
+                    "acme/room-1",
+                    seq,
+                    Prio::Normal,
+                    frame.clone(),
+                    Instant::now(),
+                );
+            },
+            BatchSize::SmallInput,
+        );
+        let mut sink = Vec::new();
+        for (_, c) in core.conns.iter_mut() {
+            sink.clear();
+            c.out.fill(&mut sink, usize::MAX);
+        }
+    });
+    let mut wbuf = Vec::with_capacity(64 * 1024);
+    g.bench_function("queue_and_copy_out_one_frame_10k", |b| {
+        b.iter(|| {
+            seq += 1;
+            core.fanout_local(
+                "acme/room-1",
+                seq,
+                Prio::Normal,
+                frame.clone(),
+                Instant::now(),
+            );
+            for (_, c) in core.conns.iter_mut() {
+                wbuf.clear();
+                c.out.fill(&mut wbuf, 64 * 1024);
+                black_box(&wbuf);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, parse, ring, fanout);
+criterion_main!(benches);

@@ -16,7 +16,8 @@ use shardcast::shard::core::ShardCore;
 use shardcast::topic::owned::EpochSource;
 use shardcast::topic::PartitionMap;
 
-const DATA: &str = r#"{"token":"Hello, world","index":41,"model":"gpt-x","done":false,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+const DATA: &str =
+    r#"{"token":"Hello, world","index":41,"model":"gpt-x","done":false,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
 
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
@@ -40,14 +41,7 @@ fn encode(c: &mut Criterion) {
     g.bench_function("ack", |b| {
         b.iter(|| {
             out.clear();
-            message::ack(
-                &mut out,
-                Some(7),
-                "acme/room-1",
-                black_box(99),
-                "9f2c41d07ab3",
-                false,
-            );
+            message::ack(&mut out, Some(7), "acme/room-1", black_box(99), "9f2c41d07ab3", false);
             black_box(&out);
         })
     });
@@ -57,16 +51,10 @@ fn encode(c: &mut Criterion) {
 fn parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse");
     g.throughput(Throughput::Elements(1));
-    let pubs =
-        format!(r#"{{"op":"pub","id":2,"topic":"acme/room-1","data":{DATA},"msg_id":"gen-77:3"}}"#);
-    g.bench_function("pub_command", |b| {
-        b.iter(|| black_box(message::parse_command(black_box(&pubs)).is_ok()))
-    });
-    let sub =
-        r#"{"op":"sub","id":1,"topic":"acme/room-1","since":{"seq":41,"epoch":"9f2c41d07ab3"}}"#;
-    g.bench_function("sub_command", |b| {
-        b.iter(|| black_box(message::parse_command(black_box(sub)).is_ok()))
-    });
+    let pubs = format!(r#"{{"op":"pub","id":2,"topic":"acme/room-1","data":{DATA},"msg_id":"gen-77:3"}}"#);
+    g.bench_function("pub_command", |b| b.iter(|| black_box(message::parse_command(black_box(&pubs)).is_ok())));
+    let sub = r#"{"op":"sub","id":1,"topic":"acme/room-1","since":{"seq":41,"epoch":"9f2c41d07ab3"}}"#;
+    g.bench_function("sub_command", |b| b.iter(|| black_box(message::parse_command(black_box(sub)).is_ok())));
     g.finish();
 }
 
@@ -113,14 +101,8 @@ fn ring(c: &mut Criterion) {
 
 /// A single-shard core with `n` open connections subscribed to one topic.
 pub fn core_with_subscribers(n: usize) -> ShardCore {
-    let map = PartitionMap {
-        partitions: 1024,
-        shards: 1,
-    };
-    let limits = Limits {
-        max_connections_per_shard: n + 1,
-        ..Limits::default()
-    };
+    let map = PartitionMap { partitions: 1024, shards: 1 };
+    let limits = Limits { max_connections_per_shard: n + 1, ..Limits::default() };
     let mut core = ShardCore::new(0, map, limits, vec![None]);
     let epoch = EpochSource::new(0).next_epoch();
     let now = Instant::now();
@@ -137,6 +119,7 @@ pub fn core_with_subscribers(n: usize) -> ShardCore {
                 seq: 0,
                 epoch,
                 recovery: Recovery::NotAsked,
+                replay: Vec::new(),
             },
         );
     }
@@ -156,16 +139,10 @@ fn fanout(c: &mut Criterion) {
     let mut frame_bytes = Vec::new();
     message::msg(
         &mut frame_bytes,
-        &MsgFields {
-            topic: "acme/room-1",
-            seq: 1,
-            epoch: "9f2c41d07ab3",
-            msg_id: None,
-            prio: None,
-            data: DATA,
-        },
+        &MsgFields { topic: "acme/room-1", seq: 1, epoch: "9f2c41d07ab3", msg_id: None, prio: None, data: DATA },
     );
     let frame: shardcast::mesh::SharedFrame = Arc::from(&frame_bytes[..]);
+    let topic: Arc<str> = Arc::from("acme/room-1");
     let mut core = core_with_subscribers(SUBS);
     let mut seq = 0;
     g.bench_function("queue_one_frame_on_10k_subscribers", |b| {
@@ -173,13 +150,7 @@ fn fanout(c: &mut Criterion) {
             || (),
             |()| {
                 seq += 1;
-                core.fanout_local(
-                    "acme/room-1",
-                    seq,
-                    Prio::Normal,
-                    frame.clone(),
-                    Instant::now(),
-                );
+                core.fanout_local(topic.clone(), seq, Prio::Normal, frame.clone(), Instant::now());
             },
             BatchSize::SmallInput,
         );
@@ -193,13 +164,7 @@ fn fanout(c: &mut Criterion) {
     g.bench_function("queue_and_copy_out_one_frame_10k", |b| {
         b.iter(|| {
             seq += 1;
-            core.fanout_local(
-                "acme/room-1",
-                seq,
-                Prio::Normal,
-                frame.clone(),
-                Instant::now(),
-            );
+            core.fanout_local(topic.clone(), seq, Prio::Normal, frame.clone(), Instant::now());
             for (_, c) in core.conns.iter_mut() {
                 wbuf.clear();
                 c.out.fill(&mut wbuf, 64 * 1024);

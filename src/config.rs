@@ -53,6 +53,59 @@ pub struct Config {
     /// Per-connection and per-shard limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Replay rings and dedupe windows.
+    #[serde(default)]
+    pub replay: ReplayConfig,
+    /// Publish rate limits.
+    #[serde(default)]
+    pub rates: RateConfig,
+    /// Pings, timeouts and drain.
+    #[serde(default)]
+    pub liveness: LivenessConfig,
+}
+
+/// `[replay]`: per-topic history kept by the owner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Publications kept per topic.
+    pub max_count: usize,
+    /// Bytes of encoded frames kept per topic.
+    pub max_bytes: usize,
+    /// Oldest publication kept, ms.
+    pub max_age_ms: u64,
+    /// `msg_id`s remembered per topic for dedupe.
+    pub dedupe_count: usize,
+    /// How long a `msg_id` is remembered, ms.
+    pub dedupe_age_ms: u64,
+}
+
+/// `[rates]`: token buckets for publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    /// Publishes per second per connection.
+    pub connection_per_sec: f64,
+    /// Burst per connection.
+    pub connection_burst: f64,
+    /// Publishes per second per tenant (whole process).
+    pub tenant_per_sec: f64,
+    /// Burst per tenant (whole process).
+    pub tenant_burst: f64,
+}
+
+/// `[liveness]`: pings and drain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LivenessConfig {
+    /// Ping a connection silent for this long, ms.
+    pub ping_interval_ms: u64,
+    /// Close (1001) a pinged connection silent for this much longer, ms.
+    pub ping_timeout_ms: u64,
+    /// Graceful drain: the process exits within this bound, ms.
+    pub drain_timeout_ms: u64,
+    /// `reconnect_after_ms` sent in `drain`.
+    pub drain_reconnect_after_ms: u64,
 }
 
 /// `[server]`.
@@ -119,6 +172,9 @@ fn embedded() -> Config {
             server: d.server,
             shards: d.shards,
             limits: d.limits,
+            replay: d.replay,
+            rates: d.rates,
+            liveness: d.liveness,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -131,14 +187,37 @@ struct EmbeddedDefault {
     server: ServerConfig,
     shards: ShardsConfig,
     limits: Limits,
+    replay: ReplayConfig,
+    rates: RateConfig,
+    liveness: LivenessConfig,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self { max_count: 4096, max_bytes: 4 << 20, max_age_ms: 300_000, dedupe_count: 4096, dedupe_age_ms: 120_000 }
+    }
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self { connection_per_sec: 2000.0, connection_burst: 4000.0, tenant_per_sec: 50_000.0, tenant_burst: 100_000.0 }
+    }
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 30_000,
+            ping_timeout_ms: 15_000,
+            drain_timeout_ms: 10_000,
+            drain_reconnect_after_ms: 1_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            backlog: 4096,
-        }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), backlog: 4096 }
     }
 }
 
@@ -184,27 +263,16 @@ impl Config {
 
     /// Reads, parses and validates a config file.
     pub fn from_file(path: &str) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::from_toml(&text)
     }
 
     /// Checks ranges and consistency (not the host: see [`Config::shard_cpus`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, problem: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                problem: problem.into(),
-            })
-        };
+        let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
         if let Cpus::All(s) = &self.shards.cpus {
             if s != "all" {
-                return invalid(
-                    "shards.cpus",
-                    "must be \"all\" or a list of CPU ids like [0, 1]",
-                );
+                return invalid("shards.cpus", "must be \"all\" or a list of CPU ids like [0, 1]");
             }
         }
         if let Cpus::List(list) = &self.shards.cpus {
@@ -225,10 +293,7 @@ impl Config {
             return invalid("shards.partitions", "must be at least 1");
         }
         if self.shards.ring_capacity < 2 * crate::mesh::ring::CONTROL_RESERVE {
-            return invalid(
-                "shards.ring_capacity",
-                "must be at least 128 (64 slots are kept for control traffic)",
-            );
+            return invalid("shards.ring_capacity", "must be at least 128 (64 slots are kept for control traffic)");
         }
         if !(MIN_PREEMPT_US..=1_000_000).contains(&self.shards.preempt_timer_us) {
             return invalid(
@@ -238,19 +303,13 @@ impl Config {
         }
         let l = &self.limits;
         if !(128..=16 << 20).contains(&l.max_message_bytes) {
-            return invalid(
-                "limits.max_message_bytes",
-                "must be between 128 and 16777216",
-            );
+            return invalid("limits.max_message_bytes", "must be between 128 and 16777216");
         }
         if l.max_connections_per_shard == 0 {
             return invalid("limits.max_connections_per_shard", "must be at least 1");
         }
         if l.max_subscriptions_per_connection == 0 {
-            return invalid(
-                "limits.max_subscriptions_per_connection",
-                "must be at least 1",
-            );
+            return invalid("limits.max_subscriptions_per_connection", "must be at least 1");
         }
         if l.outbound_soft_bytes == 0 || l.outbound_hard_bytes < l.outbound_soft_bytes {
             return invalid(
@@ -259,10 +318,7 @@ impl Config {
             );
         }
         if l.outbound_hard_bytes < l.max_message_bytes + 1024 {
-            return invalid(
-                "limits.outbound_hard_bytes",
-                "must exceed max_message_bytes by at least 1024",
-            );
+            return invalid("limits.outbound_hard_bytes", "must exceed max_message_bytes by at least 1024");
         }
         if l.max_topics_per_shard == 0 {
             return invalid("limits.max_topics_per_shard", "must be at least 1");
@@ -270,16 +326,31 @@ impl Config {
         if l.handshake_timeout_ms == 0 {
             return invalid("limits.handshake_timeout_ms", "must be at least 1");
         }
+        let r = &self.replay;
+        if r.max_count == 0 || r.max_bytes == 0 || r.max_age_ms == 0 {
+            return invalid("replay.max_count", "replay bounds (max_count, max_bytes, max_age_ms) must be positive");
+        }
+        if r.dedupe_count == 0 || r.dedupe_age_ms == 0 {
+            return invalid("replay.dedupe_count", "dedupe bounds (dedupe_count, dedupe_age_ms) must be positive");
+        }
+        let q = &self.rates;
+        let ok = |v: f64| v.is_finite() && v > 0.0;
+        if !ok(q.connection_per_sec) || q.connection_burst < 1.0 || !ok(q.tenant_per_sec) || q.tenant_burst < 1.0 {
+            return invalid("rates", "rates must be positive and bursts at least 1");
+        }
+        let v = &self.liveness;
+        if v.ping_interval_ms < 100 || v.ping_timeout_ms < 100 {
+            return invalid("liveness.ping_interval_ms", "ping interval and timeout must be at least 100 ms");
+        }
+        if v.drain_timeout_ms == 0 {
+            return invalid("liveness.drain_timeout_ms", "must be at least 1");
+        }
         Ok(())
     }
 
     /// The CPUs shards run on, checked against the CPUs this process may use.
     pub fn shard_cpus(&self) -> Result<Vec<usize>, ConfigError> {
-        let online: Vec<usize> = core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+        let online: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
         match &self.shards.cpus {
             Cpus::All(_) if online.is_empty() => Err(ConfigError::Invalid {
                 field: "shards.cpus",
@@ -289,9 +360,7 @@ impl Config {
             Cpus::List(list) => match list.iter().find(|c| !online.contains(c)) {
                 Some(c) => Err(ConfigError::Invalid {
                     field: "shards.cpus",
-                    problem: format!(
-                        "CPU {c} is not available to this process (available: {online:?})"
-                    ),
+                    problem: format!("CPU {c} is not available to this process (available: {online:?})"),
                 }),
                 None => Ok(list.clone()),
             },
@@ -307,11 +376,7 @@ mod tests {
     fn embedded_default_parses_and_matches_defaults() {
         let cfg = Config::from_toml(DEFAULT_TOML).unwrap();
         let empty = Config::from_toml("").unwrap();
-        assert_eq!(
-            format!("{cfg:?}"),
-            format!("{empty:?}"),
-            "section defaults equal the file"
-        );
+        assert_eq!(format!("{cfg:?}"), format!("{empty:?}"), "section defaults equal the file");
         assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.server.backlog, 4096);
         assert_eq!(cfg.shards.cpus, Cpus::All("all".into()));
@@ -324,10 +389,7 @@ mod tests {
         assert!(err("[shards]\ncpus = [0, 0]").contains("listed twice"));
         assert!(err("[shards]\ncpus = \"some\"").contains("`shards.cpus`"));
         assert!(err("[shards]\npartitions = 0").contains("`shards.partitions`"));
-        assert!(
-            err("[limits]\noutbound_soft_bytes = 10\noutbound_hard_bytes = 5")
-                .contains("outbound_hard_bytes")
-        );
+        assert!(err("[limits]\noutbound_soft_bytes = 10\noutbound_hard_bytes = 5").contains("outbound_hard_bytes"));
         assert!(err("[server]\nlisten = \"nope\"").contains("listen"));
         assert!(err("[server]\nbogus = 1").contains("bogus"));
     }

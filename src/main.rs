@@ -77,24 +77,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(cpus) = args.cpus {
         cfg.shards.cpus = shardcast::config::Cpus::List(cpus);
     }
+    let drain_ms = cfg.liveness.drain_timeout_ms;
     let server = shardcast::start(cfg).context("starting the engine")?;
     tracing::info!(addr = %server.local_addr(), shards = server.shards(), "shardcast serving WebSocket at ws://{}/ws", server.local_addr());
 
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .context("installing signal handlers")?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if sig_tx.send(sig).is_err() {
-                    break;
-                }
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut seen = 0;
+        for sig in signals.forever() {
+            seen += 1;
+            if seen > 1 {
+                // A second signal: no more patience.
+                eprintln!("shardcast: second signal ({sig}); exiting now");
+                std::process::exit(130);
             }
-        })?;
+            if sig_tx.send(sig).is_err() {
+                break;
+            }
+        }
+    })?;
+    let drain_timeout = std::time::Duration::from_millis(drain_ms);
 
     // The supervisor: stop on a signal; exit non-zero if any shard ends or
     // stops answering (a wedged shard cannot serve its connections and
@@ -102,8 +106,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     loop {
         select! {
             recv(sig_rx) -> sig => {
-                tracing::info!(signal = ?sig.ok(), "stopping");
+                tracing::info!(signal = ?sig.ok(), timeout = ?drain_timeout, "draining");
+                let clean = server.drain(drain_timeout);
+                if !clean {
+                    tracing::warn!("drain bound reached with connections left; closing them");
+                }
                 server.shutdown();
+                tracing::info!("stopped");
                 return Ok(ExitCode::SUCCESS);
             }
             recv(server.exits()) -> exit => {

@@ -86,22 +86,15 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
     let n = cpus.len();
-    let map = PartitionMap {
-        partitions: cfg.shards.partitions,
-        shards: n,
-    };
+    let map = PartitionMap { partitions: cfg.shards.partitions, shards: n };
     let (listeners, addr) = bind_listeners(cfg.server.listen, cfg.server.backlog, n)?;
     let meshes = mesh::build(n, cfg.shards.ring_capacity).map_err(StartError::Mesh)?;
     let (exit_tx, exits) = crossbeam_channel::unbounded();
     let mut links = Vec::with_capacity(n);
     let mut threads = Vec::with_capacity(n);
-    for (id, ((cpu, listener), mesh)) in cpus.iter().copied().zip(listeners).zip(meshes).enumerate()
-    {
+    for (id, ((cpu, listener), mesh)) in cpus.iter().copied().zip(listeners).zip(meshes).enumerate() {
         let (control_tx, control) = crossbeam_channel::unbounded();
-        links.push(ShardLink {
-            control: control_tx,
-            bell: mesh.bell.clone(),
-        });
+        links.push(ShardLink { control: control_tx, bell: mesh.bell.clone() });
         let spec = ShardSpec {
             id,
             cpu,
@@ -110,81 +103,53 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
             map,
             limits: cfg.limits.clone(),
             control,
+            policy: crate::shard::core::Policy {
+                replay: cfg.replay.clone(),
+                rates: cfg.rates.clone(),
+                liveness: cfg.liveness.clone(),
+            },
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
-                let handle = ServerHandle {
-                    addr,
-                    map,
-                    links,
-                    threads,
-                    exits,
-                };
+                let handle = ServerHandle { addr, map, links, threads, exits };
                 handle.shutdown();
-                return Err(StartError::Shard {
-                    shard: id,
-                    cpu,
-                    message: e.to_string(),
-                });
+                return Err(StartError::Shard { shard: id, cpu, message: e.to_string() });
             }
         }
     }
-    let handle = ServerHandle {
-        addr,
-        map,
-        links,
-        threads,
-        exits,
-    };
+    let handle = ServerHandle { addr, map, links, threads, exits };
     // Every shard answering the control plane means every executor is up.
-    handle
-        .try_stats(Duration::from_secs(10))
-        .ok_or_else(|| StartError::Shard {
-            shard: 0,
-            cpu: cpus[0],
-            message: "a shard did not come up within 10 s".into(),
-        })?;
+    handle.try_stats(Duration::from_secs(10)).ok_or_else(|| StartError::Shard {
+        shard: 0,
+        cpu: cpus[0],
+        message: "a shard did not come up within 10 s".into(),
+    })?;
     Ok(handle)
 }
 
 fn check_memlock() -> Result<(), StartError> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
         return Ok(()); // cannot tell; glommio will say
     }
     if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MIN_MEMLOCK {
-        return Err(StartError::Memlock {
-            have: lim.rlim_cur,
-            need: MIN_MEMLOCK,
-        });
+        return Err(StartError::Memlock { have: lim.rlim_cur, need: MIN_MEMLOCK });
     }
     Ok(())
 }
 
 /// One SO_REUSEPORT listener per shard on the same address.
-fn bind_listeners(
-    addr: SocketAddr,
-    backlog: u32,
-    n: usize,
-) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+fn bind_listeners(addr: SocketAddr, backlog: u32, n: usize) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
     let mut bound = addr;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let sock = listener(bound, backlog).map_err(|source| StartError::Bind {
-            addr: bound,
-            source,
-        })?;
+        let sock = listener(bound, backlog).map_err(|source| StartError::Bind { addr: bound, source })?;
         if bound.port() == 0 {
             let local = sock.local_addr().ok().and_then(|a| a.as_socket());
-            bound = local.ok_or_else(|| StartError::Bind {
-                addr,
-                source: std::io::Error::other("no local address"),
-            })?;
+            bound =
+                local.ok_or_else(|| StartError::Bind { addr, source: std::io::Error::other("no local address") })?;
         }
         out.push(OwnedFd::from(sock));
     }
@@ -265,8 +230,28 @@ impl ServerHandle {
     /// A snapshot of every shard. Panics if a shard does not answer within
     /// 10 s (meant for tests and tools).
     pub fn stats(&self) -> Totals {
-        self.try_stats(Duration::from_secs(10))
-            .expect("every shard answers the control plane")
+        self.try_stats(Duration::from_secs(10)).expect("every shard answers the control plane")
+    }
+
+    /// Graceful drain: every shard stops accepting, flushes what it has
+    /// queued, sends `drain` and closes with 1012; returns when no
+    /// connection is left or at `timeout`, whether all closed in time.
+    /// Call [`ServerHandle::shutdown`] afterwards.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        for i in 0..self.links.len() {
+            self.send(i, Control::Drain);
+        }
+        while std::time::Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if let Some(t) = self.try_stats(left.min(Duration::from_secs(1))) {
+                if t.sum(|s| s.connections_open) == 0 {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Stops every shard and waits for their threads.

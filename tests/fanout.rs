@@ -19,8 +19,7 @@ fn cross_shard_delivery_in_every_placement() {
     for owner in 0..2 {
         for sub_shard in 0..2 {
             for pub_shard in 0..2 {
-                let topic =
-                    topic_owned_by(&server, owner, &format!("x{owner}{sub_shard}{pub_shard}"));
+                let topic = topic_owned_by(&server, owner, &format!("x{owner}{sub_shard}{pub_shard}"));
                 let mut sub = Client::connect_to_shard(addr, sub_shard);
                 let mut publ = Client::connect_to_shard(addr, pub_shard);
                 sub.sub(&topic);
@@ -28,10 +27,7 @@ fn cross_shard_delivery_in_every_placement() {
                 let msg = sub.expect_op("msg");
                 assert_eq!(msg["seq"], ack["seq"]);
                 assert_eq!(msg["epoch"], ack["epoch"]);
-                assert_eq!(
-                    msg["data"]["placement"],
-                    json!([owner, sub_shard, pub_shard])
-                );
+                assert_eq!(msg["data"]["placement"], json!([owner, sub_shard, pub_shard]));
             }
         }
     }
@@ -46,9 +42,7 @@ fn per_topic_order_with_concurrent_publishers() {
     let server = server();
     let addr = server.local_addr();
     let topic = topic_owned_by(&server, 1, "order");
-    let mut subs: Vec<Client> = (0..4)
-        .map(|i| Client::connect_to_shard(addr, i % 2))
-        .collect();
+    let mut subs: Vec<Client> = (0..4).map(|i| Client::connect_to_shard(addr, i % 2)).collect();
     for s in &mut subs {
         s.sub(&topic);
     }
@@ -60,32 +54,20 @@ fn per_topic_order_with_concurrent_publishers() {
                 for i in 0..250 {
                     c.send(json!({"op":"pub","id":i,"topic":topic,"data":{"p":p,"i":i}}));
                 }
-                (0..250)
-                    .map(|_| c.expect_op("ack")["seq"].as_u64().unwrap())
-                    .collect::<Vec<_>>()
+                (0..250).map(|_| c.expect_op("ack")["seq"].as_u64().unwrap()).collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut acked: Vec<u64> = publishers
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
+    let mut acked: Vec<u64> = publishers.into_iter().flat_map(|h| h.join().unwrap()).collect();
     acked.sort_unstable();
-    assert_eq!(
-        acked,
-        (1..=1000).collect::<Vec<_>>(),
-        "each seq acked exactly once"
-    );
+    assert_eq!(acked, (1..=1000).collect::<Vec<_>>(), "each seq acked exactly once");
     for s in &mut subs {
         let mut last_i: HashMap<u64, i64> = HashMap::new();
         for want in 1..=1000u64 {
             let m = s.expect_op("msg");
             assert_eq!(m["seq"], want, "in order, no gap, no duplicate");
             // Each publisher's own publications keep their order too.
-            let (p, i) = (
-                m["data"]["p"].as_u64().unwrap(),
-                m["data"]["i"].as_i64().unwrap(),
-            );
+            let (p, i) = (m["data"]["p"].as_u64().unwrap(), m["data"]["i"].as_i64().unwrap());
             let prev = last_i.insert(p, i).unwrap_or(-1);
             assert!(i > prev, "publisher {p} reordered");
         }
@@ -99,14 +81,9 @@ fn per_topic_order_with_concurrent_publishers() {
 fn many_topics_across_all_shards() {
     let server = server();
     let addr = server.local_addr();
-    let topics: Vec<String> = (0..200)
-        .map(|i| format!("tenant{}/room{}/sub{}", i % 17, i, i % 3))
-        .collect();
+    let topics: Vec<String> = (0..200).map(|i| format!("tenant{}/room{}/sub{}", i % 17, i, i % 3)).collect();
     let owners: Vec<usize> = topics.iter().map(|t| server.owner_of(t)).collect();
-    assert!(
-        owners.contains(&0) && owners.contains(&1),
-        "topics land on both shards"
-    );
+    assert!(owners.contains(&0) && owners.contains(&1), "topics land on both shards");
     let mut sub_a = Client::connect_to_shard(addr, 0);
     let mut sub_b = Client::connect_to_shard(addr, 1);
     for t in &topics {
@@ -129,19 +106,13 @@ fn many_topics_across_all_shards() {
             let t = m["topic"].as_str().unwrap().to_string();
             let i = topics.iter().position(|x| *x == t).unwrap();
             assert_eq!(m["data"], i, "payload belongs to its topic");
-            per_topic
-                .entry(t)
-                .or_default()
-                .push(m["seq"].as_u64().unwrap());
+            per_topic.entry(t).or_default().push(m["seq"].as_u64().unwrap());
         }
         assert_eq!(per_topic.len(), 200);
         assert!(per_topic.values().all(|seqs| seqs == &[1, 2, 3]));
     }
     let stats = server.stats();
-    assert!(
-        stats.shards.iter().all(|s| s.owned_topics > 0),
-        "both shards own topics"
-    );
+    assert!(stats.shards.iter().all(|s| s.owned_topics > 0), "both shards own topics");
     server.shutdown();
 }
 
@@ -159,10 +130,7 @@ fn ack_comes_before_delivery() {
             c.send(json!({"op":"pub","id":i,"topic":topic,"data":i}));
             let ack = c.expect_op("ack");
             let msg = c.expect_op("msg");
-            assert_eq!(
-                (ack["id"].as_u64(), ack["seq"].clone()),
-                (Some(i), msg["seq"].clone())
-            );
+            assert_eq!((ack["id"].as_u64(), ack["seq"].clone()), (Some(i), msg["seq"].clone()));
         }
     }
     server.shutdown();
@@ -183,25 +151,16 @@ fn unsubscribe_stops_delivery() {
     assert_eq!(sub.expect_op("msg")["data"], "before");
     sub.send(json!({"op":"unsub","id":11,"topic":topic}));
     let v = sub.expect_op("unsubscribed");
-    assert_eq!(
-        (v["id"].as_u64(), v["topic"].as_str()),
-        (Some(11), Some(topic.as_str()))
-    );
+    assert_eq!((v["id"].as_u64(), v["topic"].as_str()), (Some(11), Some(topic.as_str())));
     publ.publish(&topic, json!("after"));
     publ.publish(&other, json!("still"));
     let m = sub.expect_op("msg");
-    assert_eq!(
-        (m["topic"].as_str(), m["data"].as_str()),
-        (Some(other.as_str()), Some("still"))
-    );
+    assert_eq!((m["topic"].as_str(), m["data"].as_str()), (Some(other.as_str()), Some("still")));
     sub.sync();
     // Unsubscribing again is an error, and the connection stays usable.
     sub.send(json!({"op":"unsub","id":12,"topic":topic}));
     let e = sub.expect_op("error");
-    assert_eq!(
-        (e["code"].as_str(), e["id"].as_u64()),
-        (Some("not_subscribed"), Some(12))
-    );
+    assert_eq!((e["code"].as_str(), e["id"].as_u64()), (Some("not_subscribed"), Some(12)));
     sub.sync();
     server.shutdown();
 }
@@ -223,10 +182,6 @@ fn resubscribe_does_not_duplicate() {
     sub.sync();
     let stats = server.stats();
     assert_eq!(stats.sum(|s| s.subscriptions), 1);
-    assert_eq!(
-        stats.sum(|s| s.owned_interest),
-        1,
-        "the owner's count was given back"
-    );
+    assert_eq!(stats.sum(|s| s.owned_interest), 1, "the owner's count was given back");
     server.shutdown();
 }

@@ -16,9 +16,7 @@ fn msg_frames_are_encoded_once_and_identical_everywhere() {
     let topic = topic_owned_by(&server, 0, "encode");
     let mut a = Client::connect_to_shard(addr, 0);
     let mut b = Client::connect_to_shard(addr, 1);
-    let mut extra: Vec<Client> = (0..6)
-        .map(|i| Client::connect_to_shard(addr, i % 2))
-        .collect();
+    let mut extra: Vec<Client> = (0..6).map(|i| Client::connect_to_shard(addr, i % 2)).collect();
     a.sub(&topic);
     b.sub(&topic);
     for c in &mut extra {
@@ -40,16 +38,8 @@ fn msg_frames_are_encoded_once_and_identical_everywhere() {
         }
     }
     let stats = server.stats();
-    assert_eq!(
-        stats.sum(|s| s.counters.frames_encoded) - before,
-        20,
-        "one encode per publish"
-    );
-    assert_eq!(
-        stats.sum(|s| s.counters.deliveries),
-        20 * 8,
-        "eight deliveries per publish"
-    );
+    assert_eq!(stats.sum(|s| s.counters.frames_encoded) - before, 20, "one encode per publish");
+    assert_eq!(stats.sum(|s| s.counters.deliveries), 20 * 8, "eight deliveries per publish");
     server.shutdown();
 }
 

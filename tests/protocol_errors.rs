@@ -20,46 +20,18 @@ fn bad_commands_get_errors_and_the_connection_stays_usable() {
     let server = server();
     let mut c = Client::connect(server.local_addr());
     let cases: Vec<(String, &str, Option<u64>)> = vec![
-        (
-            r#"{"op":"sub","id":1,"topic":"acme"}"#.into(),
-            "bad_topic",
-            Some(1),
-        ),
-        (
-            r#"{"op":"sub","id":2,"topic":"acme/room 1"}"#.into(),
-            "bad_topic",
-            Some(2),
-        ),
-        (
-            r#"{"op":"pub","id":3,"topic":"a//b","data":1}"#.into(),
-            "bad_topic",
-            Some(3),
-        ),
-        (
-            r#"{"op":"unsub","id":4,"topic":"x"}"#.into(),
-            "bad_topic",
-            Some(4),
-        ),
-        (
-            format!(r#"{{"op":"sub","id":5,"topic":"a/{}"}}"#, "x".repeat(300)),
-            "bad_topic",
-            Some(5),
-        ),
+        (r#"{"op":"sub","id":1,"topic":"acme"}"#.into(), "bad_topic", Some(1)),
+        (r#"{"op":"sub","id":2,"topic":"acme/room 1"}"#.into(), "bad_topic", Some(2)),
+        (r#"{"op":"pub","id":3,"topic":"a//b","data":1}"#.into(), "bad_topic", Some(3)),
+        (r#"{"op":"unsub","id":4,"topic":"x"}"#.into(), "bad_topic", Some(4)),
+        (format!(r#"{{"op":"sub","id":5,"topic":"a/{}"}}"#, "x".repeat(300)), "bad_topic", Some(5)),
         ("{not json".into(), "bad_request", None),
         ("[]".into(), "bad_request", None),
-        (
-            r#"{"op":"pub","id":6,"topic":"a/b"}"#.into(),
-            "bad_request",
-            Some(6),
-        ),
+        (r#"{"op":"pub","id":6,"topic":"a/b"}"#.into(), "bad_request", Some(6)),
         (r#"{"id":7}"#.into(), "bad_request", Some(7)),
         (r#"{"op":"sub","id":8}"#.into(), "bad_request", Some(8)),
         (r#"{"op":"teleport","id":9}"#.into(), "unknown_op", Some(9)),
-        (
-            r#"{"op":"unsub","id":10,"topic":"a/b"}"#.into(),
-            "not_subscribed",
-            Some(10),
-        ),
+        (r#"{"op":"unsub","id":10,"topic":"a/b"}"#.into(), "not_subscribed", Some(10)),
     ];
     for (text, code, id) in cases {
         c.ws.send(Message::text(text.clone())).unwrap();
@@ -74,24 +46,8 @@ fn bad_commands_get_errors_and_the_connection_stays_usable() {
     c.publish("acme/still-here", json!("ok"));
     assert_eq!(c.expect_op("msg")["data"], "ok");
     let stats = server.stats();
-    assert_eq!(
-        stats.sum(|s| s
-            .counters
-            .errors_sent
-            .get("bad_topic")
-            .copied()
-            .unwrap_or(0)),
-        5
-    );
-    assert_eq!(
-        stats.sum(|s| s
-            .counters
-            .errors_sent
-            .get("bad_request")
-            .copied()
-            .unwrap_or(0)),
-        6
-    );
+    assert_eq!(stats.sum(|s| s.counters.errors_sent.get("bad_topic").copied().unwrap_or(0)), 5);
+    assert_eq!(stats.sum(|s| s.counters.errors_sent.get("bad_request").copied().unwrap_or(0)), 6);
     server.shutdown();
 }
 
@@ -125,14 +81,8 @@ fn closed_with(bytes: &[u8], want: u16) {
     let mut p = Client::connect(addr);
     p.publish("acme/bystander", json!(1));
     assert_eq!(bystander.expect_op("msg")["seq"], 1);
-    let stats = wait_stats(&server, "the closed connection gone", |t| {
-        t.sum(|s| s.connections_open) == 2
-    });
-    let code = stats
-        .shards
-        .iter()
-        .map(|s| s.counters.closed_by_code.get(&want).copied().unwrap_or(0))
-        .sum::<u64>();
+    let stats = wait_stats(&server, "the closed connection gone", |t| t.sum(|s| s.connections_open) == 2);
+    let code = stats.shards.iter().map(|s| s.counters.closed_by_code.get(&want).copied().unwrap_or(0)).sum::<u64>();
     assert_eq!(code, 1, "the close code is counted");
     server.shutdown();
 }

@@ -119,26 +119,15 @@ fn main() -> anyhow::Result<()> {
         Scenario::Fanout(a) => {
             let run_id = worker::mono_ns() % 1_000_000_007;
             let topics = vec![format!("bench/fanout-{run_id}")];
-            let plans = split(
-                &a.common,
-                a.subscribers,
-                a.publishers,
-                topics,
-                a.rate,
-                a.inflight,
-                a.payload,
-            )?;
+            let plans = split(&a.common, a.subscribers, a.publishers, topics, a.rate, a.inflight, a.payload)?;
             let extra = serde_json::json!({"scenario":"fanout","subscribers":a.subscribers,"publishers":a.publishers,"rate":a.rate,"inflight":a.inflight,"payload":a.payload});
             orchestrate(&a.common, plans, extra)
         }
         Scenario::Idle(a) => {
             let run_id = worker::mono_ns() % 1_000_000_007;
-            let topics = (0..a.rooms.max(1))
-                .map(|r| format!("idle{run_id}/room-{r}"))
-                .collect();
+            let topics = (0..a.rooms.max(1)).map(|r| format!("idle{run_id}/room-{r}")).collect();
             let plans = split(&a.common, a.connections, 0, topics, 0.0, 0, 0)?;
-            let extra =
-                serde_json::json!({"scenario":"idle","connections":a.connections,"rooms":a.rooms});
+            let extra = serde_json::json!({"scenario":"idle","connections":a.connections,"rooms":a.rooms});
             orchestrate(&a.common, plans, extra)
         }
     }
@@ -211,11 +200,7 @@ fn orchestrate(c: &Common, plans: Vec<Plan>, extra: serde_json::Value) -> anyhow
             .context("starting a worker process")?;
         let stdin = child.stdin.take().context("worker stdin")?;
         let lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
-        running.push(Running {
-            child,
-            stdin,
-            lines,
-        });
+        running.push(Running { child, stdin, lines });
     }
     let setup_timeout = std::time::Instant::now() + Duration::from_secs(300);
     for r in &mut running {

@@ -43,8 +43,7 @@ impl ProcSampler {
         let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         let cpu_secs = (ticks(11) + ticks(12)) / tick;
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
         let rss = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -56,10 +55,7 @@ impl ProcSampler {
 
     /// Samples RSS every 250 ms in a thread; `stop` returns the peak.
     pub fn spawn_peak_rss(&self) -> PeakRss {
-        let (stop, peak) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(0)),
-        );
+        let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
         let s = ProcSampler::new(self.pid);
         let (st, pk) = (stop.clone(), peak.clone());
         let handle = std::thread::spawn(move || {
@@ -134,11 +130,7 @@ impl Report {
         let received = sum(&|r| r.received);
         let gap_seqs = sum(&|r| r.gap_seqs);
         let lost = expected.saturating_sub(received + gap_seqs);
-        let run_secs = results
-            .iter()
-            .map(|r| r.run_secs)
-            .fold(0.0, f64::max)
-            .max(1e-9);
+        let run_secs = results.iter().map(|r| r.run_secs).fold(0.0, f64::max).max(1e-9);
         let conns: usize = plans.iter().map(|p| p.subscribers + p.publishers).sum();
         let server = match (before, ready, end) {
             (Some(b), Some(r), Some(e)) => {
@@ -210,28 +202,32 @@ impl Report {
             j["label"].as_str().unwrap_or(""),
             j["config"]["scenario"].as_str().unwrap_or("")
         );
-        println!("connections   {} ({} subscribed, {} connect errors, {} closed by server) over {} processes", j["connections"], j["subscribed"], j["connect_errors"], j["closed_by_server"], j["processes"]);
         println!(
-            "setup         {:.2} s",
-            j["setup_secs"].as_f64().unwrap_or(0.0)
+            "connections   {} ({} subscribed, {} connect errors, {} closed by server) over {} processes",
+            j["connections"], j["subscribed"], j["connect_errors"], j["closed_by_server"], j["processes"]
         );
+        println!("setup         {:.2} s", j["setup_secs"].as_f64().unwrap_or(0.0));
         println!(
             "publishes     {} acked, {:.0}/s, errors {}",
             j["acked"],
             j["publishes_per_sec"].as_f64().unwrap_or(0.0),
             j["publish_errors"]
         );
-        println!(
-            "deliveries    {}, {:.0}/s",
-            j["deliveries"],
-            j["deliveries_per_sec"].as_f64().unwrap_or(0.0)
-        );
+        println!("deliveries    {}, {:.0}/s", j["deliveries"], j["deliveries_per_sec"].as_f64().unwrap_or(0.0));
         let l = &j["latency_us"];
         println!(
             "latency µs    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
             l["p50"], l["p90"], l["p99"], l["p999"], l["max"], l["samples"]
         );
-        println!("verify        {} (expected {}, lost {}, out of order {}, duplicates {}, gap-notified {})", if v["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }, v["expected"], v["lost"], v["out_of_order"], v["duplicates"], v["gap_seqs"]);
+        println!(
+            "verify        {} (expected {}, lost {}, out of order {}, duplicates {}, gap-notified {})",
+            if v["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" },
+            v["expected"],
+            v["lost"],
+            v["out_of_order"],
+            v["duplicates"],
+            v["gap_seqs"]
+        );
         let s = &j["server"];
         if !s.is_null() {
             println!(
@@ -249,12 +245,7 @@ impl Report {
 }
 
 fn host_facts() -> serde_json::Value {
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
     json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": read("/proc/sys/kernel/osrelease"),

@@ -99,10 +99,7 @@ pub struct WorkerResult {
 /// Monotonic clock in ns (CLOCK_MONOTONIC is system-wide, so a publisher's
 /// timestamp can be read in another process).
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the struct we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -167,10 +164,7 @@ struct Worker {
 impl Worker {
     fn new(plan: Plan, poll: Poll) -> anyhow::Result<Self> {
         let total = plan.subscribers + plan.publishers;
-        let result = WorkerResult {
-            worker: plan.worker,
-            ..Default::default()
-        };
+        let result = WorkerResult { worker: plan.worker, ..Default::default() };
         Ok(Self {
             masker: Masker::new(0x9e37_79b9 ^ plan.worker as u32),
             pad: "x".repeat(plan.payload.saturating_sub(40)),
@@ -206,8 +200,7 @@ impl Worker {
             if announced && go.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            self.poll
-                .poll(&mut events, Some(Duration::from_millis(50)))?;
+            self.poll.poll(&mut events, Some(Duration::from_millis(50)))?;
             self.handle(&events)?;
         }
     }
@@ -215,12 +208,7 @@ impl Worker {
     fn in_setup(&self) -> usize {
         self.conns
             .iter()
-            .filter(|c| {
-                matches!(
-                    c.state,
-                    State::Connecting | State::Upgrading | State::Subscribing
-                )
-            })
+            .filter(|c| matches!(c.state, State::Connecting | State::Upgrading | State::Subscribing))
             .count()
     }
 
@@ -234,11 +222,7 @@ impl Worker {
         };
         match connect(self.plan.target, source) {
             Ok(mut stream) => {
-                self.poll.registry().register(
-                    &mut stream,
-                    Token(i),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
+                self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
                 let wbuf = ws::upgrade_request(&self.plan.target.to_string());
                 let stream = Some(stream);
                 self.conns.push(Conn {
@@ -392,10 +376,7 @@ impl Worker {
             return;
         }
         c.state = State::Subscribing;
-        let cmd = format!(
-            r#"{{"op":"sub","id":1,"topic":"{}"}}"#,
-            self.plan.topics[c.topic]
-        );
+        let cmd = format!(r#"{{"op":"sub","id":1,"topic":"{}"}}"#, self.plan.topics[c.topic]);
         self.masker.text_frame(cmd.as_bytes(), &mut c.wbuf);
         self.flush(i);
     }
@@ -421,10 +402,8 @@ impl Worker {
                 }
             }
             b"gap" => {
-                let (from, to) = (
-                    ws::find_u64(text, b"\"from\":").unwrap_or(0),
-                    ws::find_u64(text, b"\"to\":").unwrap_or(0),
-                );
+                let (from, to) =
+                    (ws::find_u64(text, b"\"from\":").unwrap_or(0), ws::find_u64(text, b"\"to\":").unwrap_or(0));
                 self.result.gap_notices += 1;
                 self.result.gap_seqs += to.saturating_sub(from) + 1;
                 let c = &mut self.conns[i];
@@ -437,11 +416,7 @@ impl Worker {
                     .map(|p| &text[p + 8..])
                     .and_then(|r| r.split(|&b| b == b'"').next())
                     .unwrap_or(b"?");
-                *self
-                    .result
-                    .pub_errors
-                    .entry(String::from_utf8_lossy(code).into_owned())
-                    .or_default() += 1;
+                *self.result.pub_errors.entry(String::from_utf8_lossy(code).into_owned()).or_default() += 1;
                 let c = &mut self.conns[i];
                 c.unacked = c.unacked.saturating_sub(1);
             }
@@ -478,14 +453,10 @@ impl Worker {
         let start = Instant::now();
         let end = start + self.plan.duration;
         let mut events = Events::with_capacity(4096);
-        let pubs: Vec<usize> = (self.plan.subscribers..self.conns.len())
-            .filter(|&i| self.conns[i].state == State::Ready)
-            .collect();
-        let interval = if self.plan.rate > 0.0 {
-            Duration::from_secs_f64(1.0 / self.plan.rate)
-        } else {
-            Duration::ZERO
-        };
+        let pubs: Vec<usize> =
+            (self.plan.subscribers..self.conns.len()).filter(|&i| self.conns[i].state == State::Ready).collect();
+        let interval =
+            if self.plan.rate > 0.0 { Duration::from_secs_f64(1.0 / self.plan.rate) } else { Duration::ZERO };
         let mut next_send = start;
         let mut rr = 0usize;
         while Instant::now() < end {
@@ -500,9 +471,7 @@ impl Worker {
                     }
                 } else {
                     for &p in &pubs {
-                        while self.conns[p].unacked < self.plan.inflight
-                            && self.conns[p].state == State::Ready
-                        {
+                        while self.conns[p].unacked < self.plan.inflight && self.conns[p].state == State::Ready {
                             self.publish(p);
                         }
                     }
@@ -512,9 +481,7 @@ impl Worker {
                 }
             }
             let wait = if self.plan.rate > 0.0 {
-                next_send
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(5))
+                next_send.saturating_duration_since(Instant::now()).min(Duration::from_millis(5))
             } else {
                 Duration::from_millis(5)
             };
@@ -524,15 +491,11 @@ impl Worker {
         self.result.run_secs = start.elapsed().as_secs_f64();
         let drain_end = Instant::now() + self.plan.drain;
         while Instant::now() < drain_end {
-            self.poll
-                .poll(&mut events, Some(Duration::from_millis(20)))?;
+            self.poll.poll(&mut events, Some(Duration::from_millis(20)))?;
             self.handle(&events)?;
         }
-        self.result.latency_us = self
-            .hist
-            .iter_recorded()
-            .map(|v| (v.value_iterated_to(), v.count_at_value()))
-            .collect();
+        self.result.latency_us =
+            self.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
         Ok(())
     }
 

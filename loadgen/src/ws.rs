@@ -75,10 +75,7 @@ pub fn parse_frame(buf: &[u8]) -> Option<Frame> {
     let opcode = buf[0] & 0x0f;
     let (start, len) = match buf[1] & 0x7f {
         126 => (4, u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize),
-        127 => (
-            10,
-            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
-        ),
+        127 => (10, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize),
         n => (2, n as usize),
     };
     let end = start + len;
@@ -127,9 +124,6 @@ mod tests {
         assert_eq!(find_u64(text, b"\"seq\":"), Some(42));
         assert_eq!(find_u64(text, b"\"t\":"), Some(9));
         assert!(parse_frame(&server[..10]).is_none());
-        assert_eq!(
-            parse_response_head(b"HTTP/1.1 101 Switching\r\nA: b\r\n\r\nrest"),
-            Some((32, 101))
-        );
+        assert_eq!(parse_response_head(b"HTTP/1.1 101 Switching\r\nA: b\r\n\r\nrest"), Some((32, 101)));
     }
 }

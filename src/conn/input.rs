@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use crate::conn::rate::TokenBucket;
 use crate::conn::Phase;
 use crate::mesh::{ConnRef, MeshMsg, PublishReq};
 use crate::proto::frame::{self, CloseCode, Decoded, ServerOp};
@@ -62,8 +63,7 @@ impl ShardCore {
                 HandshakeOutcome::Incomplete => return 0,
                 HandshakeOutcome::Upgrade { response, head_len } => {
                     let conn = &mut self.conns[idx];
-                    conn.out
-                        .push_control(usize::MAX, |o| o.extend_from_slice(&response));
+                    conn.out.push_control(usize::MAX, |o| o.extend_from_slice(&response));
                     conn.phase = Phase::Open;
                     conn.wake();
                     self.counters.handshakes += 1;
@@ -72,13 +72,8 @@ impl ShardCore {
                 HandshakeOutcome::Http(req) => {
                     self.counters.http_requests += 1;
                     let body = format!("no route for {} {}\n", req.method, req.path);
-                    let resp = handshake::response(
-                        404,
-                        "Not Found",
-                        "Connection: close\r\n",
-                        "text/plain",
-                        body.as_bytes(),
-                    );
+                    let resp =
+                        handshake::response(404, "Not Found", "Connection: close\r\n", "text/plain", body.as_bytes());
                     self.close_http(idx, &resp);
                     return buf.len();
                 }
@@ -111,11 +106,7 @@ impl ShardCore {
                     used = buf.len();
                 }
             }
-            if self
-                .conns
-                .get(idx)
-                .is_none_or(|c| c.phase == Phase::Closing)
-            {
+            if self.conns.get(idx).is_none_or(|c| c.phase == Phase::Closing) {
                 break;
             }
         }
@@ -141,9 +132,7 @@ impl ShardCore {
                 "binary frames are not accepted; send JSON text",
                 None,
             ),
-            Decoded::Ping(payload) => {
-                self.reply(idx, |o| frame::write_frame(ServerOp::Pong, payload, o))
-            }
+            Decoded::Ping(payload) => self.reply(idx, |o| frame::write_frame(ServerOp::Pong, payload, o)),
             Decoded::Pong => {}
             Decoded::Close(code) => {
                 let echo = code.map_or(CloseCode::NORMAL, CloseCode);
@@ -152,12 +141,23 @@ impl ShardCore {
         }
     }
 
+    /// Takes a token from the connection's and the tenant's buckets; on
+    /// refusal, which scope and how long to wait.
+    fn take_publish_token(&mut self, idx: usize, topic: &str) -> Result<(), (&'static str, u64)> {
+        let now = Instant::now();
+        let r = self.policy.rates.clone();
+        let c = &mut self.conns[idx];
+        let bucket = c.bucket.get_or_insert_with(|| TokenBucket::new(r.connection_burst, now));
+        bucket.take(r.connection_per_sec, r.connection_burst, now).map_err(|ms| ("connection", ms))?;
+        let n = self.map.shards as f64;
+        let tenant = topic.split('/').next().unwrap_or(topic);
+        let (rate, burst) = (r.tenant_per_sec / n, (r.tenant_burst / n).max(1.0));
+        self.tenants.take(tenant, rate, burst, now).map_err(|ms| ("tenant", ms))
+    }
+
     fn on_command(&mut self, idx: usize, cmd: Command<'_>) {
         let gen = self.conns[idx].gen;
-        let conn = ConnRef {
-            idx: idx as u32,
-            gen,
-        };
+        let conn = ConnRef { idx: idx as u32, gen };
         match cmd {
             Command::Ping { id } => self.reply(idx, |o| message::pong(o, id)),
             Command::Sub { id, topic, since } => {
@@ -166,9 +166,7 @@ impl ShardCore {
                 }
                 let c = &mut self.conns[idx];
                 let held = c.subs.len() + c.pending_subs as usize;
-                if held >= self.limits.max_subscriptions_per_connection
-                    && c.sub_index(&topic).is_none()
-                {
+                if held >= self.limits.max_subscriptions_per_connection && c.sub_index(&topic).is_none() {
                     let msg = format!(
                         "at most {} subscriptions per connection",
                         self.limits.max_subscriptions_per_connection
@@ -176,53 +174,38 @@ impl ShardCore {
                     return self.reply_error(idx, id, ErrorCode::TooManySubscriptions, &msg, None);
                 }
                 c.pending_subs += 1;
-                let msg = MeshMsg::Subscribe {
-                    conn,
-                    id,
-                    topic: topic.into(),
-                    since,
-                };
+                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since };
                 self.route_to_owner(msg);
             }
             Command::Unsub { id, topic } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
-                self.route_to_owner(MeshMsg::Unsubscribe {
-                    conn,
-                    id,
-                    topic: topic.into(),
-                });
+                self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
             }
-            Command::Pub {
-                id,
-                topic,
-                data,
-                msg_id,
-                prio,
-            } => {
+            Command::Pub { id, topic, data, msg_id, prio } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
+                if self.draining {
+                    let retry = Some(self.policy.liveness.drain_reconnect_after_ms);
+                    *self.counters.publishes_rejected.entry("draining").or_default() += 1;
+                    return self.reply_error(idx, id, ErrorCode::Overloaded, "server draining; reconnect", retry);
+                }
+                if let Err((scope, ms)) = self.take_publish_token(idx, &topic) {
+                    *self.counters.rate_limited.entry(scope).or_default() += 1;
+                    *self.counters.publishes_rejected.entry("rate_limited").or_default() += 1;
+                    let msg = format!("publish rate limit ({scope}) exceeded");
+                    return self.reply_error(idx, id, ErrorCode::RateLimited, &msg, Some(ms));
+                }
                 let owner = self.map.owner(&topic);
-                if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1))
-                {
+                if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
                     if let Some(o) = self.outboxes[owner].as_mut() {
                         o.note_full();
                     }
-                    *self
-                        .counters
-                        .publishes_rejected
-                        .entry("overloaded")
-                        .or_default() += 1;
+                    *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
                     let msg = "engine overloaded (mesh ring full); retry later";
-                    return self.reply_error(
-                        idx,
-                        id,
-                        ErrorCode::Overloaded,
-                        msg,
-                        Some(OVERLOADED_RETRY_MS),
-                    );
+                    return self.reply_error(idx, id, ErrorCode::Overloaded, msg, Some(OVERLOADED_RETRY_MS));
                 }
                 let req = PublishReq {
                     conn,

@@ -83,13 +83,8 @@ struct Task {
 /// Runs one connection to its end, then forgets it in the shard core.
 async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, r: ConnRef) {
     let timeout = Duration::from_millis(ctx.core.borrow().limits.handshake_timeout_ms);
-    let mut task = Task {
-        idx: r.idx as usize,
-        stream,
-        handshake_timer: Some(Timer::new(timeout)),
-        linger: None,
-        shut: false,
-    };
+    let mut task =
+        Task { idx: r.idx as usize, stream, handshake_timer: Some(Timer::new(timeout)), linger: None, shut: false };
     poll_fn(|cx| task.poll(&ctx, cx)).await;
     ctx.core.borrow_mut().remove(task.idx);
 }
@@ -186,10 +181,7 @@ impl Task {
         self.handshake_timer = None;
         let mut core = ctx.core.borrow_mut();
         core.counters.handshake_timeouts += 1;
-        core.close_http(
-            self.idx,
-            &handshake::reject_response(408, "Request Timeout"),
-        );
+        core.close_http(self.idx, &handshake::reject_response(408, "Request Timeout"));
         drop(core);
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -202,12 +194,7 @@ impl Task {
         if Pin::new(linger).poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        let flushed = ctx
-            .core
-            .borrow()
-            .conns
-            .get(self.idx)
-            .is_none_or(|c| c.out.is_empty());
+        let flushed = ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.out.is_empty());
         if flushed && !self.shut {
             self.shut = true;
             // The whole reply is out; FIN tells the peer, and reading on

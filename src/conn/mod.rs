@@ -7,6 +7,7 @@
 pub mod input;
 pub mod io;
 pub mod outbound;
+pub mod rate;
 pub mod state;
 
 pub use state::{Conn, Phase};

@@ -22,20 +22,37 @@ use std::sync::Arc;
 use crate::mesh::SharedFrame;
 use crate::proto::message::{self, Prio};
 
+/// One publication as queued on one shard: the shared frame plus what the
+/// queue needs to keep per-topic order (one allocation per shard per
+/// publish, shared by every local subscriber).
+#[derive(Debug)]
+pub struct Delivery {
+    /// The encoded `msg` frame.
+    pub frame: SharedFrame,
+    /// Its topic (the owner's `Arc`).
+    pub topic: Arc<str>,
+    /// Its seq.
+    pub seq: u64,
+}
+
 /// A publication frame as queued on one shard.
-pub type LocalFrame = Rc<SharedFrame>;
+pub type LocalFrame = Rc<Delivery>;
 
 /// Bytes a `gap` marker is charged (it encodes to a small frame).
 const GAP_CHARGE: usize = 64;
 
-/// Capacity kept by idle buffers; larger ones are released when drained, so
-/// a burst does not pin memory on an idle connection.
-const IDLE_KEEP: usize = 1024;
+/// A run of seqs dropped for this connection.
+#[derive(Debug)]
+struct Gap {
+    topic: Arc<str>,
+    from: u64,
+    to: u64,
+}
 
 #[derive(Debug)]
 enum Item {
     Frame(LocalFrame),
-    Gap { topic: Arc<str>, from: u64, to: u64 },
+    Gap(Box<Gap>),
 }
 
 /// What happened to a queued frame.
@@ -62,6 +79,8 @@ pub struct Outbound {
     critical: VecDeque<LocalFrame>,
     /// Normal publications and gap markers.
     normal: VecDeque<Item>,
+    /// Written after every lane is empty (the drain notice and close).
+    last: Vec<u8>,
     /// Bytes held in all lanes and `pending`.
     bytes: usize,
 }
@@ -90,48 +109,94 @@ impl Outbound {
         }
     }
 
-    /// Queues a publication frame of `topic`/`seq` on its lane.
-    pub fn push_frame(
-        &mut self,
-        frame: &LocalFrame,
-        prio: Prio,
-        topic: &Arc<str>,
-        seq: u64,
-        soft: usize,
-        hard: usize,
-    ) -> Push {
-        let len = frame.len();
+    /// Queues bytes to be written after everything else (drain + close).
+    pub fn push_last(&mut self, bytes: &[u8]) {
+        self.last.extend_from_slice(bytes);
+        self.bytes += bytes.len();
+    }
+
+    /// Queues a publication on its lane. A critical frame that overtakes
+    /// queued normal frames of its topic turns them into a `gap`, so the
+    /// subscriber still sees the topic's seqs in increasing order.
+    pub fn push_frame(&mut self, d: &LocalFrame, prio: Prio, soft: usize, hard: usize) -> Push {
+        let len = d.frame.len();
         match prio {
             Prio::Critical => {
                 if self.bytes + len > hard {
                     return Push::Overflow;
                 }
-                self.critical.push_back(frame.clone());
+                if !self.normal.is_empty() {
+                    self.drop_normal_of(&d.topic);
+                }
+                self.critical.push_back(d.clone());
             }
-            Prio::Normal if self.bytes + len > soft => return self.note_drop(topic, seq, hard),
-            Prio::Normal => self.normal.push_back(Item::Frame(frame.clone())),
+            Prio::Normal if self.bytes + len > soft => return self.note_drop(&d.topic, d.seq, hard),
+            Prio::Normal => self.normal.push_back(Item::Frame(d.clone())),
         }
         self.bytes += len;
         Push::Queued
     }
 
     fn note_drop(&mut self, topic: &Arc<str>, seq: u64, hard: usize) -> Push {
-        if let Some(Item::Gap { topic: t, to, .. }) = self.normal.back_mut() {
-            if *to + 1 == seq && (Arc::ptr_eq(t, topic) || **t == **topic) {
-                *to = seq;
+        if let Some(Item::Gap(g)) = self.normal.back_mut() {
+            if g.to + 1 == seq && (Arc::ptr_eq(&g.topic, topic) || *g.topic == **topic) {
+                g.to = seq;
                 return Push::Dropped;
             }
         }
         if self.bytes + GAP_CHARGE > hard {
             return Push::Overflow;
         }
-        self.normal.push_back(Item::Gap {
-            topic: topic.clone(),
-            from: seq,
-            to: seq,
-        });
+        self.normal.push_back(Item::Gap(Box::new(Gap { topic: topic.clone(), from: seq, to: seq })));
         self.bytes += GAP_CHARGE;
         Push::Dropped
+    }
+
+    /// Replaces the queued normal frames of `topic` with gap markers.
+    fn drop_normal_of(&mut self, topic: &Arc<str>) {
+        let same = |t: &Arc<str>| Arc::ptr_eq(t, topic) || **t == **topic;
+        if !self.normal.iter().any(|i| matches!(i, Item::Frame(f) if same(&f.topic))) {
+            return;
+        }
+        let old = std::mem::take(&mut self.normal);
+        for item in old {
+            match item {
+                Item::Frame(f) if same(&f.topic) => {
+                    self.bytes -= f.frame.len();
+                    let _ = self.note_drop(&f.topic, f.seq, usize::MAX);
+                }
+                other => self.normal.push_back(other),
+            }
+        }
+    }
+
+    /// Removes every queued frame and gap marker of `topic` (a re-sync
+    /// replays them). Returns how many frames were removed.
+    pub fn purge_topic(&mut self, topic: &str) -> usize {
+        let mut removed = 0;
+        let mut bytes = 0;
+        self.critical.retain(|f| {
+            let keep = &*f.topic != topic;
+            if !keep {
+                removed += 1;
+                bytes += f.frame.len();
+            }
+            keep
+        });
+        self.normal.retain(|i| match i {
+            Item::Frame(f) if &*f.topic == topic => {
+                removed += 1;
+                bytes += f.frame.len();
+                false
+            }
+            Item::Gap(g) if &*g.topic == topic => {
+                bytes += GAP_CHARGE;
+                false
+            }
+            _ => true,
+        });
+        self.bytes -= bytes;
+        removed
     }
 
     /// Drops everything queued except a partly sent frame (which must be
@@ -140,6 +205,7 @@ impl Outbound {
         self.control = Vec::new();
         self.critical = VecDeque::new();
         self.normal = VecDeque::new();
+        self.last = Vec::new();
         self.bytes = self.pending().len();
     }
 
@@ -174,21 +240,26 @@ impl Outbound {
             let Some(f) = self.critical.pop_front() else {
                 break;
             };
-            out.extend_from_slice(&f);
-            self.bytes -= f.len();
+            out.extend_from_slice(&f.frame);
+            self.bytes -= f.frame.len();
         }
         while out.len() < max {
             match self.normal.pop_front() {
                 Some(Item::Frame(f)) => {
-                    out.extend_from_slice(&f);
-                    self.bytes -= f.len();
+                    out.extend_from_slice(&f.frame);
+                    self.bytes -= f.frame.len();
                 }
-                Some(Item::Gap { topic, from, to }) => {
-                    message::gap(out, &topic, from, to);
+                Some(Item::Gap(g)) => {
+                    message::gap(out, &g.topic, g.from, g.to);
                     self.bytes -= GAP_CHARGE;
                 }
                 None => break,
             }
+        }
+        if self.critical.is_empty() && self.normal.is_empty() && !self.last.is_empty() && out.len() < max {
+            out.extend_from_slice(&self.last);
+            self.bytes -= self.last.len();
+            self.last = Vec::new();
         }
         if self.critical.is_empty() && self.critical.capacity() > IDLE_KEEP {
             self.critical = VecDeque::new();
@@ -212,12 +283,15 @@ impl Outbound {
     }
 }
 
+/// Queue slots kept by an idle lane; larger ones are released when drained.
+const IDLE_KEEP: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn frame(byte: u8, len: usize) -> LocalFrame {
-        Rc::new(Arc::from(vec![byte; len]))
+    fn frame_of(topic: &str, seq: u64, byte: u8, len: usize) -> LocalFrame {
+        Rc::new(Delivery { frame: Arc::from(vec![byte; len]), topic: Arc::from(topic), seq })
     }
 
     fn drain(o: &mut Outbound) -> Vec<u8> {
@@ -227,70 +301,75 @@ mod tests {
     }
 
     #[test]
-    fn lanes_go_control_then_critical_then_normal() {
-        let t: Arc<str> = Arc::from("a/b");
+    fn lanes_go_control_then_critical_then_normal_then_last() {
         let mut o = Outbound::default();
-        o.push_frame(&frame(b'n', 3), Prio::Normal, &t, 1, 100, 200);
-        o.push_frame(&frame(b'c', 2), Prio::Critical, &t, 2, 100, 200);
+        o.push_last(b"L");
+        o.push_frame(&frame_of("a/b", 1, b'n', 3), Prio::Normal, 100, 200);
+        o.push_frame(&frame_of("c/d", 2, b'c', 2), Prio::Critical, 100, 200);
         o.push_control(200, |v| v.extend_from_slice(b"X"));
-        assert_eq!(o.bytes(), 6);
-        assert_eq!(drain(&mut o), b"Xccnnn");
+        assert_eq!(o.bytes(), 7);
+        assert_eq!(drain(&mut o), b"XccnnnL");
         assert!(o.is_empty());
     }
 
     #[test]
     fn soft_limit_drops_normal_into_one_gap_in_place() {
-        let t: Arc<str> = Arc::from("a/b");
         let mut o = Outbound::default();
-        assert_eq!(
-            o.push_frame(&frame(b'1', 10), Prio::Normal, &t, 1, 15, 1000),
-            Push::Queued
-        );
+        assert_eq!(o.push_frame(&frame_of("a/b", 1, b'1', 10), Prio::Normal, 15, 1000), Push::Queued);
         for seq in 2..=5 {
-            assert_eq!(
-                o.push_frame(&frame(b'x', 10), Prio::Normal, &t, seq, 15, 1000),
-                Push::Dropped
-            );
+            assert_eq!(o.push_frame(&frame_of("a/b", seq, b'x', 10), Prio::Normal, 15, 1000), Push::Dropped);
         }
-        // Critical still gets through past the soft limit.
-        assert_eq!(
-            o.push_frame(&frame(b'C', 10), Prio::Critical, &t, 6, 15, 1000),
-            Push::Queued
-        );
         let out = drain(&mut o);
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("CCCCCCCCCC1111111111"), "{text}");
-        assert!(
-            text.ends_with(r#"{"op":"gap","topic":"a/b","from":2,"to":5}"#),
-            "{text}"
-        );
+        assert!(text.starts_with("1111111111"), "{text}");
+        assert!(text.ends_with(r#"{"op":"gap","topic":"a/b","from":2,"to":5}"#), "{text}");
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn critical_overtaking_normal_of_its_topic_turns_them_into_a_gap() {
+        let mut o = Outbound::default();
+        o.push_frame(&frame_of("a/b", 4, b'4', 5), Prio::Normal, 1000, 2000);
+        o.push_frame(&frame_of("x/y", 9, b'o', 5), Prio::Normal, 1000, 2000);
+        o.push_frame(&frame_of("a/b", 5, b'5', 5), Prio::Normal, 1000, 2000);
+        o.push_frame(&frame_of("a/b", 6, b'C', 5), Prio::Critical, 1000, 2000);
+        let text = String::from_utf8_lossy(&drain(&mut o)).to_string();
+        // The critical frame first; each dropped frame of its topic becomes a
+        // gap notice where it stood; the other topic is untouched.
+        let g4 = r#"{"op":"gap","topic":"a/b","from":4,"to":4}"#;
+        let g5 = r#"{"op":"gap","topic":"a/b","from":5,"to":5}"#;
+        assert!(text.starts_with("CCCCC"), "{text}");
+        let (p4, po, p5) = (text.find(g4).unwrap(), text.find("ooooo").unwrap(), text.find(g5).unwrap());
+        assert!(p4 < po && po < p5, "{text}");
+        assert!(o.is_empty(), "byte accounting balanced");
+    }
+
+    #[test]
+    fn purge_removes_one_topic_only() {
+        let mut o = Outbound::default();
+        o.push_frame(&frame_of("a/b", 1, b'a', 4), Prio::Normal, 1000, 2000);
+        o.push_frame(&frame_of("c/d", 1, b'c', 4), Prio::Normal, 1000, 2000);
+        o.push_frame(&frame_of("a/b", 2, b'A', 4), Prio::Critical, 1000, 2000);
+        // The critical push already turned seq 1 into a gap marker; purge
+        // removes the critical frame and that marker.
+        assert_eq!(o.purge_topic("a/b"), 1);
+        assert_eq!(drain(&mut o), b"cccc");
         assert!(o.is_empty());
     }
 
     #[test]
     fn hard_limit_overflows() {
-        let t: Arc<str> = Arc::from("a/b");
         let mut o = Outbound::default();
-        assert_eq!(
-            o.push_frame(&frame(b'c', 90), Prio::Critical, &t, 1, 50, 100),
-            Push::Queued
-        );
-        assert_eq!(
-            o.push_frame(&frame(b'c', 20), Prio::Critical, &t, 2, 50, 100),
-            Push::Overflow
-        );
-        assert_eq!(
-            o.push_control(100, |v| v.extend_from_slice(&[0; 20])),
-            Push::Overflow
-        );
+        assert_eq!(o.push_frame(&frame_of("a/b", 1, b'c', 90), Prio::Critical, 50, 100), Push::Queued);
+        assert_eq!(o.push_frame(&frame_of("a/b", 2, b'c', 20), Prio::Critical, 50, 100), Push::Overflow);
+        assert_eq!(o.push_control(100, |v| v.extend_from_slice(&[0; 20])), Push::Overflow);
     }
 
     #[test]
     fn partial_writes_resume_where_they_stopped() {
-        let t: Arc<str> = Arc::from("a/b");
         let mut o = Outbound::default();
-        o.push_frame(&frame(b'a', 4), Prio::Normal, &t, 1, 100, 200);
-        o.push_frame(&frame(b'b', 4), Prio::Normal, &t, 2, 100, 200);
+        o.push_frame(&frame_of("a/b", 1, b'a', 4), Prio::Normal, 100, 200);
+        o.push_frame(&frame_of("a/b", 2, b'b', 4), Prio::Normal, 100, 200);
         let mut out = Vec::new();
         o.fill(&mut out, usize::MAX);
         o.keep_unsent(&out[3..]);
@@ -299,11 +378,7 @@ mod tests {
         o.advance_pending(2);
         assert_eq!(o.pending(), b"bbb");
         o.advance_pending(3);
-        assert_eq!(
-            drain(&mut o),
-            b"X",
-            "control waits for the partly sent frame"
-        );
+        assert_eq!(drain(&mut o), b"X", "control waits for the partly sent frame");
         assert!(o.is_empty());
     }
 }

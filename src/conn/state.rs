@@ -12,6 +12,7 @@ use std::task::Waker;
 use std::time::Instant;
 
 use super::outbound::Outbound;
+use super::rate::TokenBucket;
 use crate::proto::MessageAssembler;
 
 /// Where a connection is in its life.
@@ -55,8 +56,12 @@ pub struct Conn {
     pub pending_subs: u32,
     /// Wakes the connection's task when something is queued.
     pub waker: Option<Waker>,
-    /// When the connection was accepted (handshake deadline).
-    pub accepted_at: Instant,
+    /// When the peer last sent anything (liveness).
+    pub last_seen: Instant,
+    /// A server ping is outstanding.
+    pub ping_out: bool,
+    /// Publish rate bucket, created on the first publish.
+    pub bucket: Option<TokenBucket>,
     /// The close code sent, once closing (for metrics).
     pub close_code: Option<u16>,
 }
@@ -73,7 +78,9 @@ impl Conn {
             subs: SmallVec::new(),
             pending_subs: 0,
             waker: None,
-            accepted_at: now,
+            last_seen: now,
+            ping_out: false,
+            bucket: None,
             close_code: None,
         }
     }

@@ -30,11 +30,7 @@ impl Doorbell {
         let (tx, rx) = UnixStream::pair()?;
         tx.set_nonblocking(true)?;
         rx.set_nonblocking(true)?;
-        let bell = Self {
-            parked: AtomicBool::new(false),
-            tx,
-            kicks: AtomicU64::new(0),
-        };
+        let bell = Self { parked: AtomicBool::new(false), tx, kicks: AtomicU64::new(0) };
         Ok((Arc::new(bell), rx))
     }
 

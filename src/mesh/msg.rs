@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::proto::message::{ErrorCode, Prio, Recovery, Since};
 use crate::topic::owned::Epoch;
+use crate::topic::replay::Retained;
 
 /// A pre-encoded WebSocket frame shared by every subscriber on every shard.
 pub type SharedFrame = Arc<[u8]>;
@@ -100,6 +101,8 @@ pub enum MeshMsg {
         epoch: Epoch,
         /// How a `since` resume turned out.
         recovery: Recovery,
+        /// With `Recovery::Recovered`: the missed publications, in order.
+        replay: Vec<Retained>,
     },
     /// Owner → shard of `conn`: the subscription was refused (nothing was
     /// counted); send `error` with `code`.
@@ -131,6 +134,13 @@ pub enum MeshMsg {
         id: Option<u64>,
         /// Validated topic.
         topic: Box<str>,
+    },
+    /// Every shard → every other shard during a graceful drain: the
+    /// sender has handled everything of `round` (1: its intake stopped; 2:
+    /// every publish it owned was fanned out). See `shard::drain`.
+    DrainBarrier {
+        /// 1 or 2.
+        round: u8,
     },
     /// Any shard → owner: give back one subscription of the sender.
     Release {

@@ -111,8 +111,7 @@ pub fn build(n: usize, capacity: usize) -> std::io::Result<Vec<MeshEnds>> {
     for _ in 0..n {
         bells.push(Doorbell::new()?);
     }
-    let mut outboxes: Vec<Vec<Option<Outbox>>> =
-        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut outboxes: Vec<Vec<Option<Outbox>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     let mut inboxes: Vec<Vec<(usize, Consumer<MeshMsg>)>> = (0..n).map(|_| Vec::new()).collect();
     for (from, row) in outboxes.iter_mut().enumerate() {
         for (to, slot) in row.iter_mut().enumerate() {
@@ -122,25 +121,14 @@ pub fn build(n: usize, capacity: usize) -> std::io::Result<Vec<MeshEnds>> {
             let (prod, cons) = RingBuffer::new(capacity);
             let bell = bells[to].0.clone();
             let overflow = VecDeque::new();
-            *slot = Some(Outbox {
-                prod,
-                bell,
-                overflow,
-                full_events: 0,
-                pushed: 0,
-            });
+            *slot = Some(Outbox { prod, bell, overflow, full_events: 0, pushed: 0 });
             inboxes[to].push((from, cons));
         }
     }
     Ok(bells
         .into_iter()
         .zip(outboxes.into_iter().zip(inboxes))
-        .map(|((bell, bell_rx), (outboxes, inboxes))| MeshEnds {
-            outboxes,
-            inboxes,
-            bell,
-            bell_rx,
-        })
+        .map(|((bell, bell_rx), (outboxes, inboxes))| MeshEnds { outboxes, inboxes, bell, bell_rx })
         .collect())
 }
 
@@ -149,9 +137,7 @@ mod tests {
     use super::*;
 
     fn release(t: &str) -> MeshMsg {
-        MeshMsg::Release {
-            topic: Arc::from(t),
-        }
+        MeshMsg::Release { topic: Arc::from(t) }
     }
 
     #[test]

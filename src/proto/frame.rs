@@ -108,11 +108,7 @@ impl MessageAssembler {
     /// is consumed), otherwise the number of bytes consumed and the completed
     /// event, if the frame completed one. `buf` is unmasked in place.
     /// `max_message` bounds a single frame and a reassembled message alike.
-    pub fn decode<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-        max_message: usize,
-    ) -> Result<Option<Step<'a>>, FrameError> {
+    pub fn decode<'a>(&'a mut self, buf: &'a mut [u8], max_message: usize) -> Result<Option<Step<'a>>, FrameError> {
         if self.frag.as_ref().is_some_and(|f| f.done) {
             self.frag = None;
         }
@@ -148,10 +144,7 @@ impl MessageAssembler {
             OpCode::Control(c) => control_frame(c, payload).map(Some),
             OpCode::Data(Data::Continue) => {
                 let Some(f) = self.frag.as_mut() else {
-                    return Err(FrameError::new(
-                        CloseCode::PROTOCOL,
-                        "continuation without start",
-                    ));
+                    return Err(FrameError::new(CloseCode::PROTOCOL, "continuation without start"));
                 };
                 if f.buf.len() + payload.len() > max_message {
                     return Err(FrameError::new(CloseCode::TOO_BIG, "message too big"));
@@ -169,23 +162,12 @@ impl MessageAssembler {
             }
             OpCode::Data(kind) => {
                 if self.frag.is_some() {
-                    return Err(FrameError::new(
-                        CloseCode::PROTOCOL,
-                        "new message inside fragmented one",
-                    ));
+                    return Err(FrameError::new(CloseCode::PROTOCOL, "new message inside fragmented one"));
                 }
-                let kind = if kind == Data::Text {
-                    FragKind::Text
-                } else {
-                    FragKind::Binary
-                };
+                let kind = if kind == Data::Text { FragKind::Text } else { FragKind::Binary };
                 if !header.is_final {
                     let buf = payload.to_vec();
-                    self.frag = Some(Fragmented {
-                        kind,
-                        buf,
-                        done: false,
-                    });
+                    self.frag = Some(Fragmented { kind, buf, done: false });
                     return Ok(None);
                 }
                 Ok(Some(match kind {
@@ -202,10 +184,7 @@ fn check_header(h: &FrameHeader, len: u64, max_message: usize) -> Result<(), Fra
         return Err(FrameError::new(CloseCode::PROTOCOL, "reserved bits set"));
     }
     if h.mask.is_none() {
-        return Err(FrameError::new(
-            CloseCode::PROTOCOL,
-            "client frame not masked",
-        ));
+        return Err(FrameError::new(CloseCode::PROTOCOL, "client frame not masked"));
     }
     if let OpCode::Control(_) = h.opcode {
         if !h.is_final || len > 125 {
@@ -245,15 +224,12 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, FrameError> {
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, FrameError> {
-    std::str::from_utf8(bytes)
-        .map_err(|_| FrameError::new(CloseCode::INVALID_UTF8, "invalid utf-8"))
+    std::str::from_utf8(bytes).map_err(|_| FrameError::new(CloseCode::INVALID_UTF8, "invalid utf-8"))
 }
 
 /// XORs `buf` with the 4-byte client mask, eight bytes at a time.
 pub fn unmask(buf: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
+    let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
@@ -286,10 +262,7 @@ pub fn write_header(op: ServerOp, len: usize, out: &mut Vec<u8>) {
         ServerOp::Ping => OpCode::Control(Control::Ping),
         ServerOp::Close => OpCode::Control(Control::Close),
     };
-    let header = FrameHeader {
-        opcode,
-        ..FrameHeader::default()
-    };
+    let header = FrameHeader { opcode, ..FrameHeader::default() };
     // Writing into a Vec cannot fail.
     let _ = header.format(len as u64, out);
 }

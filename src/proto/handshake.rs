@@ -69,17 +69,9 @@ pub fn parse(buf: &[u8], shard: usize) -> HandshakeOutcome {
     }
     let method = req.method.unwrap_or_default();
     let path = req.path.unwrap_or_default();
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
+    let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
     let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
-        })
+        header(name).is_some_and(|v| v.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes())))
     };
     let wants_upgrade = has_token("upgrade", "websocket");
     if !wants_upgrade {
@@ -114,20 +106,15 @@ pub fn parse(buf: &[u8], shard: usize) -> HandshakeOutcome {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\nX-Shardcast-Shard: {shard}\r\n\r\n"
     );
-    HandshakeOutcome::Upgrade {
-        response: response.into_bytes(),
-        head_len,
-    }
+    HandshakeOutcome::Upgrade { response: response.into_bytes(), head_len }
 }
 
 /// A complete HTTP/1.1 response with a small body; `extra` is zero or more
 /// header lines, each ending in `\r\n`.
 pub fn response(status: u16, reason: &str, extra: &str, ctype: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut out =
+        format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}\r\n", body.len())
+            .into_bytes();
     out.extend_from_slice(body);
     out
 }
@@ -135,24 +122,12 @@ pub fn response(status: u16, reason: &str, extra: &str, ctype: &str, body: &[u8]
 /// The response sent for [`HandshakeOutcome::Reject`]: it always closes.
 pub fn reject_response(status: u16, reason: &str) -> Vec<u8> {
     let body = format!("{status} {reason}\n");
-    response(
-        status,
-        reason,
-        "Connection: close\r\n",
-        "text/plain",
-        body.as_bytes(),
-    )
+    response(status, reason, "Connection: close\r\n", "text/plain", body.as_bytes())
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -184,20 +159,13 @@ mod tests {
     #[test]
     fn every_prefix_is_incomplete() {
         for n in 0..UPGRADE.len() {
-            assert_eq!(
-                parse(&UPGRADE[..n], 0),
-                HandshakeOutcome::Incomplete,
-                "prefix {n}"
-            );
+            assert_eq!(parse(&UPGRADE[..n], 0), HandshakeOutcome::Incomplete, "prefix {n}");
         }
     }
 
     #[test]
     fn garbage_is_bad_request() {
-        assert_eq!(
-            parse(b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 0),
-            HandshakeOutcome::Reject(400, "Bad Request")
-        );
+        assert_eq!(parse(b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 0), HandshakeOutcome::Reject(400, "Bad Request"));
     }
 
     #[test]
@@ -211,46 +179,22 @@ mod tests {
 
     #[test]
     fn wrong_version_and_missing_key() {
-        let v8 = String::from_utf8(UPGRADE.to_vec())
-            .unwrap()
-            .replace("Version: 13", "Version: 8");
-        assert_eq!(
-            parse(v8.as_bytes(), 0),
-            HandshakeOutcome::Reject(426, "Upgrade Required")
-        );
-        let nokey = String::from_utf8(UPGRADE.to_vec())
-            .unwrap()
-            .replace("Sec-WebSocket-Key", "X-Key");
-        assert_eq!(
-            parse(nokey.as_bytes(), 0),
-            HandshakeOutcome::Reject(400, "Bad Request")
-        );
-        let post = String::from_utf8(UPGRADE.to_vec())
-            .unwrap()
-            .replace("GET", "POST");
-        assert_eq!(
-            parse(post.as_bytes(), 0),
-            HandshakeOutcome::Reject(400, "Bad Request")
-        );
-        let path = String::from_utf8(UPGRADE.to_vec())
-            .unwrap()
-            .replace("/ws", "/other");
-        assert_eq!(
-            parse(path.as_bytes(), 0),
-            HandshakeOutcome::Reject(404, "Not Found")
-        );
+        let v8 = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("Version: 13", "Version: 8");
+        assert_eq!(parse(v8.as_bytes(), 0), HandshakeOutcome::Reject(426, "Upgrade Required"));
+        let nokey = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("Sec-WebSocket-Key", "X-Key");
+        assert_eq!(parse(nokey.as_bytes(), 0), HandshakeOutcome::Reject(400, "Bad Request"));
+        let post = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("GET", "POST");
+        assert_eq!(parse(post.as_bytes(), 0), HandshakeOutcome::Reject(400, "Bad Request"));
+        let path = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("/ws", "/other");
+        assert_eq!(parse(path.as_bytes(), 0), HandshakeOutcome::Reject(404, "Not Found"));
     }
 
     #[test]
     fn plain_http_is_routed() {
-        let req = b"POST /v1/publish HTTP/1.1\r\nContent-Length: 12\r\nContent-Type: application/json\r\n\r\n{\"topic\":1}";
-        let HandshakeOutcome::Http(r) = parse(req, 0) else {
-            panic!()
-        };
-        assert_eq!(
-            (r.method.as_str(), r.path.as_str(), r.content_length),
-            ("POST", "/v1/publish", Some(12))
-        );
+        let req =
+            b"POST /v1/publish HTTP/1.1\r\nContent-Length: 12\r\nContent-Type: application/json\r\n\r\n{\"topic\":1}";
+        let HandshakeOutcome::Http(r) = parse(req, 0) else { panic!() };
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.content_length), ("POST", "/v1/publish", Some(12)));
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
         assert!(!r.close);
         let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";

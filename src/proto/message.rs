@@ -126,11 +126,7 @@ pub struct CommandError {
 impl CommandError {
     /// An error answering command `id`.
     pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Self {
-            id,
-            code,
-            message: message.into(),
-        }
+        Self { id, code, message: message.into() }
     }
 }
 
@@ -173,47 +169,24 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
         Err(e) => {
             // Recover the id, if the JSON is well-formed enough, to echo it.
             let id = read_id(text).ok().flatten();
-            return Err(CommandError::new(
-                id,
-                ErrorCode::BadRequest,
-                format!("invalid message: {e}"),
-            ));
+            return Err(CommandError::new(id, ErrorCode::BadRequest, format!("invalid message: {e}")));
         }
     };
     let id = check_id(wire.id)?;
     let Some(op) = wire.op else {
-        return Err(CommandError::new(
-            id,
-            ErrorCode::BadRequest,
-            "missing field `op`",
-        ));
+        return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `op`"));
     };
     match op.as_ref() {
-        "sub" => Ok(Command::Sub {
-            id,
-            topic: need_topic(wire.topic, id)?,
-            since: wire.since,
-        }),
-        "unsub" => Ok(Command::Unsub {
-            id,
-            topic: need_topic(wire.topic, id)?,
-        }),
+        "sub" => Ok(Command::Sub { id, topic: need_topic(wire.topic, id)?, since: wire.since }),
+        "unsub" => Ok(Command::Unsub { id, topic: need_topic(wire.topic, id)? }),
         "ping" => Ok(Command::Ping { id }),
         "pub" => {
             let topic = need_topic(wire.topic, id)?;
             let Some(data) = wire.data else {
-                return Err(CommandError::new(
-                    id,
-                    ErrorCode::BadRequest,
-                    "missing field `data`",
-                ));
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `data`"));
             };
             if wire.msg_id.as_ref().is_some_and(|m| m.len() > MAX_MSG_ID) {
-                return Err(CommandError::new(
-                    id,
-                    ErrorCode::BadRequest,
-                    "`msg_id` longer than 128 bytes",
-                ));
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "`msg_id` longer than 128 bytes"));
             }
             let prio = match wire.prio.as_deref() {
                 None => None,
@@ -227,21 +200,11 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
                     ))
                 }
             };
-            Ok(Command::Pub {
-                id,
-                topic,
-                data,
-                msg_id: wire.msg_id,
-                prio,
-            })
+            Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio })
         }
         other => {
             let shown: String = other.chars().take(32).collect();
-            Err(CommandError::new(
-                id,
-                ErrorCode::UnknownOp,
-                format!("unknown op `{shown}`"),
-            ))
+            Err(CommandError::new(id, ErrorCode::UnknownOp, format!("unknown op `{shown}`")))
         }
     }
 }
@@ -253,22 +216,18 @@ fn need_topic(t: Option<Cow<'_, str>>, id: Option<u64>) -> Result<Cow<'_, str>, 
 /// Reads `id` first so that every later error can echo it. A present `id`
 /// that is not an unsigned integer is itself a `bad_request`.
 fn read_id(text: &str) -> Result<Option<u64>, CommandError> {
-    let parsed: IdOnly = serde_json::from_str(text).map_err(|e| {
-        CommandError::new(None, ErrorCode::BadRequest, format!("invalid JSON: {e}"))
-    })?;
+    let parsed: IdOnly = serde_json::from_str(text)
+        .map_err(|e| CommandError::new(None, ErrorCode::BadRequest, format!("invalid JSON: {e}")))?;
     check_id(parsed.id)
 }
 
 fn check_id(id: Option<serde_json::Value>) -> Result<Option<u64>, CommandError> {
     match id {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            CommandError::new(
-                None,
-                ErrorCode::BadRequest,
-                "`id` must be an unsigned integer",
-            )
-        }),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| CommandError::new(None, ErrorCode::BadRequest, "`id` must be an unsigned integer")),
     }
 }
 
@@ -324,11 +283,7 @@ pub struct MsgFields<'a> {
 /// shared byte-for-byte by every subscriber.
 pub fn msg(out: &mut Vec<u8>, m: &MsgFields<'_>) {
     append_text_frame(out, |o| {
-        let _ = write!(
-            o,
-            "{{\"op\":\"msg\",\"topic\":\"{}\",\"seq\":{},\"epoch\":\"{}\"",
-            m.topic, m.seq, m.epoch
-        );
+        let _ = write!(o, "{{\"op\":\"msg\",\"topic\":\"{}\",\"seq\":{},\"epoch\":\"{}\"", m.topic, m.seq, m.epoch);
         if let Some(mid) = m.msg_id {
             o.extend_from_slice(b",\"msg_id\":");
             json_str(o, mid);
@@ -349,10 +304,7 @@ pub fn ack(out: &mut Vec<u8>, id: Option<u64>, topic: &str, seq: u64, epoch: &st
     append_text_frame(out, |o| {
         o.extend_from_slice(b"{\"op\":\"ack\"");
         id_field(o, id);
-        let _ = write!(
-            o,
-            ",\"topic\":\"{topic}\",\"seq\":{seq},\"epoch\":\"{epoch}\",\"dup\":{dup}}}"
-        );
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"seq\":{seq},\"epoch\":\"{epoch}\",\"dup\":{dup}}}");
     });
 }
 
@@ -368,31 +320,18 @@ pub enum Recovery {
 }
 
 /// Appends a `subscribed` reply.
-pub fn subscribed(
-    out: &mut Vec<u8>,
-    id: Option<u64>,
-    topic: &str,
-    epoch: &str,
-    seq: u64,
-    rec: Recovery,
-) {
+pub fn subscribed(out: &mut Vec<u8>, id: Option<u64>, topic: &str, epoch: &str, seq: u64, rec: Recovery) {
     append_text_frame(out, |o| {
         o.extend_from_slice(b"{\"op\":\"subscribed\"");
         id_field(o, id);
-        let _ = write!(
-            o,
-            ",\"topic\":\"{topic}\",\"epoch\":\"{epoch}\",\"seq\":{seq}"
-        );
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"epoch\":\"{epoch}\",\"seq\":{seq}");
         match rec {
             Recovery::NotAsked => {}
             Recovery::Recovered(n) => {
                 let _ = write!(o, ",\"recovered\":true,\"replayed\":{n}");
             }
             Recovery::Failed(reason) => {
-                let _ = write!(
-                    o,
-                    ",\"recovered\":false,\"replayed\":0,\"reason\":\"{reason}\""
-                );
+                let _ = write!(o, ",\"recovered\":false,\"replayed\":0,\"reason\":\"{reason}\"");
             }
         }
         o.push(b'}');
@@ -418,13 +357,7 @@ pub fn pong(out: &mut Vec<u8>, id: Option<u64>) {
 }
 
 /// Appends an `error` reply.
-pub fn error(
-    out: &mut Vec<u8>,
-    id: Option<u64>,
-    code: ErrorCode,
-    message: &str,
-    retry_after_ms: Option<u64>,
-) {
+pub fn error(out: &mut Vec<u8>, id: Option<u64>, code: ErrorCode, message: &str, retry_after_ms: Option<u64>) {
     append_text_frame(out, |o| {
         o.extend_from_slice(b"{\"op\":\"error\"");
         id_field(o, id);
@@ -440,20 +373,14 @@ pub fn error(
 /// Appends a `gap` notice.
 pub fn gap(out: &mut Vec<u8>, topic: &str, from: u64, to: u64) {
     append_text_frame(out, |o| {
-        let _ = write!(
-            o,
-            "{{\"op\":\"gap\",\"topic\":\"{topic}\",\"from\":{from},\"to\":{to}}}"
-        );
+        let _ = write!(o, "{{\"op\":\"gap\",\"topic\":\"{topic}\",\"from\":{from},\"to\":{to}}}");
     });
 }
 
 /// Appends a `drain` notice.
 pub fn drain(out: &mut Vec<u8>, reconnect_after_ms: u64) {
     append_text_frame(out, |o| {
-        let _ = write!(
-            o,
-            "{{\"op\":\"drain\",\"reconnect_after_ms\":{reconnect_after_ms}}}"
-        );
+        let _ = write!(o, "{{\"op\":\"drain\",\"reconnect_after_ms\":{reconnect_after_ms}}}");
     });
 }
 

@@ -8,12 +8,12 @@
 //! `.await`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use super::stats::Counters;
-use crate::config::Limits;
+use crate::config::{Limits, LivenessConfig, RateConfig, ReplayConfig};
 use crate::conn::outbound::Push;
 use crate::conn::{Conn, Phase};
 use crate::mesh::{ConnRef, Outbox};
@@ -21,6 +21,7 @@ use crate::proto::frame::{self, CloseCode};
 use crate::proto::message::{self, ErrorCode};
 use crate::topic::local::LocalSubs;
 use crate::topic::owned::OwnedTopics;
+use crate::topic::replay::ReplayLimits;
 use crate::topic::PartitionMap;
 
 /// How long a publisher refused with `overloaded` is asked to wait.
@@ -53,16 +54,39 @@ pub struct ShardCore {
     pub(super) targets: Vec<usize>,
     /// Draining: no new connections, no new work.
     pub draining: bool,
+    /// Replay, dedupe, rate and liveness settings.
+    pub policy: Policy,
+    /// Per-tenant publish buckets (this shard's share of each budget).
+    pub tenants: crate::conn::rate::TenantBuckets,
+    /// Graceful drain progress.
+    pub(super) drain: super::drain::DrainState,
+}
+
+/// The config sections a shard applies beyond `limits`.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `[replay]`.
+    pub replay: ReplayConfig,
+    /// `[rates]`.
+    pub rates: RateConfig,
+    /// `[liveness]`.
+    pub liveness: LivenessConfig,
+}
+
+impl Policy {
+    /// The replay ring bounds.
+    pub fn replay_limits(&self) -> ReplayLimits {
+        ReplayLimits {
+            max_count: self.replay.max_count,
+            max_bytes: self.replay.max_bytes,
+            max_age: Duration::from_millis(self.replay.max_age_ms),
+        }
+    }
 }
 
 impl ShardCore {
     /// A shard with no connections.
-    pub fn new(
-        id: usize,
-        map: PartitionMap,
-        limits: Limits,
-        outboxes: Vec<Option<Outbox>>,
-    ) -> Self {
+    pub fn new(id: usize, map: PartitionMap, limits: Limits, outboxes: Vec<Option<Outbox>>) -> Self {
         let owned = OwnedTopics::new(id, map.shards, limits.max_topics_per_shard);
         Self {
             id,
@@ -77,6 +101,9 @@ impl ShardCore {
             encode_buf: Vec::new(),
             targets: Vec::new(),
             draining: false,
+            policy: Policy::default(),
+            tenants: Default::default(),
+            drain: Default::default(),
         }
     }
 
@@ -89,17 +116,12 @@ impl ShardCore {
         self.next_gen = self.next_gen.wrapping_add(1);
         let idx = self.conns.insert(Conn::new(self.next_gen, now));
         self.counters.connections_opened += 1;
-        Some(ConnRef {
-            idx: idx as u32,
-            gen: self.next_gen,
-        })
+        Some(ConnRef { idx: idx as u32, gen: self.next_gen })
     }
 
     /// The connection `r` refers to, if it is still there.
     pub fn conn_mut(&mut self, r: ConnRef) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(r.idx as usize)
-            .filter(|c| c.gen == r.gen)
+        self.conns.get_mut(r.idx as usize).filter(|c| c.gen == r.gen)
     }
 
     /// Forgets a connection whose socket is gone: its subscriptions are
@@ -113,11 +135,7 @@ impl ShardCore {
             self.release(sub.topic);
         }
         self.counters.connections_closed += 1;
-        *self
-            .counters
-            .closed_by_code
-            .entry(conn.close_code.unwrap_or(0))
-            .or_default() += 1;
+        *self.counters.closed_by_code.entry(conn.close_code.unwrap_or(0)).or_default() += 1;
     }
 
     /// Removes `conn` at `pos` from `topic`'s local list, fixing the position
@@ -152,14 +170,7 @@ impl ShardCore {
     }
 
     /// Queues an `error` reply.
-    pub fn reply_error(
-        &mut self,
-        idx: usize,
-        id: Option<u64>,
-        code: ErrorCode,
-        msg: &str,
-        retry: Option<u64>,
-    ) {
+    pub fn reply_error(&mut self, idx: usize, id: Option<u64>, code: ErrorCode, msg: &str, retry: Option<u64>) {
         *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
         self.reply(idx, |o| message::error(o, id, code, msg, retry));
     }
@@ -174,8 +185,7 @@ impl ShardCore {
             return;
         }
         let was_empty = conn.out.is_empty();
-        conn.out
-            .push_control(usize::MAX, |o| frame::write_close(code, reason, o));
+        conn.out.push_control(usize::MAX, |o| frame::write_close(code, reason, o));
         conn.phase = Phase::Closing;
         conn.close_code = Some(code.0);
         if was_empty {
@@ -188,8 +198,7 @@ impl ShardCore {
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
-        conn.out
-            .push_control(usize::MAX, |o| o.extend_from_slice(response));
+        conn.out.push_control(usize::MAX, |o| o.extend_from_slice(response));
         conn.phase = Phase::Closing;
         conn.wake();
     }

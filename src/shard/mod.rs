@@ -9,6 +9,8 @@
 //! `Rc`; its `RefCell`s are never borrowed across an `.await`.
 
 pub mod core;
+pub mod drain;
+pub mod liveness;
 pub mod routing;
 pub mod stats;
 
@@ -55,6 +57,9 @@ pub enum Control {
     Stats(Sender<ShardStats>),
     /// Liveness probe: reply at once.
     Ping(Sender<()>),
+    /// Graceful drain: stop accepting, then close every connection behind
+    /// its queued publications (see `drain`).
+    Drain,
     /// Stop: close the listener and end the executor (sockets close).
     Stop,
 }
@@ -76,10 +81,7 @@ struct ExitGuard {
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        let _ = self.tx.send(ShardExit {
-            shard: self.shard,
-            panicked: std::thread::panicking(),
-        });
+        let _ = self.tx.send(ShardExit { shard: self.shard, panicked: std::thread::panicking() });
     }
 }
 
@@ -99,6 +101,8 @@ pub struct ShardSpec {
     pub limits: Limits,
     /// Control-plane inbox.
     pub control: Receiver<Control>,
+    /// Replay, rate and liveness settings.
+    pub policy: self::core::Policy,
 }
 
 /// Starts a shard thread.
@@ -112,30 +116,14 @@ pub fn spawn(
         .preempt_timer(Duration::from_micros(cfg.preempt_timer_us))
         .io_memory(cfg.io_memory_kib * 1024)
         .spawn(move || async move {
-            let _guard = ExitGuard {
-                shard: spec.id,
-                tx: exits,
-            };
+            let _guard = ExitGuard { shard: spec.id, tx: exits };
             run(spec).await;
         })
 }
 
 async fn run(spec: ShardSpec) {
-    let ShardSpec {
-        id,
-        listener,
-        mesh,
-        map,
-        limits,
-        control,
-        ..
-    } = spec;
-    let MeshEnds {
-        outboxes,
-        inboxes,
-        bell,
-        bell_rx,
-    } = mesh;
+    let ShardSpec { id, listener, mesh, map, limits, control, .. } = spec;
+    let MeshEnds { outboxes, inboxes, bell, bell_rx } = mesh;
     let ctx = Rc::new(ShardCtx {
         id,
         core: RefCell::new(ShardCore::new(id, map, limits, outboxes)),
@@ -146,18 +134,25 @@ async fn run(spec: ShardSpec) {
     // SAFETY: the fd is a listening TCP socket this thread now owns alone.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let accept = glommio::spawn_local(crate::conn::io::accept_loop(ctx.clone(), listener));
+    let sweeper = glommio::spawn_local(sweep_liveness(ctx.clone()));
     // SAFETY: the read end of the doorbell pair, owned by this shard alone.
     let bell_rx = unsafe { glommio::net::UnixStream::from_raw_fd(bell_rx.into_raw_fd()) };
-    let mesh = MeshTask {
-        ctx: ctx.clone(),
-        inboxes,
-        bell,
-        bell_rx,
-        control,
-    };
+    let mesh = MeshTask { ctx: ctx.clone(), inboxes, bell, bell_rx, control, accept: Some(accept) };
     mesh.run().await;
     ctx.stopping.set(true);
-    drop(accept);
+    drop(sweeper);
+}
+
+/// Runs the liveness sweep every half ping interval.
+async fn sweep_liveness(ctx: Rc<ShardCtx>) {
+    loop {
+        let period = ctx.core.borrow().liveness_period();
+        glommio::timer::Timer::new(period).await;
+        if ctx.stopping.get() {
+            return;
+        }
+        ctx.core.borrow_mut().sweep_liveness(std::time::Instant::now());
+    }
 }
 
 struct MeshTask {
@@ -166,6 +161,8 @@ struct MeshTask {
     bell: std::sync::Arc<crate::mesh::Doorbell>,
     bell_rx: glommio::net::UnixStream,
     control: Receiver<Control>,
+    /// The accept task; dropped (so the listener closes) when draining.
+    accept: Option<glommio::Task<()>>,
 }
 
 impl MeshTask {
@@ -225,6 +222,14 @@ impl MeshTask {
                 Control::Ping(reply) => {
                     let _ = reply.send(());
                 }
+                Control::Drain => {
+                    self.ctx.stopping.set(true);
+                    self.ctx.core.borrow_mut().begin_drain();
+                    // Closing our listener lets the kernel send new
+                    // connections to shards (or hosts) still accepting.
+                    // Dropping a glommio task cancels it.
+                    self.accept = None;
+                }
             }
         }
         false
@@ -248,10 +253,7 @@ impl MeshTask {
 
     fn flush_overflow(&mut self) -> bool {
         let mut core = self.ctx.core.borrow_mut();
-        core.outboxes
-            .iter_mut()
-            .flatten()
-            .fold(false, |any, o| o.flush_overflow() | any)
+        core.outboxes.iter_mut().flatten().fold(false, |any, o| o.flush_overflow() | any)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Mesh messages in, and the owner's work: subscribe, publish, fanout.
+//! Mesh messages in, and the owner's work: subscribe (with resume), publish
+//! (with dedupe and retention), fanout.
 //!
 //! Everything a shard does for a topic it owns happens here, whether the
 //! request came over a ring or from one of its own connections (`from` is
@@ -6,24 +7,32 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::core::{ShardCore, OVERLOADED_RETRY_MS};
-use crate::conn::outbound::Push;
+use crate::conn::outbound::{Delivery, Push};
 use crate::conn::state::Sub;
 use crate::conn::Phase;
 use crate::mesh::{ConnRef, MeshMsg, PublishReq, SharedFrame};
 use crate::proto::message::{self, ErrorCode, MsgFields, Prio, Recovery, Since};
 use crate::topic::owned::{Epoch, OwnedTopic};
+use crate::topic::replay::{ResumeError, Retained};
+
+/// What the owner answers to a `sub`.
+struct SubscribeAnswer {
+    topic: Arc<str>,
+    seq: u64,
+    epoch: Epoch,
+    recovery: Recovery,
+    replay: Vec<Retained>,
+}
 
 impl ShardCore {
     /// Sends a topic request to the topic's owner, or handles it here.
     pub(crate) fn route_to_owner(&mut self, msg: MeshMsg) {
         let owner = match &msg {
             MeshMsg::Publish(r) => self.map.owner(&r.topic),
-            MeshMsg::Subscribe { topic, .. } | MeshMsg::Unsubscribe { topic, .. } => {
-                self.map.owner(topic)
-            }
+            MeshMsg::Subscribe { topic, .. } | MeshMsg::Unsubscribe { topic, .. } => self.map.owner(topic),
             MeshMsg::Release { topic } => self.map.owner(topic),
             _ => self.id,
         };
@@ -31,7 +40,7 @@ impl ShardCore {
     }
 
     /// Sends `msg` to `shard` (handled in place when it is this shard).
-    fn send_to(&mut self, shard: usize, msg: MeshMsg) {
+    pub(crate) fn send_to(&mut self, shard: usize, msg: MeshMsg) {
         if shard == self.id {
             return self.on_mesh(shard, msg);
         }
@@ -45,73 +54,41 @@ impl ShardCore {
     pub fn on_mesh(&mut self, from: usize, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
-            MeshMsg::Subscribe {
-                conn,
-                id,
-                topic,
-                since,
-            } => self.owner_subscribe(from, conn, id, &topic, since),
-            MeshMsg::Unsubscribe { conn, id, topic } => {
-                self.send_to(from, MeshMsg::Unsubscribed { conn, id, topic })
-            }
+            MeshMsg::Subscribe { conn, id, topic, since } => self.owner_subscribe(from, conn, id, &topic, since),
+            MeshMsg::Unsubscribe { conn, id, topic } => self.send_to(from, MeshMsg::Unsubscribed { conn, id, topic }),
             MeshMsg::Release { topic } => {
-                let released = self
-                    .owned
-                    .get_mut(&topic)
-                    .is_some_and(|t| t.release_interest(from));
+                let released = self.owned.get_mut(&topic).is_some_and(|t| t.release_interest(from));
                 if !released {
                     self.counters.internal_errors += 1;
                 }
             }
-            MeshMsg::Deliver {
-                topic,
-                seq,
-                prio,
-                frame,
-                received_at,
-            } => self.fanout_local(&topic, seq, prio, frame, received_at),
+            MeshMsg::Deliver { topic, seq, prio, frame, received_at } => {
+                self.fanout_local(topic, seq, prio, frame, received_at)
+            }
             MeshMsg::Reply { conn, frame } => {
                 if self.conn_mut(conn).is_some() {
                     self.reply(conn.idx as usize, |o| o.extend_from_slice(&frame));
                 }
             }
-            MeshMsg::Subscribed {
-                conn,
-                id,
-                topic,
-                seq,
-                epoch,
-                recovery,
-            } => self.on_subscribed(conn, id, topic, seq, epoch, recovery),
-            MeshMsg::SubscribeRefused {
-                conn,
-                id,
-                code,
-                message,
-            } => {
+            MeshMsg::Subscribed { conn, id, topic, seq, epoch, recovery, replay } => {
+                let answer = SubscribeAnswer { topic, seq, epoch, recovery, replay };
+                self.on_subscribed(conn, id, answer)
+            }
+            MeshMsg::SubscribeRefused { conn, id, code, message } => {
                 if let Some(c) = self.conn_mut(conn) {
                     c.pending_subs = c.pending_subs.saturating_sub(1);
-                    self.reply_error(
-                        conn.idx as usize,
-                        id,
-                        code,
-                        message,
-                        Some(OVERLOADED_RETRY_MS),
-                    );
+                    self.reply_error(conn.idx as usize, id, code, message, Some(OVERLOADED_RETRY_MS));
                 }
             }
             MeshMsg::Unsubscribed { conn, id, topic } => self.on_unsubscribed(conn, id, &topic),
+            MeshMsg::DrainBarrier { round } => self.on_drain_barrier(round),
         }
     }
 
-    fn owner_subscribe(
-        &mut self,
-        from: usize,
-        conn: ConnRef,
-        id: Option<u64>,
-        topic: &str,
-        since: Option<Since>,
-    ) {
+    fn owner_subscribe(&mut self, from: usize, conn: ConnRef, id: Option<u64>, topic: &str, since: Option<Since>) {
+        let lim = self.policy.replay_limits();
+        // A replay larger than a connection may queue would only be dropped.
+        let max_replay = self.limits.outbound_soft_bytes;
         let msg = match self.owned.get_or_create(topic) {
             Err(_) => MeshMsg::SubscribeRefused {
                 conn,
@@ -121,48 +98,61 @@ impl ShardCore {
             },
             Ok(t) => {
                 t.add_interest(from);
-                let recovery = recovery(t, since.as_ref());
-                MeshMsg::Subscribed {
-                    conn,
-                    id,
-                    topic: t.name.clone(),
-                    seq: t.seq,
-                    epoch: t.epoch,
-                    recovery,
+                let (recovery, replay) = resume(t, since.as_ref(), &lim, max_replay);
+                match recovery {
+                    Recovery::NotAsked => {}
+                    Recovery::Recovered(n) => {
+                        self.counters.replay_hits += 1;
+                        self.counters.replayed += n;
+                    }
+                    Recovery::Failed(reason) => *self.counters.replay_misses.entry(reason).or_default() += 1,
                 }
+                let (topic, seq, epoch) = (t.name.clone(), t.seq, t.epoch);
+                MeshMsg::Subscribed { conn, id, topic, seq, epoch, recovery, replay }
             }
         };
         self.send_to(from, msg);
     }
 
-    fn on_subscribed(
-        &mut self,
-        conn: ConnRef,
-        id: Option<u64>,
-        topic: Arc<str>,
-        seq: u64,
-        epoch: Epoch,
-        rec: Recovery,
-    ) {
+    fn on_subscribed(&mut self, conn: ConnRef, id: Option<u64>, a: SubscribeAnswer) {
         let idx = conn.idx as usize;
         let Some(c) = self.conns.get_mut(idx).filter(|c| c.gen == conn.gen) else {
-            return self.release(topic);
+            return self.release(a.topic);
         };
         c.pending_subs = c.pending_subs.saturating_sub(1);
         if c.phase == Phase::Closing {
-            return self.release(topic);
+            return self.release(a.topic);
         }
-        if c.sub_index(&topic).is_some() {
-            // Already subscribed: the owner counted this request again.
-            self.release(topic.clone());
+        if c.sub_index(&a.topic).is_some() {
+            // Already subscribed: the owner counted this request again. With a
+            // replay, what is queued for the topic is replaced by it.
+            if !a.replay.is_empty() {
+                c.out.purge_topic(&a.topic);
+            }
+            self.release(a.topic.clone());
         } else {
-            let (name, pos) = self.local.add(&topic, conn.idx);
+            let (name, pos) = self.local.add(&a.topic, conn.idx);
             c.subs.push(Sub { topic: name, pos });
             self.counters.subscribes += 1;
         }
-        self.reply(idx, |o| {
-            message::subscribed(o, id, &topic, epoch.as_str(), seq, rec)
-        });
+        let (topic, epoch, seq, rec) = (&a.topic, a.epoch, a.seq, a.recovery);
+        self.reply(idx, |o| message::subscribed(o, id, topic, epoch.as_str(), seq, rec));
+        // Replayed frames share one lane, so they stay in seq order, and it
+        // is the critical lane, so they are not dropped (the owner capped the
+        // replay below the soft limit).
+        let hard = self.limits.outbound_hard_bytes;
+        for r in a.replay {
+            let d = Rc::new(Delivery { frame: r.frame, topic: a.topic.clone(), seq: r.seq });
+            let Some(c) = self.conns.get_mut(idx) else {
+                return;
+            };
+            let was_empty = c.out.is_empty();
+            match c.out.push_frame(&d, Prio::Critical, usize::MAX, hard) {
+                Push::Overflow => return self.close_slow(idx),
+                _ if was_empty => c.wake(),
+                _ => {}
+            }
+        }
     }
 
     fn on_unsubscribed(&mut self, conn: ConnRef, id: Option<u64>, topic: &str) {
@@ -171,13 +161,7 @@ impl ShardCore {
             return;
         };
         let Some(i) = c.sub_index(topic) else {
-            return self.reply_error(
-                idx,
-                id,
-                ErrorCode::NotSubscribed,
-                "not subscribed to this topic",
-                None,
-            );
+            return self.reply_error(idx, id, ErrorCode::NotSubscribed, "not subscribed to this topic", None);
         };
         let sub = c.subs.swap_remove(i);
         self.unlink(conn.idx, &sub.topic, sub.pos);
@@ -201,44 +185,42 @@ impl ShardCore {
         }
         let mut frame = Vec::new();
         write(&mut frame);
-        self.send_to(
-            shard,
-            MeshMsg::Reply {
-                conn,
-                frame: frame.into_boxed_slice(),
-            },
-        );
+        self.send_to(shard, MeshMsg::Reply { conn, frame: frame.into_boxed_slice() });
     }
 
-    fn refuse_publish(
-        &mut self,
-        from: usize,
-        req: &PublishReq,
-        code: ErrorCode,
-        reason: &'static str,
-        msg: &str,
-    ) {
+    fn refuse_publish(&mut self, from: usize, req: &PublishReq, code: ErrorCode, reason: &'static str, msg: &str) {
         *self.counters.publishes_rejected.entry(reason).or_default() += 1;
         *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
         let retry = Some(OVERLOADED_RETRY_MS);
-        self.reply_to(from, req.conn, |o| {
-            message::error(o, req.id, code, msg, retry)
-        });
+        self.reply_to(from, req.conn, |o| message::error(o, req.id, code, msg, retry));
     }
 
-    /// Sequences a publication, encodes its frame once, acks the publisher
-    /// and hands the frame to every interested shard.
+    /// Sequences a publication, encodes its frame once, retains it for
+    /// replay, acks the publisher and hands the frame to every interested
+    /// shard. A repeated `msg_id` inside the window is acked with its
+    /// original seq and not delivered again.
     fn owner_publish(&mut self, from: usize, req: PublishReq) {
+        let now = Instant::now();
+        let (dd_count, dd_age) =
+            (self.policy.replay.dedupe_count, Duration::from_millis(self.policy.replay.dedupe_age_ms));
         let Ok(t) = self.owned.get_or_create(&req.topic) else {
             let msg = "the owner shard holds its maximum number of topics";
             return self.refuse_publish(from, &req, ErrorCode::Overloaded, "too_many_topics", msg);
         };
+        if let Some(mid) = req.msg_id.as_deref() {
+            if let Some(seq) = t.dedupe.lookup(mid, now, dd_count, dd_age) {
+                let (name, epoch) = (t.name.clone(), t.epoch);
+                self.counters.dedupe_hits += 1;
+                return self.reply_to(from, req.conn, |o| message::ack(o, req.id, &name, seq, epoch.as_str(), true));
+            }
+        }
         self.targets.clear();
         self.targets.extend(t.interested());
-        let full =
-            self.targets.iter().copied().find(|&s| {
-                s != self.id && !self.outboxes[s].as_ref().is_some_and(|o| o.has_room(1))
-            });
+        let full = self
+            .targets
+            .iter()
+            .copied()
+            .find(|&s| s != self.id && !self.outboxes[s].as_ref().is_some_and(|o| o.has_room(1)));
         if let Some(s) = full {
             if let Some(o) = self.outboxes[s].as_mut() {
                 o.note_full();
@@ -246,6 +228,7 @@ impl ShardCore {
             let msg = "engine overloaded (mesh ring full); retry later";
             return self.refuse_publish(from, &req, ErrorCode::Overloaded, "overloaded", msg);
         }
+        let lim = self.policy.replay_limits();
         let Some(t) = self.owned.get_mut(&req.topic) else {
             return;
         };
@@ -262,50 +245,36 @@ impl ShardCore {
         };
         message::msg(&mut self.encode_buf, &fields);
         let frame: SharedFrame = Arc::from(&self.encode_buf[..]);
+        let prio = req.prio.unwrap_or_default();
+        t.replay.push(seq, prio, frame.clone(), now, &lim);
+        if let Some(mid) = req.msg_id.as_deref() {
+            t.dedupe.insert(mid, seq, now, dd_count, dd_age);
+        }
         self.counters.frames_encoded += 1;
         self.counters.publishes_accepted += 1;
 
-        self.reply_to(from, req.conn, |o| {
-            message::ack(o, req.id, &name, seq, epoch.as_str(), false)
-        });
+        self.reply_to(from, req.conn, |o| message::ack(o, req.id, &name, seq, epoch.as_str(), false));
         self.counters.record_ack(req.received_at);
 
-        let prio = req.prio.unwrap_or_default();
         let targets = std::mem::take(&mut self.targets);
         for &s in &targets {
             if s == self.id {
-                self.fanout_local(&name, seq, prio, frame.clone(), req.received_at);
+                self.fanout_local(name.clone(), seq, prio, frame.clone(), req.received_at);
             } else if let Some(out) = self.outboxes[s].as_mut() {
                 let (topic, frame, received_at) = (name.clone(), frame.clone(), req.received_at);
-                out.push_data(MeshMsg::Deliver {
-                    topic,
-                    seq,
-                    prio,
-                    frame,
-                    received_at,
-                });
+                out.push_data(MeshMsg::Deliver { topic, seq, prio, frame, received_at });
             }
         }
         self.targets = targets;
     }
 
-    /// Queues one publication frame on every local subscriber of `topic`.
-    pub fn fanout_local(
-        &mut self,
-        topic: &str,
-        seq: u64,
-        prio: Prio,
-        frame: SharedFrame,
-        received_at: Instant,
-    ) {
-        let Some(lt) = self.local.get(topic) else {
+    /// Queues one publication on every local subscriber of `topic`.
+    pub fn fanout_local(&mut self, topic: Arc<str>, seq: u64, prio: Prio, frame: SharedFrame, received_at: Instant) {
+        let Some(lt) = self.local.get(&topic) else {
             return;
         };
-        let (soft, hard) = (
-            self.limits.outbound_soft_bytes,
-            self.limits.outbound_hard_bytes,
-        );
-        let local = Rc::new(frame);
+        let (soft, hard) = (self.limits.outbound_soft_bytes, self.limits.outbound_hard_bytes);
+        let local = Rc::new(Delivery { frame, topic, seq });
         let mut slow = Vec::new();
         for &c in &lt.subs {
             let Some(conn) = self.conns.get_mut(c as usize) else {
@@ -316,7 +285,7 @@ impl ShardCore {
                 continue;
             }
             let was_empty = conn.out.is_empty();
-            match conn.out.push_frame(&local, prio, &lt.name, seq, soft, hard) {
+            match conn.out.push_frame(&local, prio, soft, hard) {
                 Push::Queued => {
                     self.counters.deliveries += 1;
                     if was_empty {
@@ -334,19 +303,23 @@ impl ShardCore {
     }
 }
 
-/// Whether a `since` position can be resumed (without a replay ring yet:
-/// only when nothing was missed).
-fn recovery(t: &OwnedTopic, since: Option<&Since>) -> Recovery {
+/// How a `since` resume turns out, with the frames to replay.
+fn resume(
+    t: &mut OwnedTopic,
+    since: Option<&Since>,
+    lim: &crate::topic::replay::ReplayLimits,
+    max: usize,
+) -> (Recovery, Vec<Retained>) {
     let Some(since) = since else {
-        return Recovery::NotAsked;
+        return (Recovery::NotAsked, Vec::new());
     };
     if since.epoch != t.epoch.as_str() {
-        Recovery::Failed("epoch_mismatch")
-    } else if since.seq == t.seq {
-        Recovery::Recovered(0)
-    } else if since.seq > t.seq {
-        Recovery::Failed("epoch_mismatch")
-    } else {
-        Recovery::Failed("expired")
+        return (Recovery::Failed("epoch_mismatch"), Vec::new());
+    }
+    match t.replay.resume(since.seq, t.seq, Instant::now(), lim, max) {
+        Ok(frames) => (Recovery::Recovered(frames.len() as u64), frames),
+        Err(ResumeError::Expired) => (Recovery::Failed("expired"), Vec::new()),
+        Err(ResumeError::Ahead) => (Recovery::Failed("epoch_mismatch"), Vec::new()),
+        Err(ResumeError::Limit) => (Recovery::Failed("limit"), Vec::new()),
     }
 }

@@ -54,6 +54,20 @@ pub struct Counters {
     pub dropped_slow: u64,
     /// Connections closed with 4000 slow consumer.
     pub slow_consumer_closes: u64,
+    /// Resumes served from the replay ring.
+    pub replay_hits: u64,
+    /// Publications replayed.
+    pub replayed: u64,
+    /// Resumes refused, by reason.
+    pub replay_misses: BTreeMap<&'static str, u64>,
+    /// Publishes answered as duplicates (`dup: true`).
+    pub dedupe_hits: u64,
+    /// Publishes refused by a rate limit, by scope (connection, tenant).
+    pub rate_limited: BTreeMap<&'static str, u64>,
+    /// Server pings sent to idle connections.
+    pub pings_sent: u64,
+    /// Connections closed (1001) for not answering a ping.
+    pub ping_timeouts: u64,
     /// `send` calls made by connection writers.
     pub sends: u64,
     /// Bytes those sends wrote.
@@ -94,6 +108,13 @@ impl Counters {
             deliveries: 0,
             dropped_slow: 0,
             slow_consumer_closes: 0,
+            replay_hits: 0,
+            replayed: 0,
+            replay_misses: BTreeMap::new(),
+            dedupe_hits: 0,
+            rate_limited: BTreeMap::new(),
+            pings_sent: 0,
+            ping_timeouts: 0,
             sends: 0,
             bytes_sent: 0,
             internal_errors: 0,
@@ -105,15 +126,13 @@ impl Counters {
     /// Records publish → delivery-queued latency.
     pub fn record_deliver(&mut self, received_at: Instant) {
         let us = received_at.elapsed().as_micros() as u64;
-        self.deliver_latency_us
-            .saturating_record(us.clamp(1, MAX_LATENCY_US));
+        self.deliver_latency_us.saturating_record(us.clamp(1, MAX_LATENCY_US));
     }
 
     /// Records publish → ack-queued latency.
     pub fn record_ack(&mut self, received_at: Instant) {
         let us = received_at.elapsed().as_micros() as u64;
-        self.ack_latency_us
-            .saturating_record(us.clamp(1, MAX_LATENCY_US));
+        self.ack_latency_us.saturating_record(us.clamp(1, MAX_LATENCY_US));
     }
 }
 

@@ -32,10 +32,7 @@ impl LocalSubs {
             Some(e) => e,
             None => {
                 let name: Arc<str> = Arc::from(topic);
-                self.map.entry(name.clone()).or_insert(LocalTopic {
-                    name,
-                    subs: Vec::new(),
-                })
+                self.map.entry(name.clone()).or_insert(LocalTopic { name, subs: Vec::new() })
             }
         };
         entry.subs.push(conn);
@@ -87,18 +84,10 @@ mod tests {
         let (_, p1) = s.add("a/b", 11);
         let (_, p2) = s.add("a/b", 12);
         assert_eq!((p0, p1, p2), (0, 1, 2));
-        assert_eq!(
-            s.remove("a/b", p0),
-            Some(12),
-            "the last one moves into slot 0"
-        );
+        assert_eq!(s.remove("a/b", p0), Some(12), "the last one moves into slot 0");
         assert_eq!(s.get("a/b").unwrap().subs, vec![12, 11]);
         assert_eq!(s.remove("a/b", 1), None);
         assert_eq!(s.remove("a/b", 0), None);
-        assert_eq!(
-            (s.topics(), s.subscriptions()),
-            (0, 0),
-            "empty topics are dropped"
-        );
+        assert_eq!((s.topics(), s.subscriptions()), (0, 0), "empty topics are dropped");
     }
 }

@@ -10,8 +10,10 @@
 //! Everything here is plain data owned by one shard's thread; nothing is
 //! shared and nothing does I/O.
 
+pub mod dedupe;
 pub mod local;
 pub mod name;
 pub mod owned;
+pub mod replay;
 
 pub use name::{BadTopic, PartitionMap};

@@ -110,10 +110,7 @@ mod tests {
             assert_eq!(validate(t), Ok(()), "{t}");
         }
         let long_seg = "x".repeat(64);
-        assert_eq!(
-            validate(&format!("{long_seg}/{long_seg}/{long_seg}")),
-            Ok(())
-        );
+        assert_eq!(validate(&format!("{long_seg}/{long_seg}/{long_seg}")), Ok(()));
     }
 
     #[test]
@@ -123,17 +120,11 @@ mod tests {
         assert_eq!(validate("acme//x"), Err(BadTopic::SegmentLength));
         assert_eq!(validate("acme/"), Err(BadTopic::SegmentLength));
         assert_eq!(validate("/acme/x"), Err(BadTopic::SegmentLength));
-        assert_eq!(
-            validate("a/b/c/d/e/f/g/h/i"),
-            Err(BadTopic::TooManySegments)
-        );
+        assert_eq!(validate("a/b/c/d/e/f/g/h/i"), Err(BadTopic::TooManySegments));
         assert_eq!(validate("acme/room 1"), Err(BadTopic::BadChar));
         assert_eq!(validate("acme/r\u{e9}"), Err(BadTopic::BadChar));
         assert_eq!(validate("acme/\"x"), Err(BadTopic::BadChar));
-        assert_eq!(
-            validate(&format!("a/{}", "x".repeat(65))),
-            Err(BadTopic::SegmentLength)
-        );
+        assert_eq!(validate(&format!("a/{}", "x".repeat(65))), Err(BadTopic::SegmentLength));
         let long = format!("{0}/{0}/{0}/{0}", "x".repeat(64));
         assert_eq!(validate(&long), Err(BadTopic::TooLong));
     }
@@ -142,10 +133,7 @@ mod tests {
     fn partition_key_is_tenant_room() {
         assert_eq!(partition_key("acme/room-1"), "acme/room-1");
         assert_eq!(partition_key("acme/room-1/agent/7"), "acme/room-1");
-        let map = PartitionMap {
-            partitions: 1024,
-            shards: 3,
-        };
+        let map = PartitionMap { partitions: 1024, shards: 3 };
         assert_eq!(map.owner("acme/room-1/a"), map.owner("acme/room-1/b/c"));
     }
 
@@ -159,10 +147,7 @@ mod tests {
 
     #[test]
     fn partitions_spread_over_shards() {
-        let map = PartitionMap {
-            partitions: 1024,
-            shards: 4,
-        };
+        let map = PartitionMap { partitions: 1024, shards: 4 };
         let mut per_shard = [0usize; 4];
         for i in 0..4000 {
             per_shard[map.owner(&format!("tenant{}/room{}", i % 50, i))] += 1;

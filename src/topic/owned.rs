@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
+use super::dedupe::DedupeWindow;
+use super::replay::ReplayRing;
+
 /// A topic epoch: 12 lowercase hex digits. A new one is drawn whenever the
 /// owner can no longer vouch for earlier seqs (process start, a topic's state
 /// evicted and recreated).
@@ -75,6 +78,10 @@ pub struct OwnedTopic {
     pub epoch: Epoch,
     /// Subscriptions held by each shard, indexed by shard id.
     interest: Box<[u32]>,
+    /// Recent publications, for resume.
+    pub replay: ReplayRing,
+    /// Recent `msg_id`s, for idempotent publish.
+    pub dedupe: DedupeWindow,
 }
 
 impl OwnedTopic {
@@ -97,11 +104,7 @@ impl OwnedTopic {
 
     /// Shards that hold at least one subscription.
     pub fn interested(&self) -> impl Iterator<Item = usize> + '_ {
-        self.interest
-            .iter()
-            .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(s, _)| s)
+        self.interest.iter().enumerate().filter(|(_, &n)| n > 0).map(|(s, _)| s)
     }
 
     /// Total subscriptions over all shards.
@@ -133,13 +136,7 @@ pub struct OwnedTopics {
 impl OwnedTopics {
     /// An empty set for shard `shard` of `shards`, holding at most `max_topics`.
     pub fn new(shard: usize, shards: usize, max_topics: usize) -> Self {
-        Self {
-            map: HashMap::new(),
-            shards,
-            max_topics,
-            epochs: EpochSource::new(shard),
-            evicted: 0,
-        }
+        Self { map: HashMap::new(), shards, max_topics, epochs: EpochSource::new(shard), evicted: 0 }
     }
 
     /// The topic, if this shard has state for it.
@@ -153,11 +150,7 @@ impl OwnedTopics {
     pub fn get_or_create(&mut self, name: &str) -> Result<&mut OwnedTopic, TopicError> {
         if !self.map.contains_key(name) {
             if self.map.len() >= self.max_topics {
-                let victim = self
-                    .map
-                    .iter()
-                    .find(|(_, t)| t.subscriptions() == 0)
-                    .map(|(k, _)| k.clone());
+                let victim = self.map.iter().find(|(_, t)| t.subscriptions() == 0).map(|(k, _)| k.clone());
                 let Some(victim) = victim else {
                     return Err(TopicError::TooManyTopics);
                 };
@@ -170,6 +163,8 @@ impl OwnedTopics {
                 seq: 0,
                 epoch: self.epochs.next_epoch(),
                 interest: vec![0; self.shards].into_boxed_slice(),
+                replay: ReplayRing::default(),
+                dedupe: DedupeWindow::default(),
             };
             self.map.insert(name, topic);
         }
@@ -190,6 +185,11 @@ impl OwnedTopics {
     /// shard owns). Used by tests and metrics to prove nothing leaks.
     pub fn total_interest(&self) -> u64 {
         self.map.values().map(OwnedTopic::subscriptions).sum()
+    }
+
+    /// Publications retained over all owned topics, and their bytes.
+    pub fn retained(&self) -> (u64, u64) {
+        self.map.values().fold((0, 0), |(n, b), t| (n + t.replay.len() as u64, b + t.replay.bytes() as u64))
     }
 
     /// Iterates over the owned topics.
@@ -237,10 +237,7 @@ mod tests {
         assert_eq!((topics.len(), topics.evicted), (2, 1));
         assert!(topics.get_mut("a/2").is_none());
         topics.get_mut("a/3").unwrap().add_interest(0);
-        assert_eq!(
-            topics.get_or_create("a/4").unwrap_err(),
-            TopicError::TooManyTopics
-        );
+        assert_eq!(topics.get_or_create("a/4").unwrap_err(), TopicError::TooManyTopics);
         // Recreating an evicted topic draws a new epoch.
         topics.get_mut("a/3").unwrap().release_interest(0);
         assert_ne!(topics.get_or_create("a/2").unwrap().epoch, e2);

@@ -17,10 +17,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A 2-shard server on 127.0.0.1 with a free port; `tweak` edits the config.
 pub fn server_with(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
-    let mut cfg = Config::from_toml(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[shards]\ncpus = [0, 1]\nring_capacity = 4096\n",
-    )
-    .expect("test config");
+    let mut cfg =
+        Config::from_toml("[server]\nlisten = \"127.0.0.1:0\"\n[shards]\ncpus = [0, 1]\nring_capacity = 4096\n")
+            .expect("test config");
     tweak(&mut cfg);
     shardcast::start(cfg).expect("server starts")
 }
@@ -42,8 +41,7 @@ impl Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let (ws, resp) =
-            tungstenite::client::client(format!("ws://{addr}/ws"), stream).expect("upgrade");
+        let (ws, resp) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).expect("upgrade");
         let shard = resp
             .headers()
             .get("x-shardcast-shard")
@@ -74,9 +72,7 @@ impl Client {
     pub fn recv(&mut self) -> Value {
         loop {
             match self.ws.read().expect("read") {
-                Message::Text(t) => {
-                    return serde_json::from_str(t.as_str()).expect("server sends JSON")
-                }
+                Message::Text(t) => return serde_json::from_str(t.as_str()).expect("server sends JSON"),
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("unexpected message {other:?}"),
             }
@@ -184,11 +180,7 @@ pub fn wait_stats(
         if cond(&t) {
             return t;
         }
-        assert!(
-            Instant::now() < deadline,
-            "stats never showed {what}: {:#?}",
-            summary(&t)
-        );
+        assert!(Instant::now() < deadline, "stats never showed {what}: {:#?}", summary(&t));
         std::thread::sleep(Duration::from_millis(20));
     }
 }

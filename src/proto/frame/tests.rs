@@ -38,9 +38,7 @@ fn decode_all(bytes: &[u8], max: usize) -> Result<Vec<String>, FrameError> {
 #[test]
 fn rfc_masked_hello() {
     // RFC 6455 §5.7: a single-frame masked text message "Hello".
-    let bytes = [
-        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-    ];
+    let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
     assert_eq!(decode_all(&bytes, 1024).unwrap(), vec![r#"Text("Hello")"#]);
 }
 
@@ -62,14 +60,7 @@ fn fragments_reassemble_with_control_frames_between() {
     bytes.extend(client(0, true, "wörld".as_bytes()));
     bytes.extend(client(1, true, b"next"));
     let got = decode_all(&bytes, 1024).unwrap();
-    assert_eq!(
-        got,
-        vec![
-            r#"Ping([112])"#,
-            r#"Text("Hello wörld")"#,
-            r#"Text("next")"#
-        ]
-    );
+    assert_eq!(got, vec![r#"Ping([112])"#, r#"Text("Hello wörld")"#, r#"Text("next")"#]);
 }
 
 #[test]
@@ -89,9 +80,7 @@ fn size_limit_applies_to_frames_and_messages() {
     // The header alone is enough to refuse: no need to buffer the payload.
     let head = &client(1, true, &[b'a'; 70_000])[..14];
     let mut buf = head.to_vec();
-    let err = MessageAssembler::default()
-        .decode(&mut buf, 65_536)
-        .unwrap_err();
+    let err = MessageAssembler::default().decode(&mut buf, 65_536).unwrap_err();
     assert_eq!(err.code, CloseCode::TOO_BIG);
     let mut frags = client(1, false, &[b'a'; 40]);
     frags.extend(client(0, true, &[b'a'; 40]));
@@ -128,22 +117,13 @@ fn protocol_violations_are_1002() {
 
 #[test]
 fn close_frames() {
-    assert_eq!(
-        decode_all(&client(8, true, b""), 64).unwrap(),
-        vec!["Close(None)"]
-    );
+    assert_eq!(decode_all(&client(8, true, b""), 64).unwrap(), vec!["Close(None)"]);
     let mut p = 1000u16.to_be_bytes().to_vec();
     p.extend_from_slice(b"bye");
-    assert_eq!(
-        decode_all(&client(8, true, &p), 64).unwrap(),
-        vec!["Close(Some(1000))"]
-    );
+    assert_eq!(decode_all(&client(8, true, &p), 64).unwrap(), vec!["Close(Some(1000))"]);
     let mut bad = 1000u16.to_be_bytes().to_vec();
     bad.push(0xff);
-    assert_eq!(
-        decode_all(&client(8, true, &bad), 64).unwrap_err().code,
-        CloseCode::INVALID_UTF8
-    );
+    assert_eq!(decode_all(&client(8, true, &bad), 64).unwrap_err().code, CloseCode::INVALID_UTF8);
 }
 
 #[test]
@@ -174,11 +154,7 @@ fn unmask_matches_bytewise_xor_at_every_length() {
         let data: Vec<u8> = (0..len as u8).collect();
         let mut fast = data.clone();
         unmask(&mut fast, mask);
-        let slow: Vec<u8> = data
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ mask[i % 4])
-            .collect();
+        let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
         assert_eq!(fast, slow, "len {len}");
     }
 }

@@ -1,0 +1,46 @@
+//! Liveness: ping connections that have gone quiet, close those that stay
+//! quiet (1001), and close connections stuck in their upgrade.
+//!
+//! One sweep per shard every half ping interval walks the slab; a
+//! connection costs no timer of its own for this.
+
+use std::time::{Duration, Instant};
+
+use super::core::ShardCore;
+use crate::conn::Phase;
+use crate::proto::frame::{self, CloseCode, ServerOp};
+
+impl ShardCore {
+    /// How often [`ShardCore::sweep_liveness`] should run.
+    pub fn liveness_period(&self) -> Duration {
+        Duration::from_millis((self.policy.liveness.ping_interval_ms / 2).clamp(50, 5_000))
+    }
+
+    /// Pings quiet connections and closes the ones that did not answer.
+    pub fn sweep_liveness(&mut self, now: Instant) {
+        let interval = Duration::from_millis(self.policy.liveness.ping_interval_ms);
+        let deadline = interval + Duration::from_millis(self.policy.liveness.ping_timeout_ms);
+        let mut dead = Vec::new();
+        for (idx, c) in self.conns.iter_mut() {
+            if c.phase != Phase::Open {
+                continue;
+            }
+            let quiet = now.saturating_duration_since(c.last_seen);
+            if quiet >= deadline {
+                dead.push(idx);
+            } else if quiet >= interval && !c.ping_out {
+                c.ping_out = true;
+                let was_empty = c.out.is_empty();
+                c.out.push_control(usize::MAX, |o| frame::write_frame(ServerOp::Ping, b"sc", o));
+                self.counters.pings_sent += 1;
+                if was_empty {
+                    c.wake();
+                }
+            }
+        }
+        for idx in dead {
+            self.counters.ping_timeouts += 1;
+            self.close(idx, CloseCode::GOING_AWAY, "ping timeout");
+        }
+    }
+}

@@ -122,11 +122,15 @@ pub fn spawn(
 }
 
 async fn run(spec: ShardSpec) {
-    let ShardSpec { id, listener, mesh, map, limits, control, .. } = spec;
+    let ShardSpec { id, listener, mesh, map, limits, control, policy, .. } = spec;
     let MeshEnds { outboxes, inboxes, bell, bell_rx } = mesh;
     let ctx = Rc::new(ShardCtx {
         id,
-        core: RefCell::new(ShardCore::new(id, map, limits, outboxes)),
+        core: RefCell::new({
+            let mut core = ShardCore::new(id, map, limits, outboxes);
+            core.policy = policy;
+            core
+        }),
         rbuf: RefCell::new(vec![0u8; READ_BUF].into_boxed_slice()),
         wbuf: RefCell::new(Vec::with_capacity(crate::conn::io::WRITE_CHUNK + 4096)),
         stopping: Cell::new(false),

@@ -26,6 +26,8 @@ impl ShardCore {
         if conn.phase == Phase::Closing {
             return;
         }
+        conn.last_seen = Instant::now();
+        conn.ping_out = false;
         if conn.inbuf.is_empty() {
             let used = self.process(idx, data);
             self.keep_unused(idx, &data[used..]);

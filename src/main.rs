@@ -77,10 +77,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(cpus) = args.cpus {
         cfg.shards.cpus = shardcast::config::Cpus::List(cpus);
     }
-    let drain_ms = cfg.liveness.drain_timeout_ms;
-    let server = shardcast::start(cfg).context("starting the engine")?;
-    tracing::info!(addr = %server.local_addr(), shards = server.shards(), "shardcast serving WebSocket at ws://{}/ws", server.local_addr());
-
+    // Signal handlers go in before anything binds, so that a SIGTERM during
+    // start-up is a drain, not the default kill.
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .context("installing signal handlers")?;
@@ -98,6 +96,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })?;
+    let drain_ms = cfg.liveness.drain_timeout_ms;
+    let server = shardcast::start(cfg).context("starting the engine")?;
+    tracing::info!(addr = %server.local_addr(), shards = server.shards(), "shardcast serving WebSocket at ws://{}/ws", server.local_addr());
+
     let drain_timeout = std::time::Duration::from_millis(drain_ms);
 
     // The supervisor: stop on a signal; exit non-zero if any shard ends or

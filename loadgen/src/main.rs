@@ -94,6 +94,10 @@ struct FanoutArgs {
     /// Approximate publish payload size, bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Every k-th subscriber stops reading once subscribed (the `slow`
+    /// scenario; 10 means 10%). Their losses are expected and not counted.
+    #[arg(long, default_value_t = 0)]
+    slow_every: usize,
 }
 
 #[derive(Args, Clone)]
@@ -119,14 +123,15 @@ fn main() -> anyhow::Result<()> {
         Scenario::Fanout(a) => {
             let run_id = worker::mono_ns() % 1_000_000_007;
             let topics = vec![format!("bench/fanout-{run_id}")];
-            let plans = split(&a.common, a.subscribers, a.publishers, topics, a.rate, a.inflight, a.payload)?;
-            let extra = serde_json::json!({"scenario":"fanout","subscribers":a.subscribers,"publishers":a.publishers,"rate":a.rate,"inflight":a.inflight,"payload":a.payload});
+            let plans =
+                split(&a.common, a.subscribers, a.publishers, topics, a.rate, a.inflight, a.payload, a.slow_every)?;
+            let extra = serde_json::json!({"scenario":"fanout","subscribers":a.subscribers,"publishers":a.publishers,"rate":a.rate,"inflight":a.inflight,"payload":a.payload,"slow_every":a.slow_every});
             orchestrate(&a.common, plans, extra)
         }
         Scenario::Idle(a) => {
             let run_id = worker::mono_ns() % 1_000_000_007;
             let topics = (0..a.rooms.max(1)).map(|r| format!("idle{run_id}/room-{r}")).collect();
-            let plans = split(&a.common, a.connections, 0, topics, 0.0, 0, 0)?;
+            let plans = split(&a.common, a.connections, 0, topics, 0.0, 0, 0, 0)?;
             let extra = serde_json::json!({"scenario":"idle","connections":a.connections,"rooms":a.rooms});
             orchestrate(&a.common, plans, extra)
         }
@@ -143,6 +148,7 @@ fn split(
     rate: f64,
     inflight: usize,
     payload: usize,
+    slow_every: usize,
 ) -> anyhow::Result<Vec<Plan>> {
     if !c.addr.ip().is_loopback() || c.sources.iter().any(|s| !s.is_loopback()) {
         bail!("loopback only: --addr and --sources must be in 127.0.0.0/8");
@@ -174,6 +180,7 @@ fn split(
                 drain: Duration::from_secs_f64(c.drain),
                 connect_window: c.connect_window,
                 pin: (!c.pin.is_empty()).then(|| c.pin[w % c.pin.len()]),
+                slow_every,
             }
         })
         .collect())

@@ -45,6 +45,16 @@ pub struct Plan {
     pub connect_window: usize,
     /// CPU to pin this worker to.
     pub pin: Option<usize>,
+    /// Every k-th subscriber (by global index) stops reading once
+    /// subscribed (0: none). They are left out of loss and latency figures.
+    pub slow_every: usize,
+}
+
+impl Plan {
+    /// Whether this worker's subscriber `i` is one of the slow ones.
+    pub fn is_slow(&self, i: usize) -> bool {
+        self.slow_every > 0 && (self.first_subscriber + i) % self.slow_every == 0
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -69,6 +79,8 @@ struct Conn {
     received: u64,
     /// Unacked publishes (publishers).
     unacked: usize,
+    /// Stops reading once subscribed (the `slow` fraction).
+    slow: bool,
 }
 
 /// Counters of one worker, printed as JSON for the parent.
@@ -91,6 +103,7 @@ pub struct WorkerResult {
     pub gap_notices: u64,
     pub gap_seqs: u64,
     pub bytes_in: u64,
+    pub slow_subscribers: u64,
     pub run_secs: f64,
     /// Latency histogram (µs) as (value, count) pairs.
     pub latency_us: Vec<(u64, u64)>,
@@ -105,8 +118,13 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn connect(target: SocketAddr, source: std::net::IpAddr) -> io::Result<TcpStream> {
+/// Opens a non-blocking connection from `source`; a `slow` one gets a tiny
+/// receive buffer so that it really backs up once it stops reading.
+fn connect(target: SocketAddr, source: std::net::IpAddr, slow: bool) -> io::Result<TcpStream> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if slow {
+        sock.set_recv_buffer_size(4096)?;
+    }
     sock.set_nonblocking(true)?;
     sock.set_nodelay(true)?;
     sock.bind(&SocketAddr::new(source, 0).into())?;
@@ -215,12 +233,13 @@ impl Worker {
     fn open(&mut self, i: usize) -> anyhow::Result<()> {
         let source = self.plan.sources[i % self.plan.sources.len()];
         let publisher = i >= self.plan.subscribers;
+        let slow = !publisher && self.plan.is_slow(i);
         let topic = if publisher {
             i % self.plan.topics.len()
         } else {
             (self.plan.first_subscriber + i) % self.plan.topics.len()
         };
-        match connect(self.plan.target, source) {
+        match connect(self.plan.target, source, slow) {
             Ok(mut stream) => {
                 self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
                 let wbuf = ws::upgrade_request(&self.plan.target.to_string());
@@ -235,6 +254,7 @@ impl Worker {
                     last_seq: 0,
                     received: 0,
                     unacked: 0,
+                    slow,
                 });
             }
             Err(_) => {
@@ -250,6 +270,7 @@ impl Worker {
                     last_seq: 0,
                     received: 0,
                     unacked: 0,
+                    slow,
                 });
             }
         }
@@ -299,7 +320,7 @@ impl Worker {
     fn read(&mut self, i: usize) {
         loop {
             let c = &mut self.conns[i];
-            if c.state == State::Dead {
+            if c.state == State::Dead || (c.slow && c.state == State::Ready) {
                 return;
             }
             let Some(stream) = c.stream.as_mut() else {
@@ -399,6 +420,9 @@ impl Worker {
                     c.state = State::Ready;
                     c.last_seq = ws::find_u64(text, b"\"seq\":").unwrap_or(0);
                     self.result.subscribed += 1;
+                    if c.slow {
+                        self.result.slow_subscribers += 1;
+                    }
                 }
             }
             b"gap" => {

@@ -53,7 +53,7 @@ pub struct Plan {
 impl Plan {
     /// Whether this worker's subscriber `i` is one of the slow ones.
     pub fn is_slow(&self, i: usize) -> bool {
-        self.slow_every > 0 && (self.first_subscriber + i) % self.slow_every == 0
+        self.slow_every > 0 && (self.first_subscriber + i).is_multiple_of(self.slow_every)
     }
 }
 

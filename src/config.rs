@@ -62,6 +62,25 @@ pub struct Config {
     /// Pings, timeouts and drain.
     #[serde(default)]
     pub liveness: LivenessConfig,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: metrics and health endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin endpoints at all.
+    pub enabled: bool,
+    /// Where (loopback by default; port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+    }
 }
 
 /// `[replay]`: per-topic history kept by the owner.
@@ -175,6 +194,7 @@ fn embedded() -> Config {
             replay: d.replay,
             rates: d.rates,
             liveness: d.liveness,
+            admin: d.admin,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -190,6 +210,7 @@ struct EmbeddedDefault {
     replay: ReplayConfig,
     rates: RateConfig,
     liveness: LivenessConfig,
+    admin: AdminConfig,
 }
 
 impl Default for ReplayConfig {

@@ -11,6 +11,7 @@
 //! (executors and shard state), [`server`] (start/stop and the control
 //! plane), [`config`].
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod mesh;

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,13 +67,77 @@ struct ShardLink {
     bell: Arc<Doorbell>,
 }
 
+/// A cheap, cloneable, `Send` handle on the control plane: what the admin
+/// listener and the supervisor use to ask shards for figures.
+#[derive(Clone)]
+pub struct ControlHandle {
+    links: Arc<[ShardLink]>,
+    draining: Arc<AtomicBool>,
+}
+
+impl ControlHandle {
+    fn send(&self, shard: usize, msg: Control) -> bool {
+        let link = &self.links[shard];
+        let ok = link.control.send(msg).is_ok();
+        link.bell.notify();
+        ok
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether a graceful drain has begun.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A snapshot of every shard, or None if one did not answer in time.
+    pub fn try_stats(&self, timeout: Duration) -> Option<Totals> {
+        let mut waits = Vec::with_capacity(self.links.len());
+        for i in 0..self.links.len() {
+            let (tx, rx) = crossbeam_channel::bounded::<ShardStats>(1);
+            if !self.send(i, Control::Stats(tx)) {
+                return None;
+            }
+            waits.push(rx);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let shards = waits.iter().map(|rx| rx.recv_deadline(deadline).ok()).collect::<Option<Vec<_>>>()?;
+        Some(Totals { shards })
+    }
+
+    /// Whether every shard's mesh task answers the control plane within
+    /// `timeout` (a liveness probe: a wedged executor cannot answer); on
+    /// failure, the first shard that did not.
+    pub fn alive(&self, timeout: Duration) -> Result<(), usize> {
+        let mut waits = Vec::with_capacity(self.links.len());
+        for i in 0..self.links.len() {
+            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+            if !self.send(i, Control::Ping(tx)) {
+                return Err(i);
+            }
+            waits.push(rx);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        for (i, rx) in waits.iter().enumerate() {
+            if rx.recv_deadline(deadline).is_err() {
+                return Err(i);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A running server.
 pub struct ServerHandle {
     addr: SocketAddr,
     map: PartitionMap,
-    links: Vec<ShardLink>,
+    control: ControlHandle,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     exits: Receiver<ShardExit>,
+    admin: Option<crate::admin::AdminServer>,
 }
 
 /// Starts a server with `cfg`; returns once every shard is running.
@@ -112,19 +177,43 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
-                let handle = ServerHandle { addr, map, links, threads, exits };
+                let handle = ServerHandle {
+                    addr,
+                    map,
+                    control: ControlHandle { links: links.into(), draining: Arc::new(AtomicBool::new(false)) },
+                    threads,
+                    exits,
+                    admin: None,
+                };
                 handle.shutdown();
                 return Err(StartError::Shard { shard: id, cpu, message: e.to_string() });
             }
         }
     }
-    let handle = ServerHandle { addr, map, links, threads, exits };
+    let handle = ServerHandle {
+        addr,
+        map,
+        control: ControlHandle { links: links.into(), draining: Arc::new(AtomicBool::new(false)) },
+        threads,
+        exits,
+        admin: None,
+    };
     // Every shard answering the control plane means every executor is up.
     handle.try_stats(Duration::from_secs(10)).ok_or_else(|| StartError::Shard {
         shard: 0,
         cpu: cpus[0],
         message: "a shard did not come up within 10 s".into(),
     })?;
+    let mut handle = handle;
+    if cfg.admin.enabled {
+        match crate::admin::AdminServer::start(cfg.admin.listen, handle.control()) {
+            Ok(a) => handle.admin = Some(a),
+            Err(source) => {
+                handle.shutdown();
+                return Err(StartError::Bind { addr: cfg.admin.listen, source });
+            }
+        }
+    }
     Ok(handle)
 }
 
@@ -174,7 +263,7 @@ impl ServerHandle {
 
     /// Number of shards.
     pub fn shards(&self) -> usize {
-        self.links.len()
+        self.control.shards()
     }
 
     /// The shard that owns `topic`.
@@ -187,44 +276,24 @@ impl ServerHandle {
         &self.exits
     }
 
-    fn send(&self, shard: usize, msg: Control) -> bool {
-        let link = &self.links[shard];
-        let ok = link.control.send(msg).is_ok();
-        link.bell.notify();
-        ok
+    /// The control plane, for other threads (admin listener, supervisor).
+    pub fn control(&self) -> ControlHandle {
+        self.control.clone()
     }
 
-    /// Whether every shard's mesh task answers the control plane within
-    /// `timeout` (a liveness probe: a wedged executor cannot answer).
+    /// See [`ControlHandle::alive`].
     pub fn alive(&self, timeout: Duration) -> Result<(), usize> {
-        let mut waits = Vec::with_capacity(self.links.len());
-        for i in 0..self.links.len() {
-            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-            if !self.send(i, Control::Ping(tx)) {
-                return Err(i);
-            }
-            waits.push(rx);
-        }
-        let deadline = std::time::Instant::now() + timeout;
-        for (i, rx) in waits.iter().enumerate() {
-            if rx.recv_deadline(deadline).is_err() {
-                return Err(i);
-            }
-        }
-        Ok(())
+        self.control.alive(timeout)
     }
 
-    /// A snapshot of every shard, or None if one did not answer in time.
+    /// See [`ControlHandle::try_stats`].
     pub fn try_stats(&self, timeout: Duration) -> Option<Totals> {
-        let mut shards = Vec::with_capacity(self.links.len());
-        for i in 0..self.links.len() {
-            let (tx, rx) = crossbeam_channel::bounded::<ShardStats>(1);
-            if !self.send(i, Control::Stats(tx)) {
-                return None;
-            }
-            shards.push(rx.recv_timeout(timeout).ok()?);
-        }
-        Some(Totals { shards })
+        self.control.try_stats(timeout)
+    }
+
+    /// The admin listener's address, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr())
     }
 
     /// A snapshot of every shard. Panics if a shard does not answer within
@@ -239,8 +308,9 @@ impl ServerHandle {
     /// Call [`ServerHandle::shutdown`] afterwards.
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        for i in 0..self.links.len() {
-            self.send(i, Control::Drain);
+        self.control.draining.store(true, Ordering::SeqCst);
+        for i in 0..self.control.shards() {
+            self.control.send(i, Control::Drain);
         }
         while std::time::Instant::now() < deadline {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -255,9 +325,12 @@ impl ServerHandle {
     }
 
     /// Stops every shard and waits for their threads.
-    pub fn shutdown(self) {
-        for i in 0..self.links.len() {
-            self.send(i, Control::Stop);
+    pub fn shutdown(mut self) {
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
+        for i in 0..self.control.shards() {
+            self.control.send(i, Control::Stop);
         }
         for t in self.threads {
             let _ = t.join();

@@ -20,7 +20,7 @@ fn spawn_server(drain_ms: u64) -> (Child, SocketAddr, tempdir::Dir) {
     let cfg = dir.path.join("drain.toml");
     std::fs::write(
         &cfg,
-        format!("[server]\nlisten = \"{addr}\"\n[shards]\ncpus = [0, 1]\n[liveness]\ndrain_timeout_ms = {drain_ms}\ndrain_reconnect_after_ms = 750\n[rates]\nconnection_per_sec = 1e6\nconnection_burst = 1e6\n"),
+        format!("[server]\nlisten = \"{addr}\"\n[shards]\ncpus = [0, 1]\n[liveness]\ndrain_timeout_ms = {drain_ms}\ndrain_reconnect_after_ms = 750\n[admin]\nlisten = \"127.0.0.1:0\"\n[rates]\nconnection_per_sec = 1e6\nconnection_burst = 1e6\n"),
     )
     .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_shardcast"))

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::conn::rate::TokenBucket;
 use crate::conn::Phase;
-use crate::mesh::{ConnRef, MeshMsg, PublishReq};
+use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind};
 use crate::proto::frame::{self, CloseCode, Decoded, ServerOp};
 use crate::proto::handshake::{self, HandshakeOutcome};
 use crate::proto::message::{self, Command, ErrorCode};
@@ -60,33 +60,90 @@ impl ShardCore {
     /// Handles as much of `buf` as forms complete units; returns bytes used.
     fn process(&mut self, idx: usize, buf: &mut [u8]) -> usize {
         let mut used = 0;
-        if self.conns[idx].phase == Phase::Handshake {
-            match handshake::parse(buf, self.id) {
-                HandshakeOutcome::Incomplete => return 0,
-                HandshakeOutcome::Upgrade { response, head_len } => {
-                    let conn = &mut self.conns[idx];
-                    conn.out.push_control(usize::MAX, |o| o.extend_from_slice(&response));
-                    conn.phase = Phase::Open;
-                    conn.wake();
-                    self.counters.handshakes += 1;
-                    used = head_len;
-                }
-                HandshakeOutcome::Http(req) => {
-                    self.counters.http_requests += 1;
-                    let body = format!("no route for {} {}\n", req.method, req.path);
-                    let resp =
-                        handshake::response(404, "Not Found", "Connection: close\r\n", "text/plain", body.as_bytes());
-                    self.close_http(idx, &resp);
-                    return buf.len();
-                }
-                HandshakeOutcome::Reject(status, reason) => {
-                    self.counters.handshakes_failed += 1;
-                    self.close_http(idx, &handshake::reject_response(status, reason));
-                    return buf.len();
+        loop {
+            let Some(conn) = self.conns.get(idx) else { return buf.len() };
+            match conn.phase {
+                Phase::Open => return used + self.process_frames(idx, &mut buf[used..]),
+                Phase::Closing => return buf.len(),
+                Phase::Handshake | Phase::Http => {
+                    if conn.http.as_ref().is_some_and(|h| h.busy) || used == buf.len() {
+                        return used;
+                    }
+                    match self.process_request(idx, &buf[used..]) {
+                        Some(n) => used += n,
+                        None => return used,
+                    }
                 }
             }
         }
-        self.process_frames(idx, &mut buf[used..]) + used
+    }
+
+    /// Handles one HTTP request at the front of `buf`: an upgrade, an API
+    /// request, or a refusal. Returns the bytes it used, or None when the
+    /// request is not complete yet.
+    fn process_request(&mut self, idx: usize, buf: &[u8]) -> Option<usize> {
+        let first = self.conns[idx].phase == Phase::Handshake;
+        match handshake::parse(buf, self.id) {
+            HandshakeOutcome::Incomplete => None,
+            HandshakeOutcome::Upgrade { response, head_len } if first => {
+                let conn = &mut self.conns[idx];
+                conn.out.push_control(usize::MAX, |o| o.extend_from_slice(&response));
+                conn.phase = Phase::Open;
+                conn.wake();
+                self.counters.handshakes += 1;
+                Some(head_len)
+            }
+            HandshakeOutcome::Upgrade { .. } => {
+                self.close_http(idx, &handshake::reject_response(400, "Bad Request"));
+                Some(buf.len())
+            }
+            HandshakeOutcome::Http(req) => {
+                let body = match (req.method.as_str(), req.content_length) {
+                    (_, Some(n)) => n,
+                    ("POST" | "PUT", None) => {
+                        self.close_http(idx, &handshake::reject_response(411, "Length Required"));
+                        return Some(buf.len());
+                    }
+                    (_, None) => 0,
+                };
+                if body > self.limits.max_message_bytes {
+                    self.counters.http_requests += 1;
+                    let msg =
+                        r#"{"error":{"code":"bad_request","message":"body larger than limits.max_message_bytes"}}"#;
+                    let resp = crate::conn::http::json_response(413, "Payload Too Large", msg, None, true);
+                    self.close_http(idx, &resp);
+                    return Some(buf.len());
+                }
+                let total = req.head_len + body;
+                if buf.len() < total {
+                    return None;
+                }
+                self.on_http_request(idx, &req, &buf[req.head_len..total]);
+                Some(total)
+            }
+            HandshakeOutcome::Reject(status, reason) => {
+                self.counters.handshakes_failed += 1;
+                self.close_http(idx, &handshake::reject_response(status, reason));
+                Some(buf.len())
+            }
+        }
+    }
+
+    /// Handles input that waited in `inbuf` (a pipelined HTTP request held
+    /// back while the previous one was answered).
+    pub(crate) fn resume_input(&mut self, idx: usize) {
+        let Some(conn) = self.conns.get_mut(idx) else { return };
+        if conn.inbuf.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut conn.inbuf);
+        let used = self.process(idx, &mut buf);
+        buf.drain(..used);
+        if let Some(conn) = self.conns.get_mut(idx) {
+            if conn.phase != Phase::Closing && !buf.is_empty() {
+                conn.inbuf = buf;
+            }
+        }
     }
 
     fn process_frames(&mut self, idx: usize, buf: &mut [u8]) -> usize {
@@ -186,40 +243,106 @@ impl ShardCore {
                 self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
             }
             Command::Pub { id, topic, data, msg_id, prio } => {
-                if let Err(e) = name::validate(&topic) {
-                    return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
-                }
-                if self.draining {
-                    let retry = Some(self.policy.liveness.drain_reconnect_after_ms);
-                    *self.counters.publishes_rejected.entry("draining").or_default() += 1;
-                    return self.reply_error(idx, id, ErrorCode::Overloaded, "server draining; reconnect", retry);
-                }
-                if let Err((scope, ms)) = self.take_publish_token(idx, &topic) {
-                    *self.counters.rate_limited.entry(scope).or_default() += 1;
-                    *self.counters.publishes_rejected.entry("rate_limited").or_default() += 1;
-                    let msg = format!("publish rate limit ({scope}) exceeded");
-                    return self.reply_error(idx, id, ErrorCode::RateLimited, &msg, Some(ms));
-                }
-                let owner = self.map.owner(&topic);
-                if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
-                    if let Some(o) = self.outboxes[owner].as_mut() {
-                        o.note_full();
-                    }
-                    *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
-                    let msg = "engine overloaded (mesh ring full); retry later";
-                    return self.reply_error(idx, id, ErrorCode::Overloaded, msg, Some(OVERLOADED_RETRY_MS));
-                }
-                let req = PublishReq {
-                    conn,
+                let args = PubArgs {
                     id,
-                    topic: topic.into(),
-                    data: data.get().into(),
-                    msg_id: msg_id.map(Into::into),
+                    topic: &topic,
+                    data: data.get(),
+                    msg_id: msg_id.as_deref(),
                     prio,
-                    received_at: Instant::now(),
+                    reply: ReplyKind::Ws,
                 };
-                self.route_to_owner(MeshMsg::Publish(Box::new(req)));
+                if let Err(r) = self.submit_publish(idx, args) {
+                    self.reply_error(idx, id, r.code, &r.message, r.retry_after_ms);
+                }
             }
         }
     }
+
+    /// Checks a publication on the shard that read it (topic, drain, rate
+    /// limits, ring room) and routes it to the topic's owner. WebSocket and
+    /// HTTP publishes alike come through here.
+    pub(crate) fn submit_publish(&mut self, idx: usize, p: PubArgs<'_>) -> Result<(), Refusal> {
+        if let Err(e) = name::validate(p.topic) {
+            *self.counters.errors_sent.entry(ErrorCode::BadTopic.as_str()).or_default() += 1;
+            return Err(Refusal {
+                code: ErrorCode::BadTopic,
+                message: e.to_string(),
+                retry_after_ms: None,
+                counted: true,
+            });
+        }
+        if self.draining {
+            *self.counters.publishes_rejected.entry("draining").or_default() += 1;
+            let retry = Some(self.policy.liveness.drain_reconnect_after_ms);
+            return Err(Refusal {
+                code: ErrorCode::Overloaded,
+                message: "server draining; reconnect".into(),
+                retry_after_ms: retry,
+                counted: false,
+            });
+        }
+        if let Err((scope, ms)) = self.take_publish_token(idx, p.topic) {
+            *self.counters.rate_limited.entry(scope).or_default() += 1;
+            *self.counters.publishes_rejected.entry("rate_limited").or_default() += 1;
+            let message = format!("publish rate limit ({scope}) exceeded");
+            return Err(Refusal { code: ErrorCode::RateLimited, message, retry_after_ms: Some(ms), counted: false });
+        }
+        let owner = self.map.owner(p.topic);
+        if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
+            if let Some(o) = self.outboxes[owner].as_mut() {
+                o.note_full();
+            }
+            *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
+            let message = "engine overloaded (mesh ring full); retry later".into();
+            return Err(Refusal {
+                code: ErrorCode::Overloaded,
+                message,
+                retry_after_ms: Some(OVERLOADED_RETRY_MS),
+                counted: false,
+            });
+        }
+        let gen = self.conns[idx].gen;
+        let req = PublishReq {
+            conn: ConnRef { idx: idx as u32, gen },
+            id: p.id,
+            topic: p.topic.into(),
+            data: p.data.into(),
+            msg_id: p.msg_id.map(Into::into),
+            prio: p.prio,
+            received_at: Instant::now(),
+            reply: p.reply,
+        };
+        self.route_to_owner(MeshMsg::Publish(Box::new(req)));
+        Ok(())
+    }
+}
+
+/// A publication as read from a client, before routing.
+#[derive(Debug, Clone, Copy)]
+pub struct PubArgs<'a> {
+    /// Command id to echo.
+    pub id: Option<u64>,
+    /// Topic (not yet validated).
+    pub topic: &'a str,
+    /// Verbatim JSON data.
+    pub data: &'a str,
+    /// Idempotency key.
+    pub msg_id: Option<&'a str>,
+    /// Priority as given.
+    pub prio: Option<message::Prio>,
+    /// How the owner must answer.
+    pub reply: ReplyKind,
+}
+
+/// Why the ingress shard refused a publication.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Error code.
+    pub code: ErrorCode,
+    /// Explanation.
+    pub message: String,
+    /// `retry_after_ms`, if any.
+    pub retry_after_ms: Option<u64>,
+    /// Already counted in `errors_sent` (callers that reply count the rest).
+    pub counted: bool,
 }

@@ -106,7 +106,7 @@ impl Task {
         };
         match phase {
             Phase::Handshake => self.poll_handshake_deadline(ctx, cx),
-            Phase::Open => {
+            Phase::Open | Phase::Http => {
                 self.handshake_timer = None;
                 Poll::Pending
             }

@@ -209,6 +209,19 @@ impl Outbound {
         self.bytes = self.pending().len();
     }
 
+    /// Calls `f` with the topic and seq of every queued publication frame
+    /// (lane order; for metrics, not the data path).
+    pub fn for_each_queued<'a>(&'a self, mut f: impl FnMut(&'a Arc<str>, u64)) {
+        for d in &self.critical {
+            f(&d.topic, d.seq);
+        }
+        for i in &self.normal {
+            if let Item::Frame(d) = i {
+                f(&d.topic, d.seq);
+            }
+        }
+    }
+
     /// Bytes waiting from an earlier partial write; write these first.
     pub fn pending(&self) -> &[u8] {
         &self.pending[self.pending_off..]

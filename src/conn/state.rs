@@ -18,8 +18,10 @@ use crate::proto::MessageAssembler;
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Reading the HTTP request head.
+    /// Reading the first HTTP request head.
     Handshake,
+    /// Serving the HTTP API (keep-alive, one request at a time).
+    Http,
     /// WebSocket open.
     Open,
     /// A close (or final HTTP response) is queued; flush it, shut down,
@@ -60,6 +62,8 @@ pub struct Conn {
     pub last_seen: Instant,
     /// A server ping is outstanding.
     pub ping_out: bool,
+    /// HTTP API state, for connections that speak it.
+    pub http: Option<Box<super::http::HttpState>>,
     /// Publish rate bucket, created on the first publish.
     pub bucket: Option<TokenBucket>,
     /// The close code sent, once closing (for metrics).
@@ -81,6 +85,7 @@ impl Conn {
             last_seen: now,
             ping_out: false,
             bucket: None,
+            http: None,
             close_code: None,
         }
     }

@@ -11,5 +11,5 @@ pub mod msg;
 pub mod ring;
 
 pub use doorbell::Doorbell;
-pub use msg::{ConnRef, MeshMsg, PublishReq, SharedFrame};
+pub use msg::{ConnRef, MeshMsg, PublishReq, ReplyKind, SharedFrame};
 pub use ring::{build, MeshEnds, Outbox};

@@ -42,6 +42,20 @@ pub struct PublishReq {
     pub prio: Option<Prio>,
     /// When the publish was read off the socket.
     pub received_at: Instant,
+    /// How the owner must answer.
+    pub reply: ReplyKind,
+}
+
+/// What kind of client a publish came from, so the owner answers in its
+/// language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// A WebSocket `pub`: an `ack` or `error` frame (`Reply`).
+    Ws,
+    /// `POST /v1/publish`: a whole HTTP response (`HttpAnswer`).
+    Http,
+    /// Item `n` of `POST /v1/publish/batch` (`BatchItem`).
+    Batch(u32),
 }
 
 /// A message between two shards.
@@ -70,6 +84,24 @@ pub enum MeshMsg {
         conn: ConnRef,
         /// An encoded `ack` or `error` frame.
         frame: Box<[u8]>,
+    },
+    /// Owner → shard of `conn`: the complete HTTP response to the request
+    /// the connection is waiting on.
+    HttpAnswer {
+        /// Recipient.
+        conn: ConnRef,
+        /// Status line, headers and body.
+        response: Box<[u8]>,
+    },
+    /// Owner → shard of `conn`: the JSON result of item `index` of the
+    /// batch the connection is waiting on.
+    BatchItem {
+        /// Recipient.
+        conn: ConnRef,
+        /// Position in the batch.
+        index: u32,
+        /// `{"seq","epoch","dup"}` or `{"error":{...}}`.
+        body: Box<str>,
     },
     /// Shard of `conn` → owner: count one more subscription of the sender,
     /// answer with `Subscribed`.

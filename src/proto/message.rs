@@ -213,6 +213,70 @@ fn need_topic(t: Option<Cow<'_, str>>, id: Option<u64>) -> Result<Cow<'_, str>, 
     t.ok_or_else(|| CommandError::new(id, ErrorCode::BadRequest, "missing field `topic`"))
 }
 
+/// One publication of the HTTP API (`POST /v1/publish` body, or an element
+/// of the `POST /v1/publish/batch` array).
+#[derive(Debug, Deserialize)]
+pub struct HttpPublish<'a> {
+    /// Topic name (not yet validated).
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
+    /// Verbatim JSON payload (`null` included).
+    #[serde(borrow, default, deserialize_with = "some_raw")]
+    pub data: Option<&'a RawValue>,
+    /// Idempotency key.
+    #[serde(borrow, default)]
+    pub msg_id: Option<Cow<'a, str>>,
+    /// `"normal"` or `"critical"`.
+    #[serde(borrow, default)]
+    pub prio: Option<Cow<'a, str>>,
+}
+
+impl<'a> HttpPublish<'a> {
+    /// Checks the fields the way a WebSocket `pub` is checked.
+    pub fn checked(self) -> Result<(Cow<'a, str>, &'a RawValue, Option<Cow<'a, str>>, Option<Prio>), CommandError> {
+        let Some(data) = self.data else {
+            return Err(CommandError::new(None, ErrorCode::BadRequest, "missing field `data`"));
+        };
+        if self.msg_id.as_ref().is_some_and(|m| m.len() > MAX_MSG_ID) {
+            return Err(CommandError::new(None, ErrorCode::BadRequest, "`msg_id` longer than 128 bytes"));
+        }
+        let prio = match self.prio.as_deref() {
+            None => None,
+            Some("normal") => Some(Prio::Normal),
+            Some("critical") => Some(Prio::Critical),
+            Some(_) => {
+                return Err(CommandError::new(None, ErrorCode::BadRequest, "`prio` must be \"normal\" or \"critical\""))
+            }
+        };
+        Ok((self.topic, data, self.msg_id, prio))
+    }
+}
+
+/// Most publications in one batch request.
+pub const MAX_BATCH: usize = 1000;
+
+/// Parses a batch body: a JSON array of publications.
+pub fn parse_http_batch(text: &str) -> Result<Vec<HttpPublish<'_>>, CommandError> {
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
+        CommandError::new(None, ErrorCode::BadRequest, format!("body must be a JSON array of publications: {e}"))
+    })?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(CommandError::new(
+            None,
+            ErrorCode::BadRequest,
+            format!("a batch holds 1 to {MAX_BATCH} publications"),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            serde_json::from_str(raw.get())
+                .map_err(|e| CommandError::new(None, ErrorCode::BadRequest, format!("publication {i}: {e}")))
+        })
+        .collect()
+}
+
 /// Reads `id` first so that every later error can echo it. A present `id`
 /// that is not an unsigned integer is itself a `bad_request`.
 fn read_id(text: &str) -> Result<Option<u64>, CommandError> {

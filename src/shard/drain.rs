@@ -86,6 +86,8 @@ impl ShardCore {
                 Phase::Handshake => {
                     c.out.push_control(usize::MAX, |o| o.extend_from_slice(&refuse));
                 }
+                // HTTP API connections: what is queued goes out, then FIN.
+                Phase::Http => {}
                 Phase::Closing => continue,
             }
             c.phase = Phase::Closing;

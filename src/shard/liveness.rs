@@ -21,11 +21,16 @@ impl ShardCore {
         let interval = Duration::from_millis(self.policy.liveness.ping_interval_ms);
         let deadline = interval + Duration::from_millis(self.policy.liveness.ping_timeout_ms);
         let mut dead = Vec::new();
+        let mut idle_http = Vec::new();
         for (idx, c) in self.conns.iter_mut() {
+            let quiet = now.saturating_duration_since(c.last_seen);
+            if c.phase == Phase::Http && quiet >= deadline && !c.http.as_ref().is_some_and(|h| h.busy) {
+                idle_http.push(idx);
+                continue;
+            }
             if c.phase != Phase::Open {
                 continue;
             }
-            let quiet = now.saturating_duration_since(c.last_seen);
             if quiet >= deadline {
                 dead.push(idx);
             } else if quiet >= interval && !c.ping_out {
@@ -36,6 +41,13 @@ impl ShardCore {
                 if was_empty {
                     c.wake();
                 }
+            }
+        }
+        for idx in idle_http {
+            // An idle keep-alive HTTP connection: just a FIN.
+            if let Some(c) = self.conns.get_mut(idx) {
+                c.phase = Phase::Closing;
+                c.wake();
             }
         }
         for idx in dead {

@@ -294,5 +294,20 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         outbound_max_bytes,
         rings,
         doorbell_kicks: bell.kicks(),
+        retained: core.owned.retained(),
+        top_topics: core.owned.busiest(crate::admin::metrics::TOP_TOPICS),
+        backlog: backlog(core),
     }
+}
+
+/// The oldest queued seq per local topic (metrics only: walks the queues).
+fn backlog(core: &ShardCore) -> Vec<(String, u64)> {
+    let mut oldest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (_, c) in core.conns.iter() {
+        c.out.for_each_queued(|t, seq| {
+            let e = oldest.entry(&**t).or_insert(seq);
+            *e = (*e).min(seq);
+        });
+    }
+    oldest.into_iter().map(|(t, s)| (t.to_string(), s)).collect()
 }

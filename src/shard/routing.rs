@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::core::{ShardCore, OVERLOADED_RETRY_MS};
+use crate::conn::http::{self, Answer};
 use crate::conn::outbound::{Delivery, Push};
 use crate::conn::state::Sub;
 use crate::conn::Phase;
-use crate::mesh::{ConnRef, MeshMsg, PublishReq, SharedFrame};
+use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind, SharedFrame};
 use crate::proto::message::{self, ErrorCode, MsgFields, Prio, Recovery, Since};
 use crate::topic::owned::{Epoch, OwnedTopic};
 use crate::topic::replay::{ResumeError, Retained};
@@ -82,6 +83,8 @@ impl ShardCore {
             }
             MeshMsg::Unsubscribed { conn, id, topic } => self.on_unsubscribed(conn, id, &topic),
             MeshMsg::DrainBarrier { round } => self.on_drain_barrier(round),
+            MeshMsg::HttpAnswer { conn, response } => self.on_http_answer(conn, &response),
+            MeshMsg::BatchItem { conn, index, body } => self.on_batch_item(conn, index, body.into()),
         }
     }
 
@@ -191,8 +194,28 @@ impl ShardCore {
     fn refuse_publish(&mut self, from: usize, req: &PublishReq, code: ErrorCode, reason: &'static str, msg: &str) {
         *self.counters.publishes_rejected.entry(reason).or_default() += 1;
         *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
-        let retry = Some(OVERLOADED_RETRY_MS);
-        self.reply_to(from, req.conn, |o| message::error(o, req.id, code, msg, retry));
+        self.answer(from, req, Answer::Refused { code, message: msg, retry_after_ms: Some(OVERLOADED_RETRY_MS) });
+    }
+
+    /// Answers a publisher in its own language (WebSocket frame, HTTP
+    /// response, or batch item).
+    fn answer(&mut self, from: usize, req: &PublishReq, a: Answer<'_>) {
+        match req.reply {
+            ReplyKind::Ws => self.reply_to(from, req.conn, |o| match a {
+                Answer::Ack { topic, seq, epoch, dup } => message::ack(o, req.id, topic, seq, epoch.as_str(), dup),
+                Answer::Refused { code, message: m, retry_after_ms } => {
+                    message::error(o, req.id, code, m, retry_after_ms)
+                }
+            }),
+            ReplyKind::Http => {
+                let response = http::publish_response(&a).into_boxed_slice();
+                self.send_to(from, MeshMsg::HttpAnswer { conn: req.conn, response });
+            }
+            ReplyKind::Batch(index) => {
+                let body = http::answer_json(&a).into_boxed_str();
+                self.send_to(from, MeshMsg::BatchItem { conn: req.conn, index, body });
+            }
+        }
     }
 
     /// Sequences a publication, encodes its frame once, retains it for
@@ -211,7 +234,7 @@ impl ShardCore {
             if let Some(seq) = t.dedupe.lookup(mid, now, dd_count, dd_age) {
                 let (name, epoch) = (t.name.clone(), t.epoch);
                 self.counters.dedupe_hits += 1;
-                return self.reply_to(from, req.conn, |o| message::ack(o, req.id, &name, seq, epoch.as_str(), true));
+                return self.answer(from, &req, Answer::Ack { topic: &name, seq, epoch, dup: true });
             }
         }
         self.targets.clear();
@@ -253,7 +276,7 @@ impl ShardCore {
         self.counters.frames_encoded += 1;
         self.counters.publishes_accepted += 1;
 
-        self.reply_to(from, req.conn, |o| message::ack(o, req.id, &name, seq, epoch.as_str(), false));
+        self.answer(from, &req, Answer::Ack { topic: &name, seq, epoch, dup: false });
         self.counters.record_ack(req.received_at);
 
         let targets = std::mem::take(&mut self.targets);

@@ -169,6 +169,12 @@ pub struct ShardStats {
     pub rings: Vec<RingStats>,
     /// Wake-ups written to this shard's doorbell.
     pub doorbell_kicks: u64,
+    /// Publications and bytes retained in this shard's replay rings.
+    pub retained: (u64, u64),
+    /// The owned topics with the highest seqs: (topic, last seq).
+    pub top_topics: Vec<(String, u64)>,
+    /// For local topics with frames still queued: (topic, oldest queued seq).
+    pub backlog: Vec<(String, u64)>,
 }
 
 /// One outgoing ring's figures.
@@ -197,6 +203,15 @@ impl Totals {
     /// Sums one figure over all shards.
     pub fn sum(&self, f: impl Fn(&ShardStats) -> u64) -> u64 {
         self.shards.iter().map(f).sum()
+    }
+
+    /// Merged publish → ack-queued latency over all shards.
+    pub fn ack_latency(&self) -> Histogram<u64> {
+        let mut h = histogram();
+        for s in &self.shards {
+            let _ = h.add(&s.counters.ack_latency_us);
+        }
+        h
     }
 
     /// Merged publish → delivery-queued latency over all shards.

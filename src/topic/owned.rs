@@ -192,6 +192,14 @@ impl OwnedTopics {
         self.map.values().fold((0, 0), |(n, b), t| (n + t.replay.len() as u64, b + t.replay.bytes() as u64))
     }
 
+    /// The `n` owned topics with the highest seqs: (topic, last seq).
+    pub fn busiest(&self, n: usize) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self.map.values().map(|t| (t.name.to_string(), t.seq)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.truncate(n);
+        v
+    }
+
     /// Iterates over the owned topics.
     pub fn iter(&self) -> impl Iterator<Item = &OwnedTopic> {
         self.map.values()

@@ -18,7 +18,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A 2-shard server on 127.0.0.1 with a free port; `tweak` edits the config.
 pub fn server_with(tweak: impl FnOnce(&mut Config)) -> ServerHandle {
     let mut cfg =
-        Config::from_toml("[server]\nlisten = \"127.0.0.1:0\"\n[shards]\ncpus = [0, 1]\nring_capacity = 4096\n")
+        Config::from_toml("[server]\nlisten = \"127.0.0.1:0\"\n[shards]\ncpus = [0, 1]\nring_capacity = 4096\n[admin]\nlisten = \"127.0.0.1:0\"\n")
             .expect("test config");
     tweak(&mut cfg);
     shardcast::start(cfg).expect("server starts")
@@ -203,6 +203,93 @@ pub fn topic_owned_by(server: &ServerHandle, shard: usize, prefix: &str) -> Stri
         .map(|i| format!("{prefix}/room-{i}"))
         .find(|t| server.owner_of(t) == shard)
         .expect("some topic hashes to every shard")
+}
+
+/// A minimal HTTP/1.1 client over one keep-alive connection.
+pub struct Http {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Http {
+    pub fn connect(addr: SocketAddr) -> Http {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Http { stream, buf: Vec::new() }
+    }
+
+    /// Writes a request without waiting (for pipelining).
+    pub fn send(&mut self, method: &str, path: &str, ctype: &str, body: &[u8]) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.stream.write_all(head.as_bytes()).unwrap();
+        self.stream.write_all(body).unwrap();
+    }
+
+    /// Reads one response (Content-Length framed).
+    pub fn read(&mut self) -> Response {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = resp.parse(&self.buf) {
+                let headers: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.parse().unwrap())
+                    .unwrap_or(0);
+                if self.buf.len() >= n + len {
+                    let status = resp.code.unwrap();
+                    let body = String::from_utf8_lossy(&self.buf[n..n + len]).into_owned();
+                    self.buf.drain(..n + len);
+                    return Response { status, headers, body };
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            let k = self.stream.read(&mut chunk).expect("read response");
+            assert!(k > 0, "connection closed before a full response");
+            self.buf.extend_from_slice(&chunk[..k]);
+        }
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, ctype: &str, body: &[u8]) -> Response {
+        self.send(method, path, ctype, body);
+        self.read()
+    }
+
+    pub fn post_json(&mut self, path: &str, body: &Value) -> Response {
+        self.request("POST", path, "application/json", body.to_string().as_bytes())
+    }
+}
+
+/// GET on the admin listener.
+pub fn admin_get(server: &ServerHandle, path: &str) -> Response {
+    Http::connect(server.admin_addr().expect("admin listener")).request("GET", path, "text/plain", b"")
 }
 
 pub fn close_code(c: CloseCode) -> u16 {

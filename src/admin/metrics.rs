@@ -1,0 +1,265 @@
+//! Rendering merged shard snapshots as Prometheus text (format 0.0.4) and
+//! as JSON.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::shard::stats::{ShardStats, Totals};
+
+/// How many of the busiest topics get a lag series.
+pub const TOP_TOPICS: usize = 20;
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP shardcast_{name} {help}\n# TYPE shardcast_{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, String)], value: f64) {
+        self.text.push_str("shardcast_");
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = write!(self.text, "{k}=\"{v}\"");
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    /// One sample per shard of `f`.
+    fn per_shard(&mut self, t: &Totals, name: &str, kind: &str, help: &str, f: impl Fn(&ShardStats) -> u64) {
+        self.family(name, kind, help);
+        for s in &t.shards {
+            self.sample(name, &[("shard", s.shard.to_string())], f(s) as f64);
+        }
+    }
+
+    /// One sample per shard and label value of a labelled counter.
+    fn per_shard_labelled<K: ToString>(
+        &mut self,
+        t: &Totals,
+        name: &str,
+        help: &str,
+        label: &str,
+        f: impl Fn(&ShardStats) -> Vec<(K, u64)>,
+    ) {
+        self.family(name, "counter", help);
+        for s in &t.shards {
+            for (k, v) in f(s) {
+                self.sample(name, &[("shard", s.shard.to_string()), (label, k.to_string())], v as f64);
+            }
+        }
+    }
+
+    fn summary(&mut self, name: &str, help: &str, h: &Histogram<u64>) {
+        self.family(name, "summary", help);
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let v = if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e6 };
+            self.sample(name, &[("quantile", q.to_string())], v);
+        }
+        let sum: f64 = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
+        self.sample(&format!("{name}_sum"), &[], sum / 1e6);
+        self.sample(&format!("{name}_count"), &[], h.len() as f64);
+    }
+}
+
+fn map_pairs<K: Clone>(m: &BTreeMap<K, u64>) -> Vec<(K, u64)> {
+    m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+/// Lag of the busiest topics: the owner's last seq minus the last seq every
+/// local subscriber on every shard has been sent (0 when nothing is queued).
+pub fn topic_lag(t: &Totals) -> Vec<(String, u64, u64)> {
+    let mut oldest: HashMap<&str, u64> = HashMap::new();
+    for s in &t.shards {
+        for (topic, seq) in &s.backlog {
+            let e = oldest.entry(topic.as_str()).or_insert(*seq);
+            *e = (*e).min(*seq);
+        }
+    }
+    let mut top: Vec<(String, u64, u64)> = t
+        .shards
+        .iter()
+        .flat_map(|s| s.top_topics.iter())
+        .map(|(topic, last)| {
+            let lag = oldest.get(topic.as_str()).map_or(0, |o| last.saturating_sub(o.saturating_sub(1)));
+            (topic.clone(), *last, lag)
+        })
+        .collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.truncate(TOP_TOPICS);
+    top
+}
+
+/// The Prometheus exposition of a snapshot.
+pub fn render(t: &Totals, draining: bool) -> String {
+    let mut o = Out { text: String::with_capacity(16 * 1024) };
+    o.family("draining", "gauge", "1 while a graceful drain runs.");
+    o.sample("draining", &[], if draining { 1.0 } else { 0.0 });
+    o.per_shard(t, "connections_open", "gauge", "Connections open.", |s| s.connections_open);
+    o.per_shard(t, "connections_opened_total", "counter", "Connections accepted.", |s| s.counters.connections_opened);
+    o.per_shard_labelled(
+        t,
+        "connections_closed_total",
+        "Connections closed, by the close code sent (0: none).",
+        "code",
+        |s| map_pairs(&s.counters.closed_by_code),
+    );
+    o.per_shard(t, "connections_refused_total", "counter", "Connections refused (limit or drain).", |s| {
+        s.counters.connections_refused
+    });
+    o.per_shard(t, "handshakes_total", "counter", "WebSocket upgrades completed.", |s| s.counters.handshakes);
+    o.per_shard(t, "handshake_failures_total", "counter", "Upgrade requests refused.", |s| {
+        s.counters.handshakes_failed
+    });
+    o.per_shard(t, "handshake_timeouts_total", "counter", "Upgrades not finished in time.", |s| {
+        s.counters.handshake_timeouts
+    });
+    o.per_shard(t, "http_requests_total", "counter", "HTTP API requests.", |s| s.counters.http_requests);
+    o.per_shard(t, "subscriptions", "gauge", "Subscriptions held on the shard.", |s| s.subscriptions);
+    o.per_shard(t, "topics_owned", "gauge", "Topics the shard owns.", |s| s.owned_topics);
+    o.per_shard(t, "topics_local", "gauge", "Topics with local subscribers.", |s| s.local_topics);
+    o.per_shard(t, "replay_retained", "gauge", "Publications kept in replay rings.", |s| s.retained.0);
+    o.per_shard(t, "replay_retained_bytes", "gauge", "Bytes kept in replay rings.", |s| s.retained.1);
+    o.per_shard(t, "publishes_accepted_total", "counter", "Publications sequenced (as owner).", |s| {
+        s.counters.publishes_accepted
+    });
+    o.per_shard_labelled(t, "publishes_rejected_total", "Publications refused, by reason.", "reason", |s| {
+        map_pairs(&s.counters.publishes_rejected)
+    });
+    o.per_shard(t, "frames_encoded_total", "counter", "msg frames encoded (one per publish).", |s| {
+        s.counters.frames_encoded
+    });
+    o.per_shard(t, "deliveries_total", "counter", "Frames queued on subscribers.", |s| s.counters.deliveries);
+    o.per_shard_labelled(
+        t,
+        "dropped_total",
+        "Publications dropped for a connection (reported by gap), by reason.",
+        "reason",
+        |s| vec![("slow_consumer", s.counters.dropped_slow)],
+    );
+    o.per_shard(t, "slow_consumer_closes_total", "counter", "Connections closed with 4000.", |s| {
+        s.counters.slow_consumer_closes
+    });
+    o.per_shard_labelled(t, "errors_sent_total", "error replies, by code.", "code", |s| {
+        map_pairs(&s.counters.errors_sent)
+    });
+    o.per_shard(t, "replay_hits_total", "counter", "Resumes served from the replay ring.", |s| s.counters.replay_hits);
+    o.per_shard(t, "replayed_total", "counter", "Publications replayed.", |s| s.counters.replayed);
+    o.per_shard_labelled(t, "replay_misses_total", "Resumes refused, by reason.", "reason", |s| {
+        map_pairs(&s.counters.replay_misses)
+    });
+    o.per_shard(t, "dedupe_hits_total", "counter", "Publishes answered dup: true.", |s| s.counters.dedupe_hits);
+    o.per_shard_labelled(t, "rate_limited_total", "Publishes refused by a rate limit, by scope.", "scope", |s| {
+        map_pairs(&s.counters.rate_limited)
+    });
+    o.per_shard(t, "pings_sent_total", "counter", "Pings sent to quiet connections.", |s| s.counters.pings_sent);
+    o.per_shard(t, "ping_timeouts_total", "counter", "Connections closed 1001 for no pong.", |s| {
+        s.counters.ping_timeouts
+    });
+    o.per_shard(t, "sends_total", "counter", "send calls by connection writers.", |s| s.counters.sends);
+    o.per_shard(t, "bytes_sent_total", "counter", "Bytes sent by connection writers.", |s| s.counters.bytes_sent);
+    o.per_shard(t, "outbound_queue_bytes", "gauge", "Bytes queued on all connections.", |s| s.outbound_bytes);
+    o.per_shard(t, "outbound_queue_max_bytes", "gauge", "Largest per-connection queue.", |s| s.outbound_max_bytes);
+    o.per_shard(t, "doorbell_kicks_total", "counter", "Wake-ups written to the shard's doorbell.", |s| {
+        s.doorbell_kicks
+    });
+    o.per_shard(t, "internal_errors_total", "counter", "Bookkeeping errors (should stay 0).", |s| {
+        s.counters.internal_errors
+    });
+    for (name, kind, help) in [
+        ("ring_occupancy", "gauge", "Messages on a mesh ring."),
+        ("ring_overflow", "gauge", "Control messages waiting for ring room."),
+        ("ring_full_total", "counter", "Data refused for a full ring."),
+        ("ring_pushed_total", "counter", "Messages pushed on a ring."),
+    ] {
+        o.family(name, kind, help);
+        for s in &t.shards {
+            for r in &s.rings {
+                let v = match name {
+                    "ring_occupancy" => r.occupancy,
+                    "ring_overflow" => r.overflow,
+                    "ring_full_total" => r.full_events,
+                    _ => r.pushed,
+                };
+                o.sample(name, &[("from", s.shard.to_string()), ("to", r.to.to_string())], v as f64);
+            }
+        }
+    }
+    o.summary("publish_deliver_latency_seconds", "Publish read to frame queued on subscribers.", &t.deliver_latency());
+    o.summary("publish_ack_latency_seconds", "Publish read to ack queued.", &t.ack_latency());
+    o.family("topic_last_seq", "gauge", "Last seq of the busiest topics.");
+    let lag = topic_lag(t);
+    for (topic, last, _) in &lag {
+        o.sample("topic_last_seq", &[("topic", topic.clone())], *last as f64);
+    }
+    o.family("topic_lag", "gauge", "Last seq minus the slowest subscriber's sent seq, busiest topics.");
+    for (topic, _, l) in &lag {
+        o.sample("topic_lag", &[("topic", topic.clone())], *l as f64);
+    }
+    o.text
+}
+
+/// The same figures as JSON, for humans and scripts.
+pub fn json(t: &Totals, draining: bool) -> serde_json::Value {
+    let lat = |h: Histogram<u64>| {
+        let q = |x: f64| if h.is_empty() { 0 } else { h.value_at_quantile(x) };
+        json!({"count": h.len(), "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999), "max_us": h.max()})
+    };
+    let shards: Vec<_> = t
+        .shards
+        .iter()
+        .map(|s| {
+            let c = &s.counters;
+            json!({
+                "shard": s.shard,
+                "connections_open": s.connections_open,
+                "connections_opened": c.connections_opened,
+                "connections_closed": c.connections_closed,
+                "closed_by_code": c.closed_by_code,
+                "connections_refused": c.connections_refused,
+                "subscriptions": s.subscriptions,
+                "topics_owned": s.owned_topics,
+                "publishes_accepted": c.publishes_accepted,
+                "publishes_rejected": c.publishes_rejected,
+                "deliveries": c.deliveries,
+                "dropped_slow": c.dropped_slow,
+                "slow_consumer_closes": c.slow_consumer_closes,
+                "errors_sent": c.errors_sent,
+                "replay_hits": c.replay_hits,
+                "replay_misses": c.replay_misses,
+                "dedupe_hits": c.dedupe_hits,
+                "rate_limited": c.rate_limited,
+                "outbound_bytes": s.outbound_bytes,
+                "rings": s.rings.iter().map(|r| json!({"to": r.to, "occupancy": r.occupancy, "overflow": r.overflow, "full_events": r.full_events, "pushed": r.pushed})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let lag: Vec<_> = topic_lag(t)
+        .into_iter()
+        .map(|(topic, last, lag)| json!({"topic": topic, "last_seq": last, "lag": lag}))
+        .collect();
+    json!({
+        "draining": draining,
+        "connections_open": t.sum(|s| s.connections_open),
+        "subscriptions": t.sum(|s| s.subscriptions),
+        "publishes_accepted": t.sum(|s| s.counters.publishes_accepted),
+        "deliveries": t.sum(|s| s.counters.deliveries),
+        "publish_deliver_latency": lat(t.deliver_latency()),
+        "publish_ack_latency": lat(t.ack_latency()),
+        "topics": lag,
+        "shards": shards,
+    })
+}

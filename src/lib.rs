@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod host;
 pub mod mesh;
 pub mod proto;
 pub mod server;

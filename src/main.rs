@@ -13,8 +13,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "shardcast", version, about)]
 struct Cli {
+    /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=shardcast=debug).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -23,6 +34,16 @@ enum Command {
     Serve(ServeArgs),
     /// Print the embedded default config (a starting point for --config).
     DefaultConfig,
+    /// Check this host's limits against a connection target and the config;
+    /// exits 1 when they cannot be met.
+    CheckHost {
+        /// Config to check (default: the embedded one).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<String>,
+        /// Connections the host should hold.
+        #[arg(long, default_value_t = 100_000)]
+        connections: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -40,14 +61,15 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shardcast: {e:#}");
@@ -63,6 +85,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(args),
+        Command::CheckHost { config, connections } => {
+            let cfg = match config {
+                Some(path) => shardcast::Config::from_file(&path)?,
+                None => shardcast::Config::default(),
+            };
+            let (text, failed) = shardcast::host::report(&shardcast::host::check(&cfg, connections));
+            println!("shardcast check-host: target {connections} connections");
+            print!("{text}");
+            if failed {
+                println!("=> this host cannot meet the target/config as it is; see the FAIL lines");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("=> ok");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -283,6 +283,7 @@ impl ShardCore {
         }
         if let Err((scope, ms)) = self.take_publish_token(idx, p.topic) {
             *self.counters.rate_limited.entry(scope).or_default() += 1;
+            self.hits.hit(self.id, crate::shard::logs::Hit::RateLimited, &format!("publish rate limited ({scope})"));
             *self.counters.publishes_rejected.entry("rate_limited").or_default() += 1;
             let message = format!("publish rate limit ({scope}) exceeded");
             return Err(Refusal { code: ErrorCode::RateLimited, message, retry_after_ms: Some(ms), counted: false });
@@ -292,6 +293,7 @@ impl ShardCore {
             if let Some(o) = self.outboxes[owner].as_mut() {
                 o.note_full();
             }
+            self.hits.hit(self.id, crate::shard::logs::Hit::RingFull, "mesh ring full; publish refused");
             *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
             let message = "engine overloaded (mesh ring full); retry later".into();
             return Err(Refusal {

@@ -60,6 +60,8 @@ pub struct ShardCore {
     pub tenants: crate::conn::rate::TenantBuckets,
     /// Graceful drain progress.
     pub(super) drain: super::drain::DrainState,
+    /// Throttled warnings for limit hits.
+    pub hits: super::logs::HitLog,
 }
 
 /// The config sections a shard applies beyond `limits`.
@@ -104,6 +106,7 @@ impl ShardCore {
             policy: Policy::default(),
             tenants: Default::default(),
             drain: Default::default(),
+            hits: Default::default(),
         }
     }
 
@@ -116,6 +119,7 @@ impl ShardCore {
         self.next_gen = self.next_gen.wrapping_add(1);
         let idx = self.conns.insert(Conn::new(self.next_gen, now));
         self.counters.connections_opened += 1;
+        tracing::debug!(shard = self.id, conn = idx, "connection opened");
         Some(ConnRef { idx: idx as u32, gen: self.next_gen })
     }
 
@@ -135,6 +139,7 @@ impl ShardCore {
             self.release(sub.topic);
         }
         self.counters.connections_closed += 1;
+        tracing::debug!(shard = self.id, conn = idx, close_code = conn.close_code, "connection closed");
         *self.counters.closed_by_code.entry(conn.close_code.unwrap_or(0)).or_default() += 1;
     }
 
@@ -214,6 +219,7 @@ impl ShardCore {
         }
         conn.out.discard_queued();
         self.counters.slow_consumer_closes += 1;
+        self.hits.hit(self.id, super::logs::Hit::SlowConsumer, "closing a slow consumer (4000)");
         self.close(idx, CloseCode::SLOW_CONSUMER, "slow consumer");
     }
 }

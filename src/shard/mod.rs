@@ -11,6 +11,7 @@
 pub mod core;
 pub mod drain;
 pub mod liveness;
+pub mod logs;
 pub mod routing;
 pub mod stats;
 

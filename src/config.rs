@@ -221,7 +221,12 @@ impl Default for ReplayConfig {
 
 impl Default for RateConfig {
     fn default() -> Self {
-        Self { connection_per_sec: 2000.0, connection_burst: 4000.0, tenant_per_sec: 50_000.0, tenant_burst: 100_000.0 }
+        Self {
+            connection_per_sec: 20_000.0,
+            connection_burst: 40_000.0,
+            tenant_per_sec: 100_000.0,
+            tenant_burst: 200_000.0,
+        }
     }
 }
 

@@ -50,8 +50,8 @@ fn show(v: u64) -> String {
 /// Probes io_uring: Ok, or the errno and what it means.
 pub fn probe_io_uring() -> Result<(), String> {
     let mut params = [0u8; 120]; // struct io_uring_params
-    // SAFETY: io_uring_setup(2) with a zeroed params struct of the kernel's
-    // size; on success we own the returned fd and close it.
+                                 // SAFETY: io_uring_setup(2) with a zeroed params struct of the kernel's
+                                 // size; on success we own the returned fd and close it.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
     if fd >= 0 {
         // SAFETY: closing the fd io_uring_setup just gave us.
@@ -76,7 +76,13 @@ pub fn check(cfg: &Config, target: u64) -> Vec<Finding> {
 
     let (soft, hard) = rlimit(libc::RLIMIT_NOFILE);
     let nr_open: u64 = read("/proc/sys/fs/nr_open").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let level = if hard < need_fds { Level::Fail } else if soft < need_fds { Level::Warn } else { Level::Ok };
+    let level = if hard < need_fds {
+        Level::Fail
+    } else if soft < need_fds {
+        Level::Warn
+    } else {
+        Level::Ok
+    };
     let advice = match level {
         Level::Ok => "enough".to_string(),
         Level::Warn => format!("raise the soft limit before starting: ulimit -n {need_fds} (or LimitNOFILE={need_fds})"),
@@ -89,12 +95,30 @@ pub fn check(cfg: &Config, target: u64) -> Vec<Finding> {
 
     let file_max: u64 = read("/proc/sys/fs/file-max").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
     let level = if file_max < need_fds { Level::Fail } else { Level::Ok };
-    add(level, "fs.file-max", format!("{file_max} system-wide open files{}", if level == Level::Ok { "" } else { ": raise it (tuning/sysctl-100k.conf)" }));
+    add(
+        level,
+        "fs.file-max",
+        format!(
+            "{file_max} system-wide open files{}",
+            if level == Level::Ok { "" } else { ": raise it (tuning/sysctl-100k.conf)" }
+        ),
+    );
 
     let somaxconn: u32 = read("/proc/sys/net/core/somaxconn").and_then(|v| v.parse().ok()).unwrap_or(0);
     let level = if somaxconn < cfg.server.backlog { Level::Warn } else { Level::Ok };
-    add(level, "net.core.somaxconn", format!("{somaxconn}; each shard asks for a backlog of {}{}", cfg.server.backlog,
-        if level == Level::Ok { "" } else { ": the kernel caps it, so a reconnect storm overflows sooner; raise net.core.somaxconn" }));
+    add(
+        level,
+        "net.core.somaxconn",
+        format!(
+            "{somaxconn}; each shard asks for a backlog of {}{}",
+            cfg.server.backlog,
+            if level == Level::Ok {
+                ""
+            } else {
+                ": the kernel caps it, so a reconnect storm overflows sooner; raise net.core.somaxconn"
+            }
+        ),
+    );
 
     if let Some(range) = read("/proc/sys/net/ipv4/ip_local_port_range") {
         let v: Vec<u64> = range.split_whitespace().filter_map(|x| x.parse().ok()).collect();
@@ -113,29 +137,64 @@ pub fn check(cfg: &Config, target: u64) -> Vec<Finding> {
         // Budget 8 KiB per connection of kernel TCP memory.
         let want = target * 8 * 1024;
         let level = if max < want { Level::Warn } else { Level::Ok };
-        add(level, "net.ipv4.tcp_mem", format!("max {} MiB of TCP buffers for all sockets; {} connections at ~8 KiB each want {} MiB{}",
-            max >> 20, target, want >> 20, if level == Level::Ok { "" } else { ": raise tcp_mem (tuning/sysctl-1m.conf)" }));
+        add(
+            level,
+            "net.ipv4.tcp_mem",
+            format!(
+                "max {} MiB of TCP buffers for all sockets; {} connections at ~8 KiB each want {} MiB{}",
+                max >> 20,
+                target,
+                want >> 20,
+                if level == Level::Ok { "" } else { ": raise tcp_mem (tuning/sysctl-1m.conf)" }
+            ),
+        );
     }
 
     let (ml_soft, _) = rlimit(libc::RLIMIT_MEMLOCK);
     let shards = cfg.shard_cpus().map(|c| c.len()).unwrap_or(1) as u64;
     let need = 512 * 1024 + shards * cfg.shards.io_memory_kib as u64 * 1024;
     let level = if ml_soft != libc::RLIM_INFINITY && ml_soft < need { Level::Fail } else { Level::Ok };
-    add(level, "locked memory (ulimit -l)", format!("{} bytes; glommio needs >= {need} for {shards} shards{}", show(ml_soft),
-        if level == Level::Ok { "" } else { ": raise ulimit -l (LimitMEMLOCK=)" }));
+    add(
+        level,
+        "locked memory (ulimit -l)",
+        format!(
+            "{} bytes; glommio needs >= {need} for {shards} shards{}",
+            show(ml_soft),
+            if level == Level::Ok { "" } else { ": raise ulimit -l (LimitMEMLOCK=)" }
+        ),
+    );
 
     let disabled = read("/proc/sys/kernel/io_uring_disabled");
     match probe_io_uring() {
-        Ok(()) => add(Level::Ok, "io_uring", format!("usable (kernel.io_uring_disabled = {})", disabled.as_deref().unwrap_or("absent"))),
-        Err(e) => add(Level::Fail, "io_uring", format!("unusable: {e}; kernel.io_uring_disabled = {}", disabled.as_deref().unwrap_or("absent"))),
+        Ok(()) => add(
+            Level::Ok,
+            "io_uring",
+            format!("usable (kernel.io_uring_disabled = {})", disabled.as_deref().unwrap_or("absent")),
+        ),
+        Err(e) => add(
+            Level::Fail,
+            "io_uring",
+            format!("unusable: {e}; kernel.io_uring_disabled = {}", disabled.as_deref().unwrap_or("absent")),
+        ),
     }
 
     let online = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(0);
     match cfg.shard_cpus() {
         Ok(cpus) => {
             let level = if cpus.len() < online { Level::Ok } else { Level::Warn };
-            add(level, "core map", format!("{} shards on CPUs {cpus:?} of {online} available{}", cpus.len(),
-                if level == Level::Ok { "; the rest are free for IRQs and the OS" } else { ": every CPU runs a shard; on a tuned host keep one or two for NIC interrupts" }));
+            add(
+                level,
+                "core map",
+                format!(
+                    "{} shards on CPUs {cpus:?} of {online} available{}",
+                    cpus.len(),
+                    if level == Level::Ok {
+                        "; the rest are free for IRQs and the OS"
+                    } else {
+                        ": every CPU runs a shard; on a tuned host keep one or two for NIC interrupts"
+                    }
+                ),
+            );
         }
         Err(e) => add(Level::Fail, "core map", e.to_string()),
     }

@@ -8,6 +8,7 @@
 //! document. Every run is bounded in connections and time and targets
 //! loopback addresses only.
 
+mod http;
 mod report;
 mod worker;
 mod ws;
@@ -36,6 +37,9 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// Hold N idle subscribed connections; the server's RSS per connection.
     Idle(IdleArgs),
+    /// Publishes over one keep-alive HTTP connection (POST /v1/publish or
+    /// /v1/publish/batch): publishes/s, verified contiguous seqs.
+    Http(HttpArgs),
     /// Internal: run one worker (the parent starts these).
     #[command(hide = true)]
     Worker { plan: String },
@@ -101,6 +105,28 @@ struct FanoutArgs {
 }
 
 #[derive(Args, Clone)]
+struct HttpArgs {
+    /// Server address (must be loopback).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Seconds to run (at most 600).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Publications per request (1: POST /v1/publish; more: the batch API).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Requests written before waiting for an answer (HTTP pipelining).
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Approximate payload size, bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+#[derive(Args, Clone)]
 struct IdleArgs {
     #[command(flatten)]
     common: Common,
@@ -120,6 +146,34 @@ const MAX_SECONDS: f64 = 600.0;
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Worker { plan } => worker::run(serde_json::from_str(&plan)?),
+        Scenario::Http(a) => {
+            if !(a.duration > 0.0 && a.duration <= MAX_SECONDS) || a.batch == 0 || a.pipeline == 0 {
+                bail!("--duration must be in (0, {MAX_SECONDS}], --batch and --pipeline at least 1");
+            }
+            let topic = format!("bench/http-{}", worker::mono_ns() % 1_000_000_007);
+            let run = http::HttpRun {
+                addr: a.addr,
+                duration: Duration::from_secs_f64(a.duration),
+                batch: a.batch,
+                pipeline: a.pipeline,
+                payload: a.payload,
+                topic,
+            };
+            let report = http::run(&run)?;
+            println!(
+                "http          batch {} pipeline {}: {} requests, {} publishes acked in {:.2} s = {:.0} publishes/s ({:.0} requests/s), errors {}, verify {}",
+                report["batch"], report["pipeline"], report["requests"], report["acked"], report["secs"].as_f64().unwrap_or(0.0),
+                report["publishes_per_sec"].as_f64().unwrap_or(0.0), report["requests_per_sec"].as_f64().unwrap_or(0.0), report["errors"],
+                if report["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
+            );
+            if let Some(p) = &a.json {
+                std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+            }
+            if report["verify"]["ok"].as_bool() != Some(true) {
+                bail!("verification failed: {}", report["verify"]);
+            }
+            Ok(())
+        }
         Scenario::Fanout(a) => {
             let run_id = worker::mono_ns() % 1_000_000_007;
             let topics = vec![format!("bench/fanout-{run_id}")];

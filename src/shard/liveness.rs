@@ -52,7 +52,11 @@ impl ShardCore {
         }
         for idx in dead {
             self.counters.ping_timeouts += 1;
-            self.hits.hit(self.id, super::logs::Hit::PingTimeout, "closing a connection that stopped answering pings (1001)");
+            self.hits.hit(
+                self.id,
+                super::logs::Hit::PingTimeout,
+                "closing a connection that stopped answering pings (1001)",
+            );
             self.close(idx, CloseCode::GOING_AWAY, "ping timeout");
         }
     }

@@ -98,7 +98,7 @@ pub fn topic_lag(t: &Totals) -> Vec<(String, u64, u64)> {
             (topic.clone(), *last, lag)
         })
         .collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|t| std::cmp::Reverse(t.1));
     top.truncate(TOP_TOPICS);
     top
 }

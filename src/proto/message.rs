@@ -233,7 +233,7 @@ pub struct HttpPublish<'a> {
 
 impl<'a> HttpPublish<'a> {
     /// Checks the fields the way a WebSocket `pub` is checked.
-    pub fn checked(self) -> Result<(Cow<'a, str>, &'a RawValue, Option<Cow<'a, str>>, Option<Prio>), CommandError> {
+    pub fn checked(self) -> Result<CheckedPublish<'a>, CommandError> {
         let Some(data) = self.data else {
             return Err(CommandError::new(None, ErrorCode::BadRequest, "missing field `data`"));
         };
@@ -251,6 +251,9 @@ impl<'a> HttpPublish<'a> {
         Ok((self.topic, data, self.msg_id, prio))
     }
 }
+
+/// A checked HTTP publication: topic, verbatim data, `msg_id`, `prio`.
+pub type CheckedPublish<'a> = (Cow<'a, str>, &'a RawValue, Option<Cow<'a, str>>, Option<Prio>);
 
 /// Most publications in one batch request.
 pub const MAX_BATCH: usize = 1000;

@@ -195,7 +195,7 @@ impl OwnedTopics {
     /// The `n` owned topics with the highest seqs: (topic, last seq).
     pub fn busiest(&self, n: usize) -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = self.map.values().map(|t| (t.name.to_string(), t.seq)).collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|t| std::cmp::Reverse(t.1));
         v.truncate(n);
         v
     }

@@ -17,7 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, ConfigError};
 use crate::mesh::{self, Doorbell};
-use crate::shard::stats::{ShardStats, Totals};
+use crate::shard::stats::Totals;
 use crate::shard::{self, Control, ShardExit, ShardSpec};
 use crate::topic::PartitionMap;
 
@@ -93,40 +93,31 @@ impl ControlHandle {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// A snapshot of every shard, or None if one did not answer in time.
-    pub fn try_stats(&self, timeout: Duration) -> Option<Totals> {
+    /// Sends one request to every shard and collects the answers, or the
+    /// first shard that did not answer within `timeout`.
+    fn ask_all<T>(&self, timeout: Duration, make: impl Fn(Sender<T>) -> Control) -> Result<Vec<T>, usize> {
         let mut waits = Vec::with_capacity(self.links.len());
         for i in 0..self.links.len() {
-            let (tx, rx) = crossbeam_channel::bounded::<ShardStats>(1);
-            if !self.send(i, Control::Stats(tx)) {
-                return None;
+            let (tx, rx) = crossbeam_channel::bounded::<T>(1);
+            if !self.send(i, make(tx)) {
+                return Err(i);
             }
             waits.push(rx);
         }
         let deadline = std::time::Instant::now() + timeout;
-        let shards = waits.iter().map(|rx| rx.recv_deadline(deadline).ok()).collect::<Option<Vec<_>>>()?;
-        Some(Totals { shards })
+        waits.iter().enumerate().map(|(i, rx)| rx.recv_deadline(deadline).map_err(|_| i)).collect()
+    }
+
+    /// A snapshot of every shard, or None if one did not answer in time.
+    pub fn try_stats(&self, timeout: Duration) -> Option<Totals> {
+        self.ask_all(timeout, Control::Stats).ok().map(|shards| Totals { shards })
     }
 
     /// Whether every shard's mesh task answers the control plane within
     /// `timeout` (a liveness probe: a wedged executor cannot answer); on
     /// failure, the first shard that did not.
     pub fn alive(&self, timeout: Duration) -> Result<(), usize> {
-        let mut waits = Vec::with_capacity(self.links.len());
-        for i in 0..self.links.len() {
-            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-            if !self.send(i, Control::Ping(tx)) {
-                return Err(i);
-            }
-            waits.push(rx);
-        }
-        let deadline = std::time::Instant::now() + timeout;
-        for (i, rx) in waits.iter().enumerate() {
-            if rx.recv_deadline(deadline).is_err() {
-                return Err(i);
-            }
-        }
-        Ok(())
+        self.ask_all(timeout, Control::Ping).map(|_| ())
     }
 }
 

@@ -12,17 +12,8 @@ use shardcast::topic::PartitionMap;
 
 /// A masked client text frame.
 fn frame(text: &str) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut out = vec![0x81];
-    let n = text.len();
-    if n < 126 {
-        out.push(0x80 | n as u8);
-    } else {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut out = Vec::new();
+    shardcast::proto::frame::write_client_frame(1, true, text.as_bytes(), [1, 2, 3, 4], &mut out);
     out
 }
 

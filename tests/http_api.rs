@@ -6,11 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn high_rates(c: &mut shardcast::Config) {
-    c.rates.connection_per_sec = 1e6;
-    c.rates.connection_burst = 1e6;
-}
-
 /// `POST /v1/publish` reaches a WebSocket subscriber on another shard with
 /// the same seq sequence and `msg_id` dedupe as a WebSocket publish.
 #[test]

@@ -8,11 +8,6 @@ use std::thread;
 use common::*;
 use serde_json::json;
 
-fn high_rates(c: &mut shardcast::Config) {
-    c.rates.connection_per_sec = 1e6;
-    c.rates.connection_burst = 1e6;
-}
-
 /// A repeated `msg_id` (same connection) is acked with the original seq and
 /// `dup: true`, and delivered once.
 #[test]

@@ -179,9 +179,7 @@ impl ShardCore {
         self.set_busy(idx, items.len());
         for (i, item) in items.into_iter().enumerate() {
             let result = match item.checked() {
-                Err(e) => {
-                    Err(Refusal { code: e.code, message: e.message.into_owned(), retry_after_ms: None, counted: false })
-                }
+                Err(e) => Err(Refusal { code: e.code, message: e.message.into_owned(), retry_after_ms: None }),
                 Ok((topic, data, msg_id, prio)) => {
                     let reply = ReplyKind::Batch(i as u32);
                     let args =
@@ -190,6 +188,7 @@ impl ShardCore {
                 }
             };
             if let Err(r) = result {
+                *self.counters.errors_sent.entry(r.code.as_str()).or_default() += 1;
                 let a = Answer::Refused { code: r.code, message: &r.message, retry_after_ms: r.retry_after_ms };
                 self.batch_item(idx, i as u32, answer_json(&a));
             }
@@ -205,6 +204,7 @@ impl ShardCore {
     }
 
     fn http_refusal(&mut self, idx: usize, r: &Refusal) {
+        *self.counters.errors_sent.entry(r.code.as_str()).or_default() += 1;
         let a = Answer::Refused { code: r.code, message: &r.message, retry_after_ms: r.retry_after_ms };
         let (status, reason) = status_of(r.code);
         self.http_reply(idx, status, reason, &answer_json(&a), r.retry_after_ms);

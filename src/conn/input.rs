@@ -263,13 +263,7 @@ impl ShardCore {
     /// HTTP publishes alike come through here.
     pub(crate) fn submit_publish(&mut self, idx: usize, p: PubArgs<'_>) -> Result<(), Refusal> {
         if let Err(e) = name::validate(p.topic) {
-            *self.counters.errors_sent.entry(ErrorCode::BadTopic.as_str()).or_default() += 1;
-            return Err(Refusal {
-                code: ErrorCode::BadTopic,
-                message: e.to_string(),
-                retry_after_ms: None,
-                counted: true,
-            });
+            return Err(Refusal { code: ErrorCode::BadTopic, message: e.to_string(), retry_after_ms: None });
         }
         if self.draining {
             *self.counters.publishes_rejected.entry("draining").or_default() += 1;
@@ -278,7 +272,6 @@ impl ShardCore {
                 code: ErrorCode::Overloaded,
                 message: "server draining; reconnect".into(),
                 retry_after_ms: retry,
-                counted: false,
             });
         }
         if let Err((scope, ms)) = self.take_publish_token(idx, p.topic) {
@@ -286,7 +279,7 @@ impl ShardCore {
             self.hits.hit(self.id, crate::shard::logs::Hit::RateLimited, &format!("publish rate limited ({scope})"));
             *self.counters.publishes_rejected.entry("rate_limited").or_default() += 1;
             let message = format!("publish rate limit ({scope}) exceeded");
-            return Err(Refusal { code: ErrorCode::RateLimited, message, retry_after_ms: Some(ms), counted: false });
+            return Err(Refusal { code: ErrorCode::RateLimited, message, retry_after_ms: Some(ms) });
         }
         let owner = self.map.owner(p.topic);
         if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
@@ -296,12 +289,7 @@ impl ShardCore {
             self.hits.hit(self.id, crate::shard::logs::Hit::RingFull, "mesh ring full; publish refused");
             *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
             let message = "engine overloaded (mesh ring full); retry later".into();
-            return Err(Refusal {
-                code: ErrorCode::Overloaded,
-                message,
-                retry_after_ms: Some(OVERLOADED_RETRY_MS),
-                counted: false,
-            });
+            return Err(Refusal { code: ErrorCode::Overloaded, message, retry_after_ms: Some(OVERLOADED_RETRY_MS) });
         }
         let gen = self.conns[idx].gen;
         let req = PublishReq {
@@ -345,6 +333,4 @@ pub struct Refusal {
     pub message: String,
     /// `retry_after_ms`, if any.
     pub retry_after_ms: Option<u64>,
-    /// Already counted in `errors_sent` (callers that reply count the rest).
-    pub counted: bool,
 }

@@ -281,6 +281,25 @@ pub fn write_close(code: CloseCode, reason: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(reason);
 }
 
+/// Appends a masked client frame (for clients, tools and tests: the server
+/// itself only sends unmasked frames).
+pub fn write_client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0f));
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+}
+
 /// Length of a server frame header for `len` payload bytes.
 pub fn header_len(len: usize) -> usize {
     match len {

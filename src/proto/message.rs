@@ -188,18 +188,7 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
             if wire.msg_id.as_ref().is_some_and(|m| m.len() > MAX_MSG_ID) {
                 return Err(CommandError::new(id, ErrorCode::BadRequest, "`msg_id` longer than 128 bytes"));
             }
-            let prio = match wire.prio.as_deref() {
-                None => None,
-                Some("normal") => Some(Prio::Normal),
-                Some("critical") => Some(Prio::Critical),
-                Some(_) => {
-                    return Err(CommandError::new(
-                        id,
-                        ErrorCode::BadRequest,
-                        "`prio` must be \"normal\" or \"critical\"",
-                    ))
-                }
-            };
+            let prio = parse_prio(wire.prio.as_deref(), id)?;
             Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio })
         }
         other => {
@@ -240,15 +229,18 @@ impl<'a> HttpPublish<'a> {
         if self.msg_id.as_ref().is_some_and(|m| m.len() > MAX_MSG_ID) {
             return Err(CommandError::new(None, ErrorCode::BadRequest, "`msg_id` longer than 128 bytes"));
         }
-        let prio = match self.prio.as_deref() {
-            None => None,
-            Some("normal") => Some(Prio::Normal),
-            Some("critical") => Some(Prio::Critical),
-            Some(_) => {
-                return Err(CommandError::new(None, ErrorCode::BadRequest, "`prio` must be \"normal\" or \"critical\""))
-            }
-        };
+        let prio = parse_prio(self.prio.as_deref(), None)?;
         Ok((self.topic, data, self.msg_id, prio))
+    }
+}
+
+/// `prio`: absent, `"normal"` or `"critical"`.
+fn parse_prio(prio: Option<&str>, id: Option<u64>) -> Result<Option<Prio>, CommandError> {
+    match prio {
+        None => Ok(None),
+        Some("normal") => Ok(Some(Prio::Normal)),
+        Some("critical") => Ok(Some(Prio::Critical)),
+        Some(_) => Err(CommandError::new(id, ErrorCode::BadRequest, "`prio` must be \"normal\" or \"critical\"")),
     }
 }
 

@@ -140,22 +140,15 @@ impl Client {
 
 /// A masked client frame with opcode `op`, `fin`, and `payload`.
 pub fn client_frame(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![(if fin { 0x80 } else { 0 }) | op];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut out = Vec::new();
+    shardcast::proto::frame::write_client_frame(op, fin, payload, [0x37, 0xfa, 0x21, 0x3d], &mut out);
     out
+}
+
+/// Lifts the publish rate limits (for tests that publish in bulk).
+pub fn high_rates(c: &mut Config) {
+    c.rates.connection_per_sec = 1e6;
+    c.rates.connection_burst = 1e6;
 }
 
 /// Sends raw bytes on a fresh TCP connection and reads until EOF (bounded).

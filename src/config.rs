@@ -161,6 +161,8 @@ pub struct ShardsConfig {
     pub preempt_timer_us: u64,
     /// glommio DMA memory per executor, KiB.
     pub io_memory_kib: usize,
+    /// Busy-poll this long before an idle shard sleeps in io_uring, µs.
+    pub spin_before_park_us: u64,
 }
 
 /// `[limits]`.
@@ -255,6 +257,7 @@ impl Default for ShardsConfig {
             ring_capacity: 8192,
             preempt_timer_us: 100_000,
             io_memory_kib: 64,
+            spin_before_park_us: 0,
         }
     }
 }

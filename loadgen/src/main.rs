@@ -37,6 +37,12 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// Hold N idle subscribed connections; the server's RSS per connection.
     Idle(IdleArgs),
+    /// Many tenant/room topics with a few subscribers each (the chat and
+    /// agent shape); publishers rotate over the rooms.
+    Rooms(RoomsArgs),
+    /// N clients connect and subscribe as fast as they can: handshakes/s and
+    /// time to all-subscribed.
+    Storm(IdleArgs),
     /// Publishes over one keep-alive HTTP connection (POST /v1/publish or
     /// /v1/publish/batch): publishes/s, verified contiguous seqs.
     Http(HttpArgs),
@@ -102,6 +108,27 @@ struct FanoutArgs {
     /// scenario; 10 means 10%). Their losses are expected and not counted.
     #[arg(long, default_value_t = 0)]
     slow_every: usize,
+}
+
+#[derive(Args, Clone)]
+struct RoomsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Rooms (topics).
+    #[arg(long, default_value_t = 500)]
+    rooms: usize,
+    /// Subscribers per room.
+    #[arg(long, default_value_t = 4)]
+    per_room: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Publishes per second in all.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Approximate publish payload size, bytes.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
 }
 
 #[derive(Args, Clone)]
@@ -180,6 +207,21 @@ fn main() -> anyhow::Result<()> {
             let plans =
                 split(&a.common, a.subscribers, a.publishers, topics, a.rate, a.inflight, a.payload, a.slow_every)?;
             let extra = serde_json::json!({"scenario":"fanout","subscribers":a.subscribers,"publishers":a.publishers,"rate":a.rate,"inflight":a.inflight,"payload":a.payload,"slow_every":a.slow_every});
+            orchestrate(&a.common, plans, extra)
+        }
+        Scenario::Rooms(a) => {
+            let run_id = worker::mono_ns() % 1_000_000_007;
+            let topics: Vec<String> = (0..a.rooms.max(1)).map(|r| format!("t{}-{run_id}/room-{r}", r % 16)).collect();
+            let subs = a.rooms.max(1) * a.per_room;
+            let plans = split(&a.common, subs, a.publishers, topics, a.rate, 0, a.payload, 0)?;
+            let extra = serde_json::json!({"scenario":"rooms","rooms":a.rooms,"per_room":a.per_room,"publishers":a.publishers,"rate":a.rate,"payload":a.payload});
+            orchestrate(&a.common, plans, extra)
+        }
+        Scenario::Storm(a) => {
+            let run_id = worker::mono_ns() % 1_000_000_007;
+            let topics = (0..a.rooms.max(1)).map(|r| format!("storm{run_id}/room-{r}")).collect();
+            let plans = split(&a.common, a.connections, 0, topics, 0.0, 0, 0, 0)?;
+            let extra = serde_json::json!({"scenario":"storm","connections":a.connections,"rooms":a.rooms});
             orchestrate(&a.common, plans, extra)
         }
         Scenario::Idle(a) => {

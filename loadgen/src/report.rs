@@ -169,6 +169,7 @@ impl Report {
             "handshake_errors": sum(&|r| r.handshake_errors),
             "closed_by_server": sum(&|r| r.closed_by_server),
             "setup_secs": results.iter().map(|r| r.setup_secs).fold(0.0, f64::max),
+            "handshakes_per_sec": sum(&|r| r.subscribed) as f64 / results.iter().map(|r| r.setup_secs).fold(0.0, f64::max).max(1e-9),
             "run_secs": run_secs,
             "published": sum(&|r| r.published),
             "acked": sum(&|r| r.acked),
@@ -207,7 +208,11 @@ impl Report {
             "connections   {} ({} subscribed, {} connect errors, {} closed by server) over {} processes",
             j["connections"], j["subscribed"], j["connect_errors"], j["closed_by_server"], j["processes"]
         );
-        println!("setup         {:.2} s", j["setup_secs"].as_f64().unwrap_or(0.0));
+        println!(
+            "setup         {:.2} s to all subscribed ({:.0} handshakes+subscribes/s)",
+            j["setup_secs"].as_f64().unwrap_or(0.0),
+            j["handshakes_per_sec"].as_f64().unwrap_or(0.0)
+        );
         println!(
             "publishes     {} acked, {:.0}/s, errors {}",
             j["acked"],

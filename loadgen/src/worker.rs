@@ -410,7 +410,7 @@ impl Worker {
                 c.unacked = c.unacked.saturating_sub(1);
                 self.result.acked += 1;
                 let seq = ws::find_u64(text, b"\"seq\":").unwrap_or(0);
-                let topic = self.plan.topics[c.topic].clone();
+                let topic = ws::find_str(text, b"\"topic\":\"").unwrap_or_default();
                 let m = self.result.max_acked_seq.entry(topic).or_default();
                 *m = (*m).max(seq);
             }
@@ -531,6 +531,8 @@ impl Worker {
             mono_ns(),
             self.pad
         );
+        // Publishers rotate over the topics (the rooms scenario).
+        c.topic = (c.topic + 1) % self.plan.topics.len();
         self.masker.text_frame(cmd.as_bytes(), &mut c.wbuf);
         c.unacked += 1;
         self.result.published += 1;

@@ -97,6 +97,14 @@ pub fn find_u64(text: &[u8], key: &[u8]) -> Option<u64> {
     any.then_some(v)
 }
 
+/// The string after `key` (which ends with the opening quote), up to the
+/// next quote (topic names need no escaping).
+pub fn find_str(text: &[u8], key: &[u8]) -> Option<String> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let end = text[at..].iter().position(|&b| b == b'"')?;
+    Some(String::from_utf8_lossy(&text[at..at + end]).into_owned())
+}
+
 /// The `op` of a server message (`{"op":"msg",...}` → `msg`).
 pub fn op(text: &[u8]) -> &[u8] {
     const KEY: &[u8] = b"{\"op\":\"";

@@ -116,6 +116,7 @@ pub fn spawn(
         .name(&format!("shard-{:02}", spec.id))
         .preempt_timer(Duration::from_micros(cfg.preempt_timer_us))
         .io_memory(cfg.io_memory_kib * 1024)
+        .spin_before_park(Duration::from_micros(cfg.spin_before_park_us))
         .spawn(move || async move {
             let _guard = ExitGuard { shard: spec.id, tx: exits };
             run(spec).await;

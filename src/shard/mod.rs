@@ -302,13 +302,25 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
     }
 }
 
-/// The oldest queued seq per local topic (metrics only: walks the queues).
+/// Queued frames one scrape may walk per shard; past it the lag figures
+/// are lower bounds (a scrape must not stall the shard).
+pub const BACKLOG_WALK_BUDGET: usize = 200_000;
+
+/// The oldest queued seq per local topic (metrics only: walks the queues,
+/// within [`BACKLOG_WALK_BUDGET`]).
 fn backlog(core: &ShardCore) -> Vec<(String, u64)> {
     let mut oldest: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut budget = BACKLOG_WALK_BUDGET;
     for (_, c) in core.conns.iter() {
+        if budget == 0 {
+            break;
+        }
         c.out.for_each_queued(|t, seq| {
-            let e = oldest.entry(&**t).or_insert(seq);
-            *e = (*e).min(seq);
+            if budget > 0 {
+                budget -= 1;
+                let e = oldest.entry(&**t).or_insert(seq);
+                *e = (*e).min(seq);
+            }
         });
     }
     oldest.into_iter().map(|(t, s)| (t.to_string(), s)).collect()

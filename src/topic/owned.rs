@@ -193,11 +193,19 @@ impl OwnedTopics {
     }
 
     /// The `n` owned topics with the highest seqs: (topic, last seq).
+    /// Linear in the number of topics (a selection, not a sort), since it
+    /// runs on the shard thread for every metrics scrape.
     pub fn busiest(&self, n: usize) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = self.map.values().map(|t| (t.name.to_string(), t.seq)).collect();
+        let mut v: Vec<(&Arc<str>, u64)> = self.map.values().map(|t| (&t.name, t.seq)).collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        if v.len() > n {
+            v.select_nth_unstable_by_key(n - 1, |t| std::cmp::Reverse(t.1));
+            v.truncate(n);
+        }
         v.sort_by_key(|t| std::cmp::Reverse(t.1));
-        v.truncate(n);
-        v
+        v.into_iter().map(|(t, s)| (t.to_string(), s)).collect()
     }
 
     /// Iterates over the owned topics.
@@ -234,6 +242,18 @@ mod tests {
         assert!(!t.release_interest(2), "never below zero");
         assert_eq!(t.interested().collect::<Vec<_>>(), vec![0]);
         assert_eq!(topics.total_interest(), 1);
+    }
+
+    #[test]
+    fn busiest_selects_the_top_seqs_in_order() {
+        let mut topics = OwnedTopics::new(0, 1, 100);
+        for (i, seq) in [5u64, 9, 1, 7, 3, 8].iter().enumerate() {
+            topics.get_or_create(&format!("a/{i}")).unwrap().seq = *seq;
+        }
+        let top: Vec<u64> = topics.busiest(3).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(top, vec![9, 8, 7]);
+        assert_eq!(topics.busiest(10).len(), 6);
+        assert!(topics.busiest(0).is_empty());
     }
 
     #[test]

@@ -46,6 +46,10 @@ enum Scenario {
     /// Publishes over one keep-alive HTTP connection (POST /v1/publish or
     /// /v1/publish/batch): publishes/s, verified contiguous seqs.
     Http(HttpArgs),
+    /// `fanout` where, halfway through, every subscriber drops its
+    /// connection at once and resumes with `since`: zero loss and time to
+    /// full recovery.
+    ReconnectStorm(FanoutArgs),
     /// Internal: run one worker (the parent starts these).
     #[command(hide = true)]
     Worker { plan: String },
@@ -108,6 +112,10 @@ struct FanoutArgs {
     /// scenario; 10 means 10%). Their losses are expected and not counted.
     #[arg(long, default_value_t = 0)]
     slow_every: usize,
+    /// Reconnect storm: this many seconds in, every subscriber drops and
+    /// resumes with `since` at once (the `reconnect-storm` scenario).
+    #[arg(long)]
+    reconnect_at: Option<f64>,
 }
 
 #[derive(Args, Clone)]
@@ -201,13 +209,10 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Scenario::Fanout(a) => {
-            let run_id = worker::mono_ns() % 1_000_000_007;
-            let topics = vec![format!("bench/fanout-{run_id}")];
-            let plans =
-                split(&a.common, a.subscribers, a.publishers, topics, a.rate, a.inflight, a.payload, a.slow_every)?;
-            let extra = serde_json::json!({"scenario":"fanout","subscribers":a.subscribers,"publishers":a.publishers,"rate":a.rate,"inflight":a.inflight,"payload":a.payload,"slow_every":a.slow_every});
-            orchestrate(&a.common, plans, extra)
+        Scenario::Fanout(a) => fanout(a, "fanout"),
+        Scenario::ReconnectStorm(mut a) => {
+            a.reconnect_at.get_or_insert(a.common.duration / 2.0);
+            fanout(a, "reconnect-storm")
         }
         Scenario::Rooms(a) => {
             let run_id = worker::mono_ns() % 1_000_000_007;
@@ -232,6 +237,22 @@ fn main() -> anyhow::Result<()> {
             orchestrate(&a.common, plans, extra)
         }
     }
+}
+
+fn fanout(a: FanoutArgs, scenario: &str) -> anyhow::Result<()> {
+    let run_id = worker::mono_ns() % 1_000_000_007;
+    let topics = vec![format!("bench/fanout-{run_id}")];
+    let mut plans = split(&a.common, a.subscribers, a.publishers, topics, a.rate, a.inflight, a.payload, a.slow_every)?;
+    if let Some(at) = a.reconnect_at {
+        if !(at > 0.0 && at < a.common.duration) {
+            bail!("--reconnect-at must fall inside the run");
+        }
+        for p in &mut plans {
+            p.reconnect_at = Some(Duration::from_secs_f64(at));
+        }
+    }
+    let extra = serde_json::json!({"scenario":scenario,"subscribers":a.subscribers,"publishers":a.publishers,"rate":a.rate,"inflight":a.inflight,"payload":a.payload,"slow_every":a.slow_every,"reconnect_at":a.reconnect_at});
+    orchestrate(&a.common, plans, extra)
 }
 
 /// Checks the bounds and splits the work over worker processes.
@@ -277,6 +298,7 @@ fn split(
                 connect_window: c.connect_window,
                 pin: (!c.pin.is_empty()).then(|| c.pin[w % c.pin.len()]),
                 slow_every,
+                reconnect_at: None,
             }
         })
         .collect())

@@ -177,6 +177,11 @@ impl Report {
             "publish_errors": errors,
             "deliveries": received,
             "deliveries_per_sec": received as f64 / run_secs,
+            "reconnect": {
+                "resumed_ok": sum(&|r| r.resumed_ok),
+                "resumed_failed": sum(&|r| r.resumed_failed),
+                "recovery_secs": results.iter().map(|r| r.recovery_secs).fold(0.0, f64::max),
+            },
             "verify": {
                 "expected": expected,
                 "lost": lost,
@@ -184,7 +189,7 @@ impl Report {
                 "duplicates": sum(&|r| r.duplicates),
                 "gap_notices": sum(&|r| r.gap_notices),
                 "gap_seqs": gap_seqs,
-                "ok": lost == 0 && sum(&|r| r.out_of_order) == 0 && sum(&|r| r.duplicates) == 0,
+                "ok": lost == 0 && sum(&|r| r.out_of_order) == 0 && sum(&|r| r.duplicates) == 0 && sum(&|r| r.resumed_failed) == 0,
             },
             "latency_us": {
                 "samples": hist.len(),
@@ -234,6 +239,15 @@ impl Report {
             v["duplicates"],
             v["gap_seqs"]
         );
+        let rc = &j["reconnect"];
+        if rc["resumed_ok"].as_u64().unwrap_or(0) + rc["resumed_failed"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "reconnect     {} resumed with since ({} not recovered), all back in {:.3} s",
+                rc["resumed_ok"],
+                rc["resumed_failed"],
+                rc["recovery_secs"].as_f64().unwrap_or(0.0)
+            );
+        }
         let s = &j["server"];
         if !s.is_null() {
             println!(

@@ -48,6 +48,9 @@ pub struct Plan {
     /// Every k-th subscriber (by global index) stops reading once
     /// subscribed (0: none). They are left out of loss and latency figures.
     pub slow_every: usize,
+    /// Reconnect storm: this long into the run every subscriber drops its
+    /// connection and resumes with `since` on a new one.
+    pub reconnect_at: Option<Duration>,
 }
 
 impl Plan {
@@ -81,6 +84,10 @@ struct Conn {
     unacked: usize,
     /// Stops reading once subscribed (the `slow` fraction).
     slow: bool,
+    /// The topic's epoch from the first `subscribed`.
+    epoch: String,
+    /// Reconnecting in the storm: subscribe with `since`.
+    resume: bool,
 }
 
 /// Counters of one worker, printed as JSON for the parent.
@@ -104,6 +111,10 @@ pub struct WorkerResult {
     pub gap_seqs: u64,
     pub bytes_in: u64,
     pub slow_subscribers: u64,
+    pub resumed_ok: u64,
+    pub resumed_failed: u64,
+    /// Storm start → every subscriber resumed, seconds (0: no storm).
+    pub recovery_secs: f64,
     pub run_secs: f64,
     /// Latency histogram (µs) as (value, count) pairs.
     pub latency_us: Vec<(u64, u64)>,
@@ -255,6 +266,8 @@ impl Worker {
                     received: 0,
                     unacked: 0,
                     slow,
+                    epoch: String::new(),
+                    resume: false,
                 });
             }
             Err(_) => {
@@ -271,6 +284,8 @@ impl Worker {
                     received: 0,
                     unacked: 0,
                     slow,
+                    epoch: String::new(),
+                    resume: false,
                 });
             }
         }
@@ -397,7 +412,12 @@ impl Worker {
             return;
         }
         c.state = State::Subscribing;
-        let cmd = format!(r#"{{"op":"sub","id":1,"topic":"{}"}}"#, self.plan.topics[c.topic]);
+        let topic = &self.plan.topics[c.topic];
+        let cmd = if c.resume {
+            format!(r#"{{"op":"sub","id":1,"topic":"{topic}","since":{{"seq":{},"epoch":"{}"}}}}"#, c.last_seq, c.epoch)
+        } else {
+            format!(r#"{{"op":"sub","id":1,"topic":"{topic}"}}"#)
+        };
         self.masker.text_frame(cmd.as_bytes(), &mut c.wbuf);
         self.flush(i);
     }
@@ -416,9 +436,20 @@ impl Worker {
             }
             b"subscribed" => {
                 let c = &mut self.conns[i];
-                if c.state == State::Subscribing {
+                if c.state == State::Subscribing && c.resume {
+                    // A resume: the replay continues from last_seq + 1, so
+                    // last_seq is kept (the reply's seq is the topic's now).
+                    c.state = State::Ready;
+                    c.resume = false;
+                    if text.windows(16).any(|w| w == b"\"recovered\":true") {
+                        self.result.resumed_ok += 1;
+                    } else {
+                        self.result.resumed_failed += 1;
+                    }
+                } else if c.state == State::Subscribing {
                     c.state = State::Ready;
                     c.last_seq = ws::find_u64(text, b"\"seq\":").unwrap_or(0);
+                    c.epoch = ws::find_str(text, b"\"epoch\":\"").unwrap_or_default();
                     self.result.subscribed += 1;
                     if c.slow {
                         self.result.slow_subscribers += 1;
@@ -483,7 +514,21 @@ impl Worker {
             if self.plan.rate > 0.0 { Duration::from_secs_f64(1.0 / self.plan.rate) } else { Duration::ZERO };
         let mut next_send = start;
         let mut rr = 0usize;
+        let mut storm: Option<Instant> = None;
         while Instant::now() < end {
+            if let Some(at) = self.plan.reconnect_at {
+                if storm.is_none() && start.elapsed() >= at {
+                    self.reconnect_all()?;
+                    storm = Some(Instant::now());
+                }
+            }
+            if let Some(t0) = storm {
+                let waiting =
+                    (0..self.plan.subscribers).any(|i| self.conns[i].resume && self.conns[i].state != State::Dead);
+                if !waiting && self.result.recovery_secs == 0.0 {
+                    self.result.recovery_secs = t0.elapsed().as_secs_f64().max(1e-6);
+                }
+            }
             if !pubs.is_empty() {
                 if self.plan.rate > 0.0 {
                     let now = Instant::now();
@@ -520,6 +565,29 @@ impl Worker {
         }
         self.result.latency_us =
             self.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+        Ok(())
+    }
+
+    /// The reconnect storm: every ready subscriber drops its connection at
+    /// once and opens a new one that resumes with `since`.
+    fn reconnect_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.plan.subscribers {
+            if self.conns[i].state != State::Ready || self.conns[i].slow {
+                continue;
+            }
+            let source = self.plan.sources[i % self.plan.sources.len()];
+            if let Some(mut old) = self.conns[i].stream.take() {
+                let _ = self.poll.registry().deregister(&mut old);
+            }
+            let mut stream = connect(self.plan.target, source, false)?;
+            self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            let c = &mut self.conns[i];
+            c.stream = Some(stream);
+            c.state = State::Connecting;
+            c.resume = true;
+            c.rbuf.clear();
+            c.wbuf = ws::upgrade_request(&self.plan.target.to_string());
+        }
         Ok(())
     }
 

@@ -83,7 +83,7 @@ fn ring(c: &mut Criterion) {
             let mut sent = 0;
             while sent < N {
                 if out.has_room(1) {
-                    out.push_data(MeshMsg::Deliver {
+                    out.push(MeshMsg::Deliver {
                         topic: topic.clone(),
                         seq: sent,
                         prio: Prio::Normal,

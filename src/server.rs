@@ -168,27 +168,13 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
-                let handle = ServerHandle {
-                    addr,
-                    map,
-                    control: ControlHandle { links: links.into(), draining: Arc::new(AtomicBool::new(false)) },
-                    threads,
-                    exits,
-                    admin: None,
-                };
+                let handle = ServerHandle::new(addr, map, links, threads, exits);
                 handle.shutdown();
                 return Err(StartError::Shard { shard: id, cpu, message: e.to_string() });
             }
         }
     }
-    let handle = ServerHandle {
-        addr,
-        map,
-        control: ControlHandle { links: links.into(), draining: Arc::new(AtomicBool::new(false)) },
-        threads,
-        exits,
-        admin: None,
-    };
+    let handle = ServerHandle::new(addr, map, links, threads, exits);
     // Every shard answering the control plane means every executor is up.
     handle.try_stats(Duration::from_secs(10)).ok_or_else(|| StartError::Shard {
         shard: 0,
@@ -247,6 +233,17 @@ fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
 }
 
 impl ServerHandle {
+    fn new(
+        addr: SocketAddr,
+        map: PartitionMap,
+        links: Vec<ShardLink>,
+        threads: Vec<glommio::ExecutorJoinHandle<()>>,
+        exits: Receiver<ShardExit>,
+    ) -> Self {
+        let control = ControlHandle { links: links.into(), draining: Arc::new(AtomicBool::new(false)) };
+        Self { addr, map, control, threads, exits, admin: None }
+    }
+
     /// The public listener's address (with the real port if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

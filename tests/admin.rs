@@ -126,6 +126,9 @@ fn health_and_readiness_flip_during_drain() {
     server.drain(Duration::from_secs(5));
     let (status, body, draining, gauge) = drainer.join().unwrap();
     assert_eq!((status, body.as_str(), draining, gauge), (503, "draining\n", true, 1.0));
+    // Neither the raw connection nor `c` (not reading during the drain)
+    // sent a FIN after the server's close: both dropped at the linger bound.
+    assert_eq!(server.stats().sum(|s| s.counters.close_linger_expired), 2);
     assert_eq!(c.expect_op("drain")["reconnect_after_ms"], 1000);
     assert_eq!(c.expect_close(), 1012);
     server.shutdown();

@@ -90,6 +90,26 @@ struct Conn {
     resume: bool,
 }
 
+impl Conn {
+    fn new(stream: Option<TcpStream>, state: State, publisher: bool, topic: usize, wbuf: Vec<u8>, slow: bool) -> Self {
+        let (rbuf, epoch) = (Vec::new(), String::new());
+        Self {
+            stream,
+            state,
+            publisher,
+            topic,
+            rbuf,
+            wbuf,
+            last_seq: 0,
+            received: 0,
+            unacked: 0,
+            slow,
+            epoch,
+            resume: false,
+        }
+    }
+}
+
 /// Counters of one worker, printed as JSON for the parent.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct WorkerResult {
@@ -255,38 +275,12 @@ impl Worker {
                 self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
                 let wbuf = ws::upgrade_request(&self.plan.target.to_string());
                 let stream = Some(stream);
-                self.conns.push(Conn {
-                    stream,
-                    state: State::Connecting,
-                    publisher,
-                    topic,
-                    rbuf: Vec::new(),
-                    wbuf,
-                    last_seq: 0,
-                    received: 0,
-                    unacked: 0,
-                    slow,
-                    epoch: String::new(),
-                    resume: false,
-                });
+                self.conns.push(Conn::new(stream, State::Connecting, publisher, topic, wbuf, slow));
             }
             Err(_) => {
                 self.result.connect_errors += 1;
                 // Keep indices aligned with tokens.
-                self.conns.push(Conn {
-                    stream: None,
-                    state: State::Dead,
-                    publisher,
-                    topic,
-                    rbuf: Vec::new(),
-                    wbuf: Vec::new(),
-                    last_seq: 0,
-                    received: 0,
-                    unacked: 0,
-                    slow,
-                    epoch: String::new(),
-                    resume: false,
-                });
+                self.conns.push(Conn::new(None, State::Dead, publisher, topic, Vec::new(), slow));
             }
         }
         Ok(())

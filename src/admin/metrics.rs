@@ -169,6 +169,9 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "ping_timeouts_total", "counter", "Connections closed 1001 for no pong.", |s| {
         s.counters.ping_timeouts
     });
+    o.per_shard(t, "close_linger_expired_total", "counter", "Closing connections dropped at the linger bound.", |s| {
+        s.counters.close_linger_expired
+    });
     o.per_shard(t, "sends_total", "counter", "send calls by connection writers.", |s| s.counters.sends);
     o.per_shard(t, "bytes_sent_total", "counter", "Bytes sent by connection writers.", |s| s.counters.bytes_sent);
     o.per_shard(t, "outbound_queue_bytes", "gauge", "Bytes queued on all connections.", |s| s.outbound_bytes);

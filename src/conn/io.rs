@@ -192,6 +192,7 @@ impl Task {
     fn poll_closing(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
         let linger = self.linger.get_or_insert_with(|| Timer::new(CLOSE_LINGER));
         if Pin::new(linger).poll(cx).is_ready() {
+            ctx.core.borrow_mut().counters.close_linger_expired += 1;
             return Poll::Ready(());
         }
         let flushed = ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.out.is_empty());

@@ -93,6 +93,21 @@ mod tests {
     }
 
     #[test]
+    fn tenant_table_forgets_idle_buckets_at_its_bound() {
+        let t0 = Instant::now();
+        let mut t = TenantBuckets::default();
+        for i in 0..MAX_TENANTS {
+            t.take(&format!("t{i}"), 1000.0, 10.0, t0).unwrap();
+        }
+        assert_eq!(t.len(), MAX_TENANTS);
+        // A second later every bucket has refilled: none carries state, so
+        // the next new tenant finds them forgotten.
+        let later = t0 + Duration::from_secs(1);
+        t.take("new", 1000.0, 10.0, later).unwrap();
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
     fn tenants_are_independent() {
         let t0 = Instant::now();
         let mut t = TenantBuckets::default();

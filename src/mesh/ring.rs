@@ -33,18 +33,14 @@ impl Outbox {
         self.overflow.is_empty() && self.prod.slots() >= n + CONTROL_RESERVE
     }
 
-    /// Pushes a data message the caller checked with [`Outbox::has_room`].
-    pub fn push_data(&mut self, msg: MeshMsg) {
-        self.push(msg);
-    }
-
     /// Records that a data message was refused for a full ring.
     pub fn note_full(&mut self) {
         self.full_events += 1;
     }
 
-    /// Pushes a message that must not be lost: onto the ring, or the ordered
-    /// overflow queue if the ring is full.
+    /// Pushes a message: onto the ring, or the ordered overflow queue if the
+    /// ring is full. Data messages (`Publish`, `Deliver`) are pushed only
+    /// after [`Outbox::has_room`] said yes, so only control ever overflows.
     pub fn push(&mut self, msg: MeshMsg) {
         if !self.overflow.is_empty() {
             self.overflow.push_back(msg);

@@ -285,7 +285,7 @@ impl ShardCore {
                 self.fanout_local(name.clone(), seq, prio, frame.clone(), req.received_at);
             } else if let Some(out) = self.outboxes[s].as_mut() {
                 let (topic, frame, received_at) = (name.clone(), frame.clone(), req.received_at);
-                out.push_data(MeshMsg::Deliver { topic, seq, prio, frame, received_at });
+                out.push(MeshMsg::Deliver { topic, seq, prio, frame, received_at });
             }
         }
         self.targets = targets;

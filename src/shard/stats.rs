@@ -68,6 +68,9 @@ pub struct Counters {
     pub pings_sent: u64,
     /// Connections closed (1001) for not answering a ping.
     pub ping_timeouts: u64,
+    /// Closing connections dropped at the close linger bound (the peer
+    /// neither read the rest nor sent its FIN in time).
+    pub close_linger_expired: u64,
     /// `send` calls made by connection writers.
     pub sends: u64,
     /// Bytes those sends wrote.
@@ -115,6 +118,7 @@ impl Counters {
             rate_limited: BTreeMap::new(),
             pings_sent: 0,
             ping_timeouts: 0,
+            close_linger_expired: 0,
             sends: 0,
             bytes_sent: 0,
             internal_errors: 0,

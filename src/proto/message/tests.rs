@@ -130,3 +130,13 @@ fn frame_lengths_cover_all_header_sizes() {
         assert_eq!(out[0], 0xAA, "earlier bytes untouched");
     }
 }
+
+#[test]
+fn batch_bounds() {
+    let one = r#"{"topic":"a/b","data":1}"#;
+    let items = |n: usize| format!("[{}]", vec![one; n].join(","));
+    assert_eq!(parse_http_batch(&items(MAX_BATCH)).unwrap().len(), MAX_BATCH);
+    assert_eq!(parse_http_batch(&items(MAX_BATCH + 1)).unwrap_err().code, ErrorCode::BadRequest);
+    assert_eq!(parse_http_batch("[]").unwrap_err().code, ErrorCode::BadRequest);
+    assert_eq!(parse_http_batch(r#"{"topic":"a/b"}"#).unwrap_err().code, ErrorCode::BadRequest);
+}

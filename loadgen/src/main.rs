@@ -8,8 +8,11 @@
 //! document. Every run is bounded in connections and time and targets
 //! loopback addresses only.
 
+mod html;
 mod http;
+mod peers;
 mod report;
+mod window;
 mod worker;
 mod ws;
 
@@ -50,6 +53,14 @@ enum Scenario {
     /// connection at once and resumes with `since`: zero loss and time to
     /// full recovery.
     ReconnectStorm(FanoutArgs),
+    /// `fanout` where a fraction of the subscribers stop reading (default
+    /// every 10th): the others' latency and loss.
+    Slow(FanoutArgs),
+    /// `rooms` plus one tenant publishing far over its rate on its own
+    /// topic: the other tenants' latency, and the noisy one's rejections.
+    NoisyTenant(NoisyArgs),
+    /// Merge JSON reports into one HTML page of latency percentile curves.
+    Html(HtmlArgs),
     /// Internal: run one worker (the parent starts these).
     #[command(hide = true)]
     Worker { plan: String },
@@ -87,6 +98,13 @@ struct Common {
     /// Label for this run in the report.
     #[arg(long, default_value = "shardcast")]
     label: String,
+    /// Wire protocol of the server under test: ws (shardcast and the
+    /// reference servers), redis (pub/sub) or nats (core).
+    #[arg(long, value_enum, default_value = "ws")]
+    proto: peers::Proto,
+    /// Write a self-contained HTML report (latency percentiles plotted) here.
+    #[arg(long)]
+    html: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -105,6 +123,10 @@ struct FanoutArgs {
     /// Closed loop: unacked publishes per publisher.
     #[arg(long, default_value_t = 8)]
     inflight: usize,
+    /// Closed loop bounded per subscriber (with --rate 0): publish while the
+    /// slowest subscriber is fewer than this many publications behind.
+    #[arg(long, default_value_t = 0)]
+    window: u64,
     /// Approximate publish payload size, bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
@@ -137,6 +159,30 @@ struct RoomsArgs {
     /// Approximate publish payload size, bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+}
+
+#[derive(Args, Clone)]
+struct NoisyArgs {
+    #[command(flatten)]
+    rooms: RoomsArgs,
+    /// Closed-loop publisher connections of the noisy tenant.
+    #[arg(long, default_value_t = 4)]
+    noisy: usize,
+    /// Unacked publishes per noisy publisher.
+    #[arg(long, default_value_t = 64)]
+    noisy_inflight: usize,
+}
+
+#[derive(Args, Clone)]
+struct HtmlArgs {
+    /// The HTML file to write.
+    #[arg(long)]
+    out: String,
+    /// Title of the page.
+    #[arg(long, default_value = "shardcast latency")]
+    title: String,
+    /// JSON reports written by --json (one curve each, named by its label).
+    reports: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -210,17 +256,27 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Scenario::Fanout(a) => fanout(a, "fanout"),
+        Scenario::Slow(mut a) => {
+            if a.slow_every == 0 {
+                a.slow_every = 10;
+            }
+            fanout(a, "slow")
+        }
         Scenario::ReconnectStorm(mut a) => {
             a.reconnect_at.get_or_insert(a.common.duration / 2.0);
             fanout(a, "reconnect-storm")
         }
-        Scenario::Rooms(a) => {
-            let run_id = worker::mono_ns() % 1_000_000_007;
-            let topics: Vec<String> = (0..a.rooms.max(1)).map(|r| format!("t{}-{run_id}/room-{r}", r % 16)).collect();
-            let subs = a.rooms.max(1) * a.per_room;
-            let plans = split(&a.common, subs, a.publishers, topics, a.rate, 0, a.payload, 0)?;
-            let extra = serde_json::json!({"scenario":"rooms","rooms":a.rooms,"per_room":a.per_room,"publishers":a.publishers,"rate":a.rate,"payload":a.payload});
-            orchestrate(&a.common, plans, extra)
+        Scenario::Rooms(a) => rooms(&a, None),
+        Scenario::NoisyTenant(a) => rooms(&a.rooms, Some((a.noisy, a.noisy_inflight))),
+        Scenario::Html(a) => {
+            let mut runs = Vec::new();
+            for path in &a.reports {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+                runs.push(serde_json::from_str::<serde_json::Value>(&text).with_context(|| format!("parsing {path}"))?);
+            }
+            std::fs::write(&a.out, html::page(&a.title, &runs))?;
+            println!("html          {} ({} runs)", a.out, runs.len());
+            Ok(())
         }
         Scenario::Storm(a) => {
             let run_id = worker::mono_ns() % 1_000_000_007;
@@ -243,6 +299,12 @@ fn fanout(a: FanoutArgs, scenario: &str) -> anyhow::Result<()> {
     let run_id = worker::mono_ns() % 1_000_000_007;
     let topics = vec![format!("bench/fanout-{run_id}")];
     let mut plans = split(&a.common, a.subscribers, a.publishers, topics, a.rate, a.inflight, a.payload, a.slow_every)?;
+    if a.common.proto != peers::Proto::Ws && (a.publishers != 1 || a.reconnect_at.is_some()) {
+        bail!("--proto redis/nats: one publisher (its own counter is the seq) and no resume");
+    }
+    if a.window > 0 && a.rate != 0.0 {
+        bail!("--window is a closed loop: use it with --rate 0");
+    }
     if let Some(at) = a.reconnect_at {
         if !(at > 0.0 && at < a.common.duration) {
             bail!("--reconnect-at must fall inside the run");
@@ -251,7 +313,35 @@ fn fanout(a: FanoutArgs, scenario: &str) -> anyhow::Result<()> {
             p.reconnect_at = Some(Duration::from_secs_f64(at));
         }
     }
-    let extra = serde_json::json!({"scenario":scenario,"subscribers":a.subscribers,"publishers":a.publishers,"rate":a.rate,"inflight":a.inflight,"payload":a.payload,"slow_every":a.slow_every,"reconnect_at":a.reconnect_at});
+    for p in &mut plans {
+        p.window = a.window;
+    }
+    let extra = serde_json::json!({"scenario":scenario,"subscribers":a.subscribers,"publishers":a.publishers,"rate":a.rate,"inflight":a.inflight,"window":a.window,"payload":a.payload,"slow_every":a.slow_every,"reconnect_at":a.reconnect_at});
+    orchestrate(&a.common, plans, extra)
+}
+
+/// `rooms`, and with `noisy` = (publishers, in flight each) `noisy-tenant`:
+/// one more topic, of its own tenant, hammered by closed-loop publishers.
+fn rooms(a: &RoomsArgs, noisy: Option<(usize, usize)>) -> anyhow::Result<()> {
+    if a.common.proto != peers::Proto::Ws {
+        bail!("rooms and noisy-tenant speak shardcast's protocol only (several publishers per topic need its seq)");
+    }
+    let run_id = worker::mono_ns() % 1_000_000_007;
+    let mut topics: Vec<String> = (0..a.rooms.max(1)).map(|r| format!("t{}-{run_id}/room-{r}", r % 16)).collect();
+    let (noisy_pubs, noisy_inflight) = noisy.unwrap_or((0, 0));
+    if noisy.is_some() {
+        topics.push(format!("noisy-{run_id}/room-0"));
+    }
+    let subs = topics.len() * a.per_room;
+    let mut plans = split(&a.common, subs, a.publishers, topics.clone(), a.rate, noisy_inflight, a.payload, 0)?;
+    if noisy.is_some() {
+        for p in &mut plans {
+            p.noisy_topic = Some(topics.len() - 1);
+        }
+        plans[0].noisy_publishers = noisy_pubs;
+    }
+    let scenario = if noisy.is_some() { "noisy-tenant" } else { "rooms" };
+    let extra = serde_json::json!({"scenario":scenario,"rooms":a.rooms,"per_room":a.per_room,"publishers":a.publishers,"rate":a.rate,"payload":a.payload,"noisy_publishers":noisy_pubs,"noisy_inflight":noisy_inflight});
     orchestrate(&a.common, plans, extra)
 }
 
@@ -299,6 +389,12 @@ fn split(
                 pin: (!c.pin.is_empty()).then(|| c.pin[w % c.pin.len()]),
                 slow_every,
                 reconnect_at: None,
+                proto: c.proto,
+                window: 0,
+                slots: None,
+                workers: k,
+                noisy_publishers: 0,
+                noisy_topic: None,
             }
         })
         .collect())
@@ -310,13 +406,38 @@ struct Running {
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
 
-fn orchestrate(c: &Common, plans: Vec<Plan>, extra: serde_json::Value) -> anyhow::Result<()> {
+fn orchestrate(c: &Common, mut plans: Vec<Plan>, extra: serde_json::Value) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
+    // The window's shared slots live in /dev/shm (or the temp dir) for the
+    // run and are removed after it.
+    let slots_path = plans.iter().any(|p| p.window > 0).then(|| {
+        let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm".into() } else { std::env::temp_dir() };
+        dir.join(format!("shardcast-loadgen-{}", std::process::id())).to_string_lossy().into_owned()
+    });
+    if let Some(path) = &slots_path {
+        window::Slots::create(path, plans.len())?;
+        for p in &mut plans {
+            p.slots = Some(path.clone());
+        }
+    }
+    let result = orchestrate_workers(c, &exe, plans, extra);
+    if let Some(path) = &slots_path {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn orchestrate_workers(
+    c: &Common,
+    exe: &std::path::Path,
+    plans: Vec<Plan>,
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
     let server = c.server_pid.map(report::ProcSampler::new);
     let before = server.as_ref().map(|s| s.sample());
     let mut running = Vec::new();
     for p in &plans {
-        let mut child = Command::new(&exe)
+        let mut child = Command::new(exe)
             .arg("worker")
             .arg(serde_json::to_string(p)?)
             .stdin(Stdio::piped())
@@ -366,8 +487,18 @@ fn orchestrate(c: &Common, plans: Vec<Plan>, extra: serde_json::Value) -> anyhow
     if let Some(path) = &c.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.json)?)?;
     }
+    if let Some(path) = &c.html {
+        std::fs::write(
+            path,
+            html::page(&format!("{} — {}", c.label, extra_scenario(&report.json)), std::slice::from_ref(&report.json)),
+        )?;
+    }
     if report.json["verify"]["ok"].as_bool() != Some(true) {
         bail!("verification failed: {}", report.json["verify"]);
     }
     Ok(())
+}
+
+fn extra_scenario(j: &serde_json::Value) -> String {
+    j["config"]["scenario"].as_str().unwrap_or("run").to_string()
 }

@@ -127,9 +127,11 @@ impl Report {
                 expected += max_acked.get(t).copied().unwrap_or(0);
             }
         }
+        let planned_subscribers: u64 = plans.iter().map(|p| p.subscribers as u64).sum();
         let received = sum(&|r| r.received);
         let gap_seqs = sum(&|r| r.gap_seqs);
         let lost = expected.saturating_sub(received + gap_seqs);
+        let during = sum(&|r| r.received_during_run);
         let run_secs = results.iter().map(|r| r.run_secs).fold(0.0, f64::max).max(1e-9);
         let conns: usize = plans.iter().map(|p| p.subscribers + p.publishers).sum();
         let server = match (before, ready, end) {
@@ -143,7 +145,7 @@ impl Report {
                     "rss_per_connection_bytes": (r.rss as f64 - b.rss as f64) / conns.max(1) as f64,
                     "cpu_secs_during_run": cpu,
                     "cpu_utilisation": cpu / wall,
-                    "cpu_us_per_delivery": if received > 0 { cpu * 1e6 / received as f64 } else { 0.0 },
+                    "cpu_us_per_delivery": if during > 0 { cpu * 1e6 / during as f64 } else { 0.0 },
                 })
             }
             _ => serde_json::Value::Null,
@@ -176,7 +178,7 @@ impl Report {
             "publishes_per_sec": sum(&|r| r.acked) as f64 / run_secs,
             "publish_errors": errors,
             "deliveries": received,
-            "deliveries_per_sec": received as f64 / run_secs,
+            "deliveries_per_sec": sum(&|r| r.received_during_run) as f64 / run_secs,
             "reconnect": {
                 "resumed_ok": sum(&|r| r.resumed_ok),
                 "resumed_failed": sum(&|r| r.resumed_failed),
@@ -189,14 +191,26 @@ impl Report {
                 "duplicates": sum(&|r| r.duplicates),
                 "gap_notices": sum(&|r| r.gap_notices),
                 "gap_seqs": gap_seqs,
-                "ok": lost == 0 && sum(&|r| r.out_of_order) == 0 && sum(&|r| r.duplicates) == 0 && sum(&|r| r.resumed_failed) == 0,
+                "all_subscribed": sum(&|r| r.subscribed) == planned_subscribers,
+                "ok": sum(&|r| r.subscribed) == planned_subscribers && lost == 0 && sum(&|r| r.out_of_order) == 0 && sum(&|r| r.duplicates) == 0 && sum(&|r| r.resumed_failed) == 0,
             },
             "latency_us": {
                 "samples": hist.len(),
                 "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999),
                 "max": hist.max(),
+                // The percentile curve for plots: (quantile, µs) from the
+                // median out to five nines, 0.1 "nines" apart, then the max.
+                "curve": (0..=50).map(|k| {
+                    let q = 1.0 - 10f64.powf(-(k as f64) / 10.0);
+                    json!([q, pct(q)])
+                }).chain(std::iter::once(json!([1.0, hist.max()]))).collect::<Vec<_>>(),
             },
+            "noisy_deliveries": sum(&|r| r.noisy_received),
             "server": server,
+            "loadgen": {
+                "cpu_secs": results.iter().map(|r| r.cpu_secs).sum::<f64>(),
+                "cpu_us_per_delivery": if during > 0 { results.iter().map(|r| r.cpu_secs).sum::<f64>() * 1e6 / during as f64 } else { 0.0 },
+            },
         });
         Self { json }
     }
@@ -231,8 +245,9 @@ impl Report {
             l["p50"], l["p90"], l["p99"], l["p999"], l["max"], l["samples"]
         );
         println!(
-            "verify        {} (expected {}, lost {}, out of order {}, duplicates {}, gap-notified {})",
+            "verify        {}{} (expected {}, lost {}, out of order {}, duplicates {}, gap-notified {})",
             if v["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" },
+            if v["all_subscribed"].as_bool() == Some(false) { ", not every subscriber subscribed" } else { "" },
             v["expected"],
             v["lost"],
             v["out_of_order"],
@@ -248,6 +263,11 @@ impl Report {
                 rc["recovery_secs"].as_f64().unwrap_or(0.0)
             );
         }
+        println!(
+            "loadgen       cpu {:.3} s over its workers, {:.3} µs/delivery",
+            j["loadgen"]["cpu_secs"].as_f64().unwrap_or(0.0),
+            j["loadgen"]["cpu_us_per_delivery"].as_f64().unwrap_or(0.0)
+        );
         let s = &j["server"];
         if !s.is_null() {
             println!(

@@ -17,6 +17,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 
+use crate::peers::{self, Event, Proto};
+use crate::window::{MinTracker, Slots};
 use crate::ws::{self, Masker};
 
 /// What this worker does (derived from the CLI by the parent).
@@ -51,6 +53,19 @@ pub struct Plan {
     /// Reconnect storm: this long into the run every subscriber drops its
     /// connection and resumes with `since` on a new one.
     pub reconnect_at: Option<Duration>,
+    /// The wire protocol (shardcast's, Redis's or NATS's).
+    pub proto: Proto,
+    /// Closed loop bounded per subscriber: at most this many publications
+    /// beyond the slowest subscriber (0: off).
+    pub window: u64,
+    /// Shared-memory file of the per-worker minimum delivered counts.
+    pub slots: Option<String>,
+    /// Workers in the run (slots in that file).
+    pub workers: usize,
+    /// Closed-loop publishers on `noisy_topic` (the noisy tenant), after the
+    /// open-loop ones.
+    pub noisy_publishers: usize,
+    pub noisy_topic: Option<usize>,
 }
 
 impl Plan {
@@ -88,12 +103,37 @@ struct Conn {
     epoch: String,
     /// Reconnecting in the storm: subscribe with `since`.
     resume: bool,
+    /// Where the connection goes once TCP connects.
+    after_connect: State,
+    /// Deliveries plus gap-notified seqs (the window's progress).
+    progress: u64,
+    /// Counted in the worker's MinTracker.
+    tracked: bool,
+    /// A peer publisher's own per-topic counter (Redis/NATS carry no seq),
+    /// and how many of its publishes were acknowledged.
+    pub_seq: u64,
+    pub_acked: u64,
+    /// Closed-loop publisher of the noisy tenant.
+    noisy: bool,
 }
 
 impl Conn {
-    fn new(stream: Option<TcpStream>, state: State, publisher: bool, topic: usize, wbuf: Vec<u8>, slow: bool) -> Self {
+    fn new(
+        stream: Option<TcpStream>,
+        (state, after_connect): (State, State),
+        publisher: bool,
+        topic: usize,
+        wbuf: Vec<u8>,
+        slow: bool,
+    ) -> Self {
         let (rbuf, epoch) = (Vec::new(), String::new());
         Self {
+            after_connect,
+            progress: 0,
+            tracked: false,
+            pub_seq: 0,
+            pub_acked: 0,
+            noisy: false,
             stream,
             state,
             publisher,
@@ -135,7 +175,14 @@ pub struct WorkerResult {
     pub resumed_failed: u64,
     /// Storm start → every subscriber resumed, seconds (0: no storm).
     pub recovery_secs: f64,
+    /// Deliveries on the noisy tenant's topic (left out of the latency).
+    pub noisy_received: u64,
     pub run_secs: f64,
+    /// Deliveries before publishing stopped (the throughput figure; the
+    /// drain only completes the verification).
+    pub received_during_run: u64,
+    /// This worker's own CPU time while publishing, seconds.
+    pub cpu_secs: f64,
     /// Latency histogram (µs) as (value, count) pairs.
     pub latency_us: Vec<(u64, u64)>,
 }
@@ -208,13 +255,28 @@ struct Worker {
     scratch: Vec<u8>,
     pad: String,
     measuring: bool,
+    /// Minimum progress over this worker's subscribers (window mode).
+    tracker: MinTracker,
+    slots: Option<Slots>,
+    /// Scratch for a peer publisher's payload.
+    pbuf: Vec<u8>,
+    /// Mono time of the current read.
+    now: u64,
 }
 
 impl Worker {
     fn new(plan: Plan, poll: Poll) -> anyhow::Result<Self> {
         let total = plan.subscribers + plan.publishers;
         let result = WorkerResult { worker: plan.worker, ..Default::default() };
+        let slots = match &plan.slots {
+            Some(path) => Some(Slots::open(path, plan.workers)?),
+            None => None,
+        };
         Ok(Self {
+            tracker: MinTracker::default(),
+            slots,
+            pbuf: Vec::with_capacity(plan.payload + 64),
+            now: 0,
             masker: Masker::new(0x9e37_79b9 ^ plan.worker as u32),
             pad: "x".repeat(plan.payload.saturating_sub(40)),
             plan,
@@ -264,26 +326,45 @@ impl Worker {
     fn open(&mut self, i: usize) -> anyhow::Result<()> {
         let source = self.plan.sources[i % self.plan.sources.len()];
         let publisher = i >= self.plan.subscribers;
+        let noisy = i >= self.plan.subscribers + self.plan.publishers;
         let slow = !publisher && self.plan.is_slow(i);
-        let topic = if publisher {
-            i % self.plan.topics.len()
-        } else {
-            (self.plan.first_subscriber + i) % self.plan.topics.len()
+        let topic = match (publisher, self.plan.noisy_topic) {
+            (true, Some(t)) if noisy => t,
+            (true, noisy_topic) => quiet_topic(i, noisy_topic, self.plan.topics.len()),
+            (false, _) => (self.plan.first_subscriber + i) % self.plan.topics.len(),
         };
-        match connect(self.plan.target, source, slow) {
+        let (wbuf, after_connect) = self.hello(publisher, topic);
+        let mut conn = match connect(self.plan.target, source, slow) {
             Ok(mut stream) => {
                 self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
-                let wbuf = ws::upgrade_request(&self.plan.target.to_string());
-                let stream = Some(stream);
-                self.conns.push(Conn::new(stream, State::Connecting, publisher, topic, wbuf, slow));
+                Conn::new(Some(stream), (State::Connecting, after_connect), publisher, topic, wbuf, slow)
             }
             Err(_) => {
                 self.result.connect_errors += 1;
                 // Keep indices aligned with tokens.
-                self.conns.push(Conn::new(None, State::Dead, publisher, topic, Vec::new(), slow));
+                Conn::new(None, (State::Dead, State::Dead), publisher, topic, Vec::new(), slow)
+            }
+        };
+        conn.noisy = noisy;
+        self.conns.push(conn);
+        Ok(())
+    }
+
+    /// The first bytes a new connection writes, and its state once TCP
+    /// connects.
+    fn hello(&self, publisher: bool, topic: usize) -> (Vec<u8>, State) {
+        let mut wbuf = Vec::new();
+        match self.plan.proto {
+            Proto::Ws => (ws::upgrade_request(&self.plan.target.to_string()), State::Upgrading),
+            _ if publisher => {
+                let wait = peers::hello_publisher(self.plan.proto, &mut wbuf);
+                (wbuf, if wait { State::Subscribing } else { State::Ready })
+            }
+            proto => {
+                peers::subscribe(proto, &self.plan.topics[topic], &mut wbuf);
+                (wbuf, State::Subscribing)
             }
         }
-        Ok(())
     }
 
     fn handle(&mut self, events: &Events) -> anyhow::Result<()> {
@@ -297,7 +378,7 @@ impl Worker {
             }
             if ev.is_writable() {
                 if self.conns[i].state == State::Connecting {
-                    self.conns[i].state = State::Upgrading;
+                    self.conns[i].state = self.conns[i].after_connect;
                     self.result.connected += 1;
                 }
                 self.flush(i);
@@ -342,9 +423,27 @@ impl Worker {
                 }
                 Ok(n) => {
                     self.result.bytes_in += n as u64;
-                    let c = &mut self.conns[i];
-                    c.rbuf.extend_from_slice(&self.scratch[..n]);
-                    self.parse(i);
+                    // One clock read per read(): every message in it arrived
+                    // by now.
+                    self.now = mono_ns();
+                    let scratch = std::mem::take(&mut self.scratch);
+                    if self.conns[i].rbuf.is_empty() {
+                        // The common case: parse in place, keep only a tail.
+                        let used = self.parse(i, &scratch[..n]);
+                        self.conns[i].rbuf.extend_from_slice(&scratch[used..n]);
+                    } else {
+                        let mut buf = std::mem::take(&mut self.conns[i].rbuf);
+                        buf.extend_from_slice(&scratch[..n]);
+                        let used = self.parse(i, &buf);
+                        buf.drain(..used);
+                        self.conns[i].rbuf = buf;
+                    }
+                    self.scratch = scratch;
+                    if n < self.scratch.len() {
+                        // A short read drained the socket; the next
+                        // edge-triggered event comes with new bytes.
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -358,6 +457,10 @@ impl Worker {
 
     fn mark_dead(&mut self, i: usize) {
         let c = &mut self.conns[i];
+        if c.tracked {
+            c.tracked = false;
+            self.tracker.remove(c.progress);
+        }
         if c.state == State::Connecting {
             self.result.connect_errors += 1;
         } else if c.state != State::Dead {
@@ -366,25 +469,29 @@ impl Worker {
         c.state = State::Dead;
     }
 
-    fn parse(&mut self, i: usize) {
+    /// Handles every complete message at the front of `buf` (what
+    /// connection `i` received); returns the bytes used.
+    fn parse(&mut self, i: usize, buf: &[u8]) -> usize {
         if self.conns[i].state == State::Connecting {
-            self.conns[i].state = State::Upgrading;
+            self.conns[i].state = self.conns[i].after_connect;
             self.result.connected += 1;
         }
+        if self.plan.proto != Proto::Ws {
+            return self.parse_peer(i, buf);
+        }
+        let mut pos = 0;
         if self.conns[i].state == State::Upgrading {
-            let Some((used, status)) = ws::parse_response_head(&self.conns[i].rbuf) else {
-                return;
+            let Some((used, status)) = ws::parse_response_head(buf) else {
+                return 0;
             };
             if status != 101 {
                 self.result.handshake_errors += 1;
                 self.conns[i].state = State::Dead;
-                return;
+                return buf.len();
             }
-            self.conns[i].rbuf.drain(..used);
+            pos = used;
             self.after_upgrade(i);
         }
-        let mut pos = 0;
-        let buf = std::mem::take(&mut self.conns[i].rbuf);
         while let Some(f) = ws::parse_frame(&buf[pos..]) {
             let (start, end) = (pos + f.start, pos + f.end);
             if f.opcode == 1 {
@@ -394,9 +501,50 @@ impl Worker {
             }
             pos = end;
         }
-        let c = &mut self.conns[i];
-        c.rbuf = buf;
-        c.rbuf.drain(..pos);
+        pos
+    }
+
+    /// Redis and NATS: decode every complete message in the buffer.
+    fn parse_peer(&mut self, i: usize, buf: &[u8]) -> usize {
+        let proto = self.plan.proto;
+        let mut pos = 0;
+        while let Some((used, ev)) = peers::next_event(proto, &buf[pos..]) {
+            pos += used;
+            let c = &mut self.conns[i];
+            match ev {
+                Event::Subscribed if c.state == State::Subscribing => {
+                    c.state = State::Ready;
+                    if !c.publisher {
+                        self.result.subscribed += 1;
+                        self.result.slow_subscribers += u64::from(c.slow);
+                    }
+                }
+                Event::Msg(payload) => {
+                    let (seq, t) = ws::peer_seq_t(payload);
+                    self.deliver(i, seq.unwrap_or(0), t);
+                }
+                Event::Ack if c.publisher && c.state == State::Ready => {
+                    c.unacked = c.unacked.saturating_sub(1);
+                    c.pub_acked += 1;
+                    self.result.acked += 1;
+                    let topic = &self.plan.topics[c.topic];
+                    let acked = c.pub_acked;
+                    let m = self.result.max_acked_seq.entry(topic.clone()).or_default();
+                    *m = (*m).max(acked);
+                }
+                Event::Ping => {
+                    c.wbuf.extend_from_slice(b"PONG\r\n");
+                    self.flush(i);
+                }
+                Event::Error(text) => {
+                    let text = String::from_utf8_lossy(text).trim().to_string();
+                    *self.result.pub_errors.entry(text).or_default() += 1;
+                    c.unacked = c.unacked.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+        pos
     }
 
     fn after_upgrade(&mut self, i: usize) {
@@ -457,6 +605,7 @@ impl Worker {
                 self.result.gap_seqs += to.saturating_sub(from) + 1;
                 let c = &mut self.conns[i];
                 c.last_seq = c.last_seq.max(to);
+                self.progress(i, to.saturating_sub(from) + 1);
             }
             b"error" => {
                 let code = text
@@ -474,8 +623,23 @@ impl Worker {
     }
 
     fn on_msg(&mut self, i: usize, text: &[u8]) {
-        let now = mono_ns();
-        let seq = ws::find_u64(text, b"\"seq\":").unwrap_or(0);
+        let (seq, t) = ws::msg_seq_t(text);
+        self.deliver(i, seq.unwrap_or(0), t);
+    }
+
+    /// Moves subscriber `i`'s window progress on by `n`.
+    fn progress(&mut self, i: usize, n: u64) {
+        let c = &mut self.conns[i];
+        let from = c.progress;
+        c.progress += n;
+        if c.tracked {
+            self.tracker.advance(from, c.progress);
+        }
+    }
+
+    /// A publication with `seq` (sent at mono time `t`) reached subscriber `i`.
+    fn deliver(&mut self, i: usize, seq: u64, t: Option<u64>) {
+        let now = self.now;
         let c = &mut self.conns[i];
         if seq <= c.last_seq {
             if seq == c.last_seq {
@@ -488,22 +652,41 @@ impl Worker {
         c.last_seq = seq;
         c.received += 1;
         self.result.received += 1;
-        if let Some(t) = ws::find_u64(text, b"\"t\":") {
-            if self.measuring {
-                let us = (now.saturating_sub(t) / 1000).clamp(1, 60_000_000);
-                self.hist.saturating_record(us);
-            }
+        if Some(c.topic) == self.plan.noisy_topic {
+            self.result.noisy_received += 1;
+        } else if let Some(t) = t.filter(|_| self.measuring) {
+            let us = (now.saturating_sub(t) / 1000).clamp(1, 60_000_000);
+            self.hist.saturating_record(us);
+        }
+        if self.plan.window > 0 {
+            self.progress(i, 1);
         }
     }
 
     /// Publishes (open or closed loop) for the duration, then drains.
     fn measure(&mut self) -> anyhow::Result<()> {
         self.measuring = true;
+        let cpu0 = self_cpu_secs();
         let start = Instant::now();
         let end = start + self.plan.duration;
         let mut events = Events::with_capacity(4096);
-        let pubs: Vec<usize> =
-            (self.plan.subscribers..self.conns.len()).filter(|&i| self.conns[i].state == State::Ready).collect();
+        let ready = |c: &Conn| c.state == State::Ready;
+        let pubs: Vec<usize> = (self.plan.subscribers..self.conns.len())
+            .filter(|&i| ready(&self.conns[i]) && !self.conns[i].noisy)
+            .collect();
+        let noisy: Vec<usize> = (self.plan.subscribers..self.conns.len())
+            .filter(|&i| ready(&self.conns[i]) && self.conns[i].noisy)
+            .collect();
+        if self.plan.window > 0 {
+            for i in 0..self.plan.subscribers {
+                let c = &mut self.conns[i];
+                if c.state == State::Ready && !c.slow {
+                    c.tracked = true;
+                    self.tracker.add(c.progress);
+                }
+            }
+            self.store_min();
+        }
         let interval =
             if self.plan.rate > 0.0 { Duration::from_secs_f64(1.0 / self.plan.rate) } else { Duration::ZERO };
         let mut next_send = start;
@@ -532,6 +715,19 @@ impl Worker {
                         self.publish(p);
                         next_send += interval;
                     }
+                } else if self.plan.window > 0 {
+                    // Closed loop per subscriber: the slowest one anywhere
+                    // is at most `window` publications behind.
+                    let slowest = self.slots.as_ref().map_or(0, |s| s.min());
+                    let slowest = if slowest == u64::MAX { 0 } else { slowest };
+                    while self.result.published < slowest + self.plan.window {
+                        let p = pubs[rr % pubs.len()];
+                        rr += 1;
+                        if self.conns[p].state != State::Ready {
+                            break;
+                        }
+                        self.publish(p);
+                    }
                 } else {
                     for &p in &pubs {
                         while self.conns[p].unacked < self.plan.inflight && self.conns[p].state == State::Ready {
@@ -543,6 +739,13 @@ impl Worker {
                     self.flush(p);
                 }
             }
+            // The noisy tenant publishes as fast as its acks come back.
+            for &p in &noisy {
+                while self.conns[p].unacked < self.plan.inflight && self.conns[p].state == State::Ready {
+                    self.publish(p);
+                }
+                self.flush(p);
+            }
             let wait = if self.plan.rate > 0.0 {
                 next_send.saturating_duration_since(Instant::now()).min(Duration::from_millis(5))
             } else {
@@ -550,8 +753,11 @@ impl Worker {
             };
             self.poll.poll(&mut events, Some(wait))?;
             self.handle(&events)?;
+            self.store_min();
         }
         self.result.run_secs = start.elapsed().as_secs_f64();
+        self.result.received_during_run = self.result.received;
+        self.result.cpu_secs = self_cpu_secs() - cpu0;
         let drain_end = Instant::now() + self.plan.drain;
         while Instant::now() < drain_end {
             self.poll.poll(&mut events, Some(Duration::from_millis(20)))?;
@@ -560,6 +766,14 @@ impl Worker {
         self.result.latency_us =
             self.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
         Ok(())
+    }
+
+    /// Publishes this worker's slowest subscriber's progress for the
+    /// publishing worker (window mode).
+    fn store_min(&self) {
+        if let Some(slots) = &self.slots {
+            slots.store(self.plan.worker, self.tracker.min().unwrap_or(u64::MAX));
+        }
     }
 
     /// The reconnect storm: every ready subscriber drops its connection at
@@ -587,16 +801,48 @@ impl Worker {
 
     fn publish(&mut self, p: usize) {
         let c = &mut self.conns[p];
+        if self.plan.proto != Proto::Ws {
+            c.pub_seq += 1;
+            peers::payload(c.pub_seq, mono_ns(), &self.pad, &mut self.pbuf);
+            peers::publish(self.plan.proto, &self.plan.topics[c.topic], &self.pbuf, &mut c.wbuf);
+            c.unacked += 1;
+            self.result.published += 1;
+            return;
+        }
         let cmd = format!(
             r#"{{"op":"pub","topic":"{}","data":{{"t":{},"p":"{}"}}}}"#,
             self.plan.topics[c.topic],
             mono_ns(),
             self.pad
         );
-        // Publishers rotate over the topics (the rooms scenario).
-        c.topic = (c.topic + 1) % self.plan.topics.len();
+        // Publishers rotate over the topics (the rooms scenario); the noisy
+        // tenant's publishers stay on its topic and the others avoid it.
+        if !c.noisy {
+            c.topic = quiet_topic(c.topic + 1, self.plan.noisy_topic, self.plan.topics.len());
+        }
         self.masker.text_frame(cmd.as_bytes(), &mut c.wbuf);
         c.unacked += 1;
         self.result.published += 1;
     }
+}
+
+/// Topic index `t` (mod `len`), or the next one if that is the noisy
+/// tenant's.
+fn quiet_topic(t: usize, noisy: Option<usize>, len: usize) -> usize {
+    let t = t % len;
+    if Some(t) == noisy && len > 1 {
+        (t + 1) % len
+    } else {
+        t
+    }
+}
+
+/// This process's user + system CPU time, seconds.
+fn self_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }

@@ -84,7 +84,7 @@ pub fn parse_frame(buf: &[u8]) -> Option<Frame> {
 
 /// The unsigned integer after `key` (e.g. `"seq":`) in `text`.
 pub fn find_u64(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let at = memchr::memmem::find(text, key)? + key.len();
     let mut v: u64 = 0;
     let mut any = false;
     for &b in &text[at..] {
@@ -97,10 +97,56 @@ pub fn find_u64(text: &[u8], key: &[u8]) -> Option<u64> {
     any.then_some(v)
 }
 
+/// Leading decimal digits of `b`: (value, digits used).
+fn digits(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    let mut n = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        n += 1;
+    }
+    (n > 0).then_some((v, n))
+}
+
+/// A `msg`'s `seq` and its data's `t`, read where shardcast (and the
+/// reference servers) put them: `{"op":"msg","topic":"…","seq":N,…,
+/// "data":{"t":T,…}}`; any other layout falls back to a search. This is the
+/// loadgen's hottest function (one call per delivery).
+pub fn msg_seq_t(text: &[u8]) -> (Option<u64>, Option<u64>) {
+    const HEAD: &[u8] = b"{\"op\":\"msg\",\"topic\":\"";
+    const SEQ: &[u8] = b",\"seq\":";
+    const T: &[u8] = b"{\"t\":";
+    let fast = || {
+        let rest = text.strip_prefix(HEAD)?;
+        let rest = &rest[memchr::memchr(b'"', rest)? + 1..];
+        let rest = rest.strip_prefix(SEQ)?;
+        let (seq, n) = digits(rest)?;
+        let rest = &rest[n..];
+        let data = &rest[memchr::memchr(b'{', rest)?..];
+        let t = digits(data.strip_prefix(T)?)?.0;
+        Some((Some(seq), Some(t)))
+    };
+    fast().unwrap_or_else(|| (find_u64(text, b"\"seq\":"), find_u64(text, b"\"t\":")))
+}
+
+/// A peer payload's `s` and `t` (`{"s":N,"t":T,…}`, as the loadgen writes
+/// it), with a search as the fallback.
+pub fn peer_seq_t(payload: &[u8]) -> (Option<u64>, Option<u64>) {
+    let fast = || {
+        let (s, n) = digits(payload.strip_prefix(b"{\"s\":")?)?;
+        let t = digits(payload[5 + n..].strip_prefix(b",\"t\":")?)?.0;
+        Some((Some(s), Some(t)))
+    };
+    fast().unwrap_or_else(|| (find_u64(payload, b"\"s\":"), find_u64(payload, b"\"t\":")))
+}
+
 /// The string after `key` (which ends with the opening quote), up to the
 /// next quote (topic names need no escaping).
 pub fn find_str(text: &[u8], key: &[u8]) -> Option<String> {
-    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let at = memchr::memmem::find(text, key)? + key.len();
     let end = text[at..].iter().position(|&b| b == b'"')?;
     Some(String::from_utf8_lossy(&text[at..at + end]).into_owned())
 }
@@ -132,6 +178,11 @@ mod tests {
         assert_eq!(find_u64(text, b"\"seq\":"), Some(42));
         assert_eq!(find_u64(text, b"\"t\":"), Some(9));
         assert!(parse_frame(&server[..10]).is_none());
+        assert_eq!(msg_seq_t(text), (Some(42), Some(9)));
+        let real = br#"{"op":"msg","topic":"a/b","seq":7,"epoch":"e1","data":{"t":123,"p":"x{"}}"#;
+        assert_eq!(msg_seq_t(real), (Some(7), Some(123)));
+        assert_eq!(peer_seq_t(br#"{"s":5,"t":66,"p":"xx"}"#), (Some(5), Some(66)));
+        assert_eq!(peer_seq_t(br#"{"t":66,"s":5}"#), (Some(5), Some(66)));
         assert_eq!(parse_response_head(b"HTTP/1.1 101 Switching\r\nA: b\r\n\r\nrest"), Some((32, 101)));
     }
 }

@@ -44,7 +44,8 @@ SYSTEMS = {
     "shardcast": ("ws", lambda p: [os.path.join(BIN, "shardcast"), "serve", "--config",
                                    os.path.join(ROOT, "tuning", "bench.toml"), "--listen", f"127.0.0.1:{p}"]),
     "redis": ("redis", lambda p: ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--protected-mode", "no",
-                                  "--save", "", "--appendonly", "no", "--maxclients", "19000", "--logfile", ""]),
+                                  "--save", "", "--appendonly", "no", "--maxclients", "19000", "--logfile", "",
+                                  "--tcp-backlog", "4096"]),
     "nats": ("nats", lambda p: ["nats-server", "-a", "127.0.0.1", "-p", str(p)]),
     "naive-tokio": ("ws", lambda p: [os.path.join(BIN, "naive-ws"), "--listen", f"127.0.0.1:{p}"]),
     "raw-coalescing": ("ws", lambda p: [os.path.join(BIN, "raw-fanout"), "--listen", f"127.0.0.1:{p}",
@@ -149,7 +150,7 @@ def main():
     fan = ["fanout", "--publishers", "1", "--payload", "100", "--sources", SOURCES]
     plans = {
         "saturation": (fan + ["--subscribers", str(subs_sat), "--rate", "0", "--window", str(o.window),
-                              "--duration", str(secs), "--drain", "4"], 2, secs),
+                              "--duration", str(secs), "--drain", "60"], 2, secs + 60),
         "latency-10k": (fan + ["--subscribers", str(subs_sat), "--rate", "2", "--duration", str(lat_secs),
                                "--drain", "3"], 2, lat_secs),
         "latency-1k": (fan + ["--subscribers", str(100 if q else 1000), "--rate", "20", "--duration", str(lat_secs),

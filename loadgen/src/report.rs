@@ -99,6 +99,7 @@ impl Report {
         ready: Option<Sample>,
         end: Option<Sample>,
         peak_rss: Option<u64>,
+        listen_overflows_delta: u64,
     ) -> Self {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         let sum = |f: &dyn Fn(&WorkerResult) -> u64| results.iter().map(f).sum::<u64>();
@@ -159,6 +160,7 @@ impl Report {
         };
         let json = json!({
             "label": c.label,
+            "listen_overflows": listen_overflows_delta,
             "config": extra,
             "host": host_facts(),
             "processes": plans.len(),
@@ -228,9 +230,10 @@ impl Report {
             j["connections"], j["subscribed"], j["connect_errors"], j["closed_by_server"], j["processes"]
         );
         println!(
-            "setup         {:.2} s to all subscribed ({:.0} handshakes+subscribes/s)",
+            "setup         {:.2} s to all subscribed ({:.0} handshakes+subscribes/s), listen-queue overflows {}",
             j["setup_secs"].as_f64().unwrap_or(0.0),
-            j["handshakes_per_sec"].as_f64().unwrap_or(0.0)
+            j["handshakes_per_sec"].as_f64().unwrap_or(0.0),
+            j["listen_overflows"]
         );
         println!(
             "publishes     {} acked, {:.0}/s, errors {}",
@@ -282,6 +285,21 @@ impl Report {
             );
         }
     }
+}
+
+/// The kernel's count of connections dropped because a listener's accept
+/// queue was full (`TcpExt: ListenOverflows` in /proc/net/netstat): a storm
+/// that overflows it waits for SYN-ACK retransmits (1 s, 3 s, …).
+pub fn listen_overflows() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn host_facts() -> serde_json::Value {

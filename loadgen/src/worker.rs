@@ -205,6 +205,20 @@ fn connect(target: SocketAddr, source: std::net::IpAddr, slow: bool) -> io::Resu
     }
     sock.set_nonblocking(true)?;
     sock.set_nodelay(true)?;
+    // Pick the source port at connect() from the whole 4-tuple, not at
+    // bind(): ports then repeat across destinations, and back-to-back runs
+    // are not starved by the previous runs' TIME_WAIT sockets.
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on our own fd with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     sock.bind(&SocketAddr::new(source, 0).into())?;
     match sock.connect(&target.into()) {
         Ok(()) => {}
@@ -758,10 +772,17 @@ impl Worker {
         self.result.run_secs = start.elapsed().as_secs_f64();
         self.result.received_during_run = self.result.received;
         self.result.cpu_secs = self_cpu_secs() - cpu0;
+        // Drain what is still in flight: up to `drain`, but done once
+        // nothing has arrived for a second (a slow server's backlog after a
+        // closed-loop run can take many seconds; an idle one none).
         let drain_end = Instant::now() + self.plan.drain;
-        while Instant::now() < drain_end {
+        let (mut last_bytes, mut last_change) = (self.result.bytes_in, Instant::now());
+        while Instant::now() < drain_end && last_change.elapsed() < Duration::from_secs(1) {
             self.poll.poll(&mut events, Some(Duration::from_millis(20)))?;
             self.handle(&events)?;
+            if self.result.bytes_in != last_bytes {
+                (last_bytes, last_change) = (self.result.bytes_in, Instant::now());
+            }
         }
         self.result.latency_us =
             self.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();

@@ -760,7 +760,10 @@ impl Worker {
                 }
                 self.flush(p);
             }
-            let wait = if self.plan.rate > 0.0 {
+            // Only a worker with open-loop publishers has a send time to
+            // wake for (the others would spin on a next_send that never
+            // moves).
+            let wait = if self.plan.rate > 0.0 && !pubs.is_empty() {
                 next_send.saturating_duration_since(Instant::now()).min(Duration::from_millis(5))
             } else {
                 Duration::from_millis(5)

@@ -134,7 +134,7 @@ impl Report {
         let lost = expected.saturating_sub(received + gap_seqs);
         let during = sum(&|r| r.received_during_run);
         let run_secs = results.iter().map(|r| r.run_secs).fold(0.0, f64::max).max(1e-9);
-        let conns: usize = plans.iter().map(|p| p.subscribers + p.publishers).sum();
+        let conns: usize = plans.iter().map(Plan::connections).sum();
         let server = match (before, ready, end) {
             (Some(b), Some(r), Some(e)) => {
                 let cpu = e.cpu_secs - r.cpu_secs;

@@ -81,7 +81,10 @@ impl MinTracker {
     }
 }
 
-/// One u64 per worker in a shared-memory file, each on its own cache line.
+/// One u64 per worker in a shared-memory file, each on its own cache line,
+/// plus one more: how many publications the run made in all, set when
+/// publishing stops, so every worker can drain until its subscribers have
+/// every one of them.
 pub struct Slots {
     ptr: *mut AtomicU64,
     len: usize,
@@ -94,10 +97,10 @@ impl Slots {
     /// subscribers here").
     pub fn create(path: &str, workers: usize) -> std::io::Result<()> {
         let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(path)?;
-        f.set_len((workers * STRIDE * 8) as u64)?;
+        f.set_len(((workers + 1) * STRIDE * 8) as u64)?;
         let s = Self::open(path, workers)?;
-        for w in 0..workers {
-            s.store(w, u64::MAX);
+        for w in 0..=workers {
+            s.slot(w).store(u64::MAX, Ordering::Release);
         }
         Ok(())
     }
@@ -105,7 +108,7 @@ impl Slots {
     /// Maps an existing slots file.
     pub fn open(path: &str, workers: usize) -> std::io::Result<Self> {
         let f = OpenOptions::new().read(true).write(true).open(path)?;
-        let bytes = workers * STRIDE * 8;
+        let bytes = (workers + 1) * STRIDE * 8;
         use std::os::fd::AsRawFd;
         // SAFETY: a fresh shared mapping of a file we just sized to `bytes`;
         // the fd may be closed after mmap returns.
@@ -126,7 +129,7 @@ impl Slots {
     }
 
     fn slot(&self, w: usize) -> &AtomicU64 {
-        assert!(w < self.len, "slot {w} of {}", self.len);
+        assert!(w <= self.len, "slot {w} of {}", self.len);
         // SAFETY: in bounds of the mapping, 8-aligned (page-aligned base),
         // and only ever accessed atomically by every process.
         unsafe { &*self.ptr.add(w * STRIDE) }
@@ -134,7 +137,18 @@ impl Slots {
 
     /// Publishes this worker's minimum.
     pub fn store(&self, w: usize, v: u64) {
+        assert!(w < self.len, "worker {w} of {}", self.len);
         self.slot(w).store(v, Ordering::Release);
+    }
+
+    /// The publishing worker: publishing stopped after `n` publications.
+    pub fn set_published(&self, n: u64) {
+        self.slot(self.len).store(n, Ordering::Release);
+    }
+
+    /// The run's publications in all, once publishing has stopped.
+    pub fn published(&self) -> Option<u64> {
+        Some(self.slot(self.len).load(Ordering::Acquire)).filter(|&n| n != u64::MAX)
     }
 
     /// The minimum over every worker.
@@ -146,7 +160,7 @@ impl Slots {
 impl Drop for Slots {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `open` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len * STRIDE * 8) };
+        unsafe { libc::munmap(self.ptr.cast(), (self.len + 1) * STRIDE * 8) };
     }
 }
 
@@ -185,6 +199,9 @@ mod tests {
         a.store(1, 40);
         a.store(2, 7);
         assert_eq!(b.min(), 7);
+        assert_eq!(b.published(), None);
+        a.set_published(99);
+        assert_eq!((b.published(), b.min()), (Some(99), 7));
         let _ = std::fs::remove_file(path);
     }
 }

@@ -69,6 +69,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Connections this worker opens: subscribers, then open-loop
+    /// publishers, then the noisy tenant's.
+    pub fn connections(&self) -> usize {
+        self.subscribers + self.publishers + self.noisy_publishers
+    }
+
     /// Whether this worker's subscriber `i` is one of the slow ones.
     pub fn is_slow(&self, i: usize) -> bool {
         self.slow_every > 0 && (self.first_subscriber + i).is_multiple_of(self.slow_every)
@@ -280,7 +286,7 @@ struct Worker {
 
 impl Worker {
     fn new(plan: Plan, poll: Poll) -> anyhow::Result<Self> {
-        let total = plan.subscribers + plan.publishers;
+        let total = plan.connections();
         let result = WorkerResult { worker: plan.worker, ..Default::default() };
         let slots = match &plan.slots {
             Some(path) => Some(Slots::open(path, plan.workers)?),
@@ -306,7 +312,7 @@ impl Worker {
     /// Opens every connection, upgrades and subscribes, then waits for GO.
     fn setup(&mut self, go: &AtomicBool) -> anyhow::Result<()> {
         let start = Instant::now();
-        let total = self.plan.subscribers + self.plan.publishers;
+        let total = self.plan.connections();
         let mut events = Events::with_capacity(4096);
         let mut opened = 0;
         let mut announced = false;
@@ -778,9 +784,22 @@ impl Worker {
         // Drain what is still in flight: up to `drain`, but done once
         // nothing has arrived for a second (a slow server's backlog after a
         // closed-loop run can take many seconds; an idle one none).
+        // In window mode the drain is exact: until every tracked subscriber
+        // has every publication of the run (or `drain` runs out).
+        if let Some(slots) = self.slots.as_ref().filter(|_| !pubs.is_empty()) {
+            slots.set_published(self.result.published);
+        }
         let drain_end = Instant::now() + self.plan.drain;
         let (mut last_bytes, mut last_change) = (self.result.bytes_in, Instant::now());
-        while Instant::now() < drain_end && last_change.elapsed() < Duration::from_secs(1) {
+        let drained = |w: &Self, last_change: Instant| match &w.slots {
+            Some(slots) => match (slots.published(), w.tracker.min()) {
+                (Some(total), Some(min)) => min >= total,
+                (Some(_), None) => true,
+                (None, _) => false,
+            },
+            None => last_change.elapsed() >= Duration::from_secs(1),
+        };
+        while Instant::now() < drain_end && !drained(self, last_change) {
             self.poll.poll(&mut events, Some(Duration::from_millis(20)))?;
             self.handle(&events)?;
             if self.result.bytes_in != last_bytes {

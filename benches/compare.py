@@ -244,7 +244,8 @@ def summarise(b, systems, sections, o):
             lines.append(f"\nloadgen alone on one core vs raw-coalescing: {d:.0f} deliveries/s, "
                          f"{c:.3f} µs of loadgen CPU per delivery ({1 / c if c else 0:.1f}M/s per core of loadgen CPU)")
 
-    lines.append("\nbars (issue 4)")
+    lines.append("\nbars (issue 4)" + (" — QUICK MODE: sizes far below the bars' definitions; shown only to "
+                                        "exercise the harness, not as results" if o.quick else ""))
     sc = lambda sec, f: val(sec, "shardcast", f)
     if sc("saturation", "deliveries_per_sec"):
         d = sc("saturation", "deliveries_per_sec")
@@ -279,6 +280,8 @@ def summarise(b, systems, sections, o):
 
     text = "\n".join(lines)
     print(text)
+    with open(os.path.join(o.out, "summary.txt"), "w") as f:
+        f.write(text + "\n")
     with open(os.path.join(o.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     # One HTML page per latency-bearing section, merged into report.html.

@@ -93,16 +93,7 @@ pub fn publish(proto: Proto, topic: &str, payload: &[u8], out: &mut Vec<u8>) {
 /// send time `t` and padding.
 pub fn payload(seq: u64, t: u64, pad: &str, out: &mut Vec<u8>) {
     out.clear();
-    let _ = write!(VecWriter(out), r#"{{"s":{seq},"t":{t},"p":"{pad}"}}"#);
-}
-
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for VecWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
+    let _ = std::io::Write::write_fmt(out, format_args!(r#"{{"s":{seq},"t":{t},"p":"{pad}"}}"#));
 }
 
 fn resp_command(args: &[&[u8]], out: &mut Vec<u8>) {

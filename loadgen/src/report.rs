@@ -133,6 +133,7 @@ impl Report {
         let gap_seqs = sum(&|r| r.gap_seqs);
         let lost = expected.saturating_sub(received + gap_seqs);
         let during = sum(&|r| r.received_during_run);
+        let loadgen_cpu: f64 = results.iter().map(|r| r.cpu_secs).sum();
         let run_secs = results.iter().map(|r| r.run_secs).fold(0.0, f64::max).max(1e-9);
         let conns: usize = plans.iter().map(Plan::connections).sum();
         let server = match (before, ready, end) {
@@ -210,8 +211,8 @@ impl Report {
             "noisy_deliveries": sum(&|r| r.noisy_received),
             "server": server,
             "loadgen": {
-                "cpu_secs": results.iter().map(|r| r.cpu_secs).sum::<f64>(),
-                "cpu_us_per_delivery": if during > 0 { results.iter().map(|r| r.cpu_secs).sum::<f64>() * 1e6 / during as f64 } else { 0.0 },
+                "cpu_secs": loadgen_cpu,
+                "cpu_us_per_delivery": if during > 0 { loadgen_cpu * 1e6 / during as f64 } else { 0.0 },
             },
         });
         Self { json }

@@ -23,8 +23,8 @@ pub struct MinTracker {
 }
 
 impl MinTracker {
-    /// Starts tracking a subscriber at `at` (only before any advance: the
-    /// tracker assumes `at >= base`).
+    /// Starts tracking a subscriber at `at` (a value below the current
+    /// minimum counts as the minimum).
     pub fn add(&mut self, at: u64) {
         if self.live == 0 {
             self.base = at;
@@ -43,17 +43,7 @@ impl MinTracker {
     /// A tracked subscriber moved from `from` to `to` (`to > from`).
     pub fn advance(&mut self, from: u64, to: u64) {
         self.remove(from);
-        self.add_after(to);
-    }
-
-    fn add_after(&mut self, at: u64) {
-        let k = (at.max(self.base) - self.base) as usize;
-        if self.counts.len() <= k {
-            self.counts.resize(k + 1, 0);
-        }
-        self.counts[k] += 1;
-        self.live += 1;
-        self.settle();
+        self.add(to);
     }
 
     /// Stops tracking a subscriber that was at `at` (it died).

@@ -844,26 +844,27 @@ impl Worker {
 
     fn publish(&mut self, p: usize) {
         let c = &mut self.conns[p];
-        if self.plan.proto != Proto::Ws {
+        let topic = &self.plan.topics[c.topic];
+        if self.plan.proto == Proto::Ws {
+            self.pbuf.clear();
+            let _ = write!(
+                self.pbuf,
+                r#"{{"op":"pub","topic":"{topic}","data":{{"t":{},"p":"{}"}}}}"#,
+                mono_ns(),
+                self.pad
+            );
+            self.masker.text_frame(&self.pbuf, &mut c.wbuf);
+            // Publishers rotate over the topics (the rooms scenario); the
+            // noisy tenant's publishers stay on its topic and the others
+            // avoid it.
+            if !c.noisy {
+                c.topic = quiet_topic(c.topic + 1, self.plan.noisy_topic, self.plan.topics.len());
+            }
+        } else {
             c.pub_seq += 1;
             peers::payload(c.pub_seq, mono_ns(), &self.pad, &mut self.pbuf);
-            peers::publish(self.plan.proto, &self.plan.topics[c.topic], &self.pbuf, &mut c.wbuf);
-            c.unacked += 1;
-            self.result.published += 1;
-            return;
+            peers::publish(self.plan.proto, topic, &self.pbuf, &mut c.wbuf);
         }
-        let cmd = format!(
-            r#"{{"op":"pub","topic":"{}","data":{{"t":{},"p":"{}"}}}}"#,
-            self.plan.topics[c.topic],
-            mono_ns(),
-            self.pad
-        );
-        // Publishers rotate over the topics (the rooms scenario); the noisy
-        // tenant's publishers stay on its topic and the others avoid it.
-        if !c.noisy {
-            c.topic = quiet_topic(c.topic + 1, self.plan.noisy_topic, self.plan.topics.len());
-        }
-        self.masker.text_frame(cmd.as_bytes(), &mut c.wbuf);
         c.unacked += 1;
         self.result.published += 1;
     }

@@ -78,7 +78,8 @@ pub fn parse_frame(buf: &[u8]) -> Option<Frame> {
         127 => (10, u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize),
         n => (2, n as usize),
     };
-    let end = start + len;
+    // A hostile 64-bit length must not overflow: it just never completes.
+    let end = usize::checked_add(start, len)?;
     (buf.len() >= end).then_some(Frame { opcode, start, end })
 }
 
@@ -178,6 +179,7 @@ mod tests {
         assert_eq!(find_u64(text, b"\"seq\":"), Some(42));
         assert_eq!(find_u64(text, b"\"t\":"), Some(9));
         assert!(parse_frame(&server[..10]).is_none());
+        assert!(parse_frame(&[0x81, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_none());
         assert_eq!(msg_seq_t(text), (Some(42), Some(9)));
         let real = br#"{"op":"msg","topic":"a/b","seq":7,"epoch":"e1","data":{"t":123,"p":"x{"}}"#;
         assert_eq!(msg_seq_t(real), (Some(7), Some(123)));

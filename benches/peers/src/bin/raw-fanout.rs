@@ -205,8 +205,9 @@ fn main() -> std::io::Result<()> {
                             c.queued = true;
                             dirty.push(s);
                         }
-                    } else if !c.blocked && !c.send_pending() {
-                        // Gone: its read event will clean it up.
+                    } else if !c.blocked {
+                        // A peer that is gone is cleaned up by its read event.
+                        c.send_pending();
                     }
                 }
             }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::config::Limits;
 use shardcast::mesh::{ConnRef, MeshMsg};
-use shardcast::proto::message::{self, MsgFields, Prio, Recovery};
+use shardcast::proto::message::{self, MsgFields, Recovery};
 use shardcast::shard::core::ShardCore;
 use shardcast::topic::owned::EpochSource;
 use shardcast::topic::PartitionMap;
@@ -67,7 +67,7 @@ fn ring(c: &mut Criterion) {
             let mut ends = shardcast::mesh::build(2, 8192).expect("mesh");
             let e1 = ends.pop().expect("shard 1");
             let mut e0 = ends.pop().expect("shard 0");
-            let frame: shardcast::mesh::SharedFrame = Arc::from(&b"frame"[..]);
+            let publ = shardcast::topic::publication::Publication::sample("a/b", 1, "1");
             let consumer = std::thread::spawn(move || {
                 let mut cons = e1.inboxes.into_iter().next().expect("ring").1;
                 let mut seen = 0u64;
@@ -79,17 +79,10 @@ fn ring(c: &mut Criterion) {
                 seen
             });
             let out = e0.outboxes[1].as_mut().expect("outbox");
-            let topic: Arc<str> = Arc::from("acme/room-1");
             let mut sent = 0;
             while sent < N {
                 if out.has_room(1) {
-                    out.push(MeshMsg::Deliver {
-                        topic: topic.clone(),
-                        seq: sent,
-                        prio: Prio::Normal,
-                        frame: frame.clone(),
-                        received_at: Instant::now(),
-                    });
+                    out.push(MeshMsg::Deliver { publ: publ.clone(), received_at: Instant::now() });
                     sent += 1;
                 }
             }
@@ -136,21 +129,13 @@ fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("local_fanout");
     const SUBS: usize = 10_000;
     g.throughput(Throughput::Elements(SUBS as u64));
-    let mut frame_bytes = Vec::new();
-    message::msg(
-        &mut frame_bytes,
-        &MsgFields { topic: "acme/room-1", seq: 1, epoch: "9f2c41d07ab3", msg_id: None, prio: None, data: DATA },
-    );
-    let frame: shardcast::mesh::SharedFrame = Arc::from(&frame_bytes[..]);
-    let topic: Arc<str> = Arc::from("acme/room-1");
+    let publ = shardcast::topic::publication::Publication::sample("acme/room-1", 1, DATA);
     let mut core = core_with_subscribers(SUBS);
-    let mut seq = 0;
     g.bench_function("queue_one_frame_on_10k_subscribers", |b| {
         b.iter_batched(
             || (),
             |()| {
-                seq += 1;
-                core.fanout_local(topic.clone(), seq, Prio::Normal, frame.clone(), Instant::now());
+                core.fanout_local(publ.clone(), Instant::now());
             },
             BatchSize::SmallInput,
         );
@@ -163,8 +148,7 @@ fn fanout(c: &mut Criterion) {
     let mut wbuf = Vec::with_capacity(64 * 1024);
     g.bench_function("queue_and_copy_out_one_frame_10k", |b| {
         b.iter(|| {
-            seq += 1;
-            core.fanout_local(topic.clone(), seq, Prio::Normal, frame.clone(), Instant::now());
+            core.fanout_local(publ.clone(), Instant::now());
             for (_, c) in core.conns.iter_mut() {
                 wbuf.clear();
                 c.out.fill(&mut wbuf, 64 * 1024);

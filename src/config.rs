@@ -97,6 +97,11 @@ pub struct ReplayConfig {
     pub dedupe_count: usize,
     /// How long a `msg_id` is remembered, ms.
     pub dedupe_age_ms: u64,
+    /// Replay + dedupe bytes one shard keeps over all its topics; past it
+    /// the oldest retained state of the shard goes first.
+    pub shard_budget_bytes: usize,
+    /// How often the owner's sweep runs, ms.
+    pub sweep_interval_ms: u64,
 }
 
 /// `[rates]`: token buckets for publishes.
@@ -111,6 +116,10 @@ pub struct RateConfig {
     pub tenant_per_sec: f64,
     /// Burst per tenant (whole process).
     pub tenant_burst: f64,
+    /// Control commands (`sub`, `unsub`) per second per connection.
+    pub control_per_sec: f64,
+    /// Burst of control commands per connection.
+    pub control_burst: f64,
 }
 
 /// `[liveness]`: pings and drain.
@@ -181,6 +190,8 @@ pub struct Limits {
     pub outbound_hard_bytes: usize,
     /// Topics owned per shard.
     pub max_topics_per_shard: usize,
+    /// Topics one tenant may own per shard.
+    pub max_topics_per_tenant: usize,
     /// Upgrade deadline, ms.
     pub handshake_timeout_ms: u64,
 }
@@ -217,7 +228,15 @@ struct EmbeddedDefault {
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        Self { max_count: 4096, max_bytes: 4 << 20, max_age_ms: 300_000, dedupe_count: 4096, dedupe_age_ms: 120_000 }
+        Self {
+            max_count: 4096,
+            max_bytes: 4 << 20,
+            max_age_ms: 300_000,
+            dedupe_count: 4096,
+            dedupe_age_ms: 120_000,
+            shard_budget_bytes: 256 << 20,
+            sweep_interval_ms: 100,
+        }
     }
 }
 
@@ -228,6 +247,8 @@ impl Default for RateConfig {
             connection_burst: 40_000.0,
             tenant_per_sec: 100_000.0,
             tenant_burst: 200_000.0,
+            control_per_sec: 1_000.0,
+            control_burst: 2_000.0,
         }
     }
 }
@@ -271,6 +292,7 @@ impl Default for Limits {
             outbound_soft_bytes: 1 << 20,
             outbound_hard_bytes: 4 << 20,
             max_topics_per_shard: 1_000_000,
+            max_topics_per_tenant: 100_000,
             handshake_timeout_ms: 10_000,
         }
     }
@@ -352,6 +374,9 @@ impl Config {
         if l.max_topics_per_shard == 0 {
             return invalid("limits.max_topics_per_shard", "must be at least 1");
         }
+        if l.max_topics_per_tenant == 0 {
+            return invalid("limits.max_topics_per_tenant", "must be at least 1");
+        }
         if l.handshake_timeout_ms == 0 {
             return invalid("limits.handshake_timeout_ms", "must be at least 1");
         }
@@ -362,7 +387,16 @@ impl Config {
         if r.dedupe_count == 0 || r.dedupe_age_ms == 0 {
             return invalid("replay.dedupe_count", "dedupe bounds (dedupe_count, dedupe_age_ms) must be positive");
         }
+        if r.shard_budget_bytes < r.max_bytes {
+            return invalid("replay.shard_budget_bytes", "must be at least replay.max_bytes");
+        }
+        if !(10..=10_000).contains(&r.sweep_interval_ms) {
+            return invalid("replay.sweep_interval_ms", "must be between 10 and 10000");
+        }
         let q = &self.rates;
+        if !(q.control_per_sec.is_finite() && q.control_per_sec > 0.0) || q.control_burst < 1.0 {
+            return invalid("rates.control_per_sec", "the control rate must be positive and its burst at least 1");
+        }
         let ok = |v: f64| v.is_finite() && v > 0.0;
         if !ok(q.connection_per_sec) || q.connection_burst < 1.0 || !ok(q.tenant_per_sec) || q.tenant_burst < 1.0 {
             return invalid("rates", "rates must be positive and bursts at least 1");

@@ -119,10 +119,10 @@ fn subscribe_answer_for_a_gone_connection_is_given_back() {
     s1.on_bytes(sub, &mut frame(&format!(r#"{{"op":"sub","id":1,"topic":"{topic}"}}"#)));
     s1.remove(sub);
     pump(&mut s0, &mut e0.inboxes); // owner counts it and answers
-    assert_eq!(s0.owned.total_interest(), 1);
+    assert_eq!(s0.owner.total_interest(), 1);
     pump(&mut s1, &mut e1.inboxes); // answer finds no connection → Release
     pump(&mut s0, &mut e0.inboxes);
-    assert_eq!(s0.owned.total_interest(), 0);
+    assert_eq!(s0.owner.total_interest(), 0);
     assert_eq!(s1.local.subscriptions(), 0);
     assert_eq!(s0.counters.internal_errors + s1.counters.internal_errors, 0);
 }

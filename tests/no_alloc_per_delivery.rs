@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shardcast::config::Limits;
-use shardcast::mesh::{ConnRef, MeshMsg, SharedFrame};
-use shardcast::proto::message::{Prio, Recovery};
+use shardcast::mesh::{ConnRef, MeshMsg};
+use shardcast::proto::message::Recovery;
 use shardcast::shard::core::ShardCore;
 use shardcast::topic::owned::EpochSource;
+use shardcast::topic::publication::Publication;
 use shardcast::topic::PartitionMap;
 
 struct Counting;
@@ -64,11 +65,12 @@ fn core_with(n: usize) -> ShardCore {
 /// reach their working capacity.
 fn allocs_per_publish(n: usize) -> u64 {
     let mut core = core_with(n);
-    let frame: SharedFrame = Arc::from(&b"\x81\x05hello"[..]);
-    let topic: Arc<str> = Arc::from("a/b");
     let mut wbuf = Vec::with_capacity(64 * 1024);
+    // One publication per round, built before the count (the owner's
+    // allocation, not a delivery's).
+    let pubs: Vec<_> = (1..=13).map(|seq| Publication::sample("a/b", seq, "\"hello\"")).collect();
     let mut round = |core: &mut ShardCore, seq: u64| {
-        core.fanout_local(topic.clone(), seq, Prio::Normal, frame.clone(), Instant::now());
+        core.fanout_local(pubs[seq as usize - 1].clone(), Instant::now());
         for (_, c) in core.conns.iter_mut() {
             wbuf.clear();
             c.out.fill(&mut wbuf, 64 * 1024);

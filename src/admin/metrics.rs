@@ -133,6 +133,40 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "topics_local", "gauge", "Topics with local subscribers.", |s| s.local_topics);
     o.per_shard(t, "replay_retained", "gauge", "Publications kept in replay rings.", |s| s.retained.0);
     o.per_shard(t, "replay_retained_bytes", "gauge", "Bytes kept in replay rings.", |s| s.retained.1);
+    o.per_shard(t, "owner_bytes", "gauge", "Replay + dedupe bytes held (bounded by replay.shard_budget_bytes).", |s| {
+        s.owner_bytes
+    });
+    o.per_shard_labelled(
+        t,
+        "owner_evictions_total",
+        "State the owner dropped to stay in bounds, by reason.",
+        "reason",
+        |s| {
+            let w = &s.owner;
+            vec![
+                ("topic_own_idle", w.evicted_own),
+                ("topic_empty_idle", w.evicted_empty),
+                ("topic_released_quiet", w.released_idle),
+                ("replay_age", w.replay_aged),
+                ("replay_budget", w.replay_budget),
+                ("dedupe_age", w.dedupe_aged),
+                ("dedupe_budget", w.dedupe_budget),
+            ]
+        },
+    );
+    o.per_shard_labelled(
+        t,
+        "owner_refused_total",
+        "Topic creations refused at a table bound, by reason.",
+        "reason",
+        |s| vec![("too_many_topics", s.owner.refused_table_full), ("tenant_topic_quota", s.owner.refused_tenant_quota)],
+    );
+    o.per_shard(t, "owner_sweep_budget_hits_total", "counter", "Sweep ticks that stopped at their work budget.", |s| {
+        s.owner.sweep_budget_hits
+    });
+    o.per_shard_labelled(t, "control_refused_total", "sub/unsub refused at the ingress, by reason.", "reason", |s| {
+        map_pairs(&s.counters.control_refused)
+    });
     o.per_shard(t, "publishes_accepted_total", "counter", "Publications sequenced (as owner).", |s| {
         s.counters.publishes_accepted
     });

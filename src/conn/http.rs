@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use super::input::{PubArgs, Refusal};
 use super::Phase;
-use crate::mesh::{ConnRef, ReplyKind};
+use crate::mesh::ReplyKind;
 use crate::proto::handshake::{self, HttpRequest};
 use crate::proto::message::{self, ErrorCode};
 use crate::shard::core::ShardCore;
@@ -254,20 +254,6 @@ impl ShardCore {
         out.push_str("]}");
         let resp = json_response(200, "OK", &out, None, false);
         self.http_done(idx, &resp);
-    }
-
-    /// The owner's answer for an HTTP connection on this shard.
-    pub(crate) fn on_http_answer(&mut self, conn: ConnRef, response: &[u8]) {
-        if self.conn_mut(conn).is_some() {
-            self.http_done(conn.idx as usize, response);
-        }
-    }
-
-    /// The owner's answer for one batch item on this shard.
-    pub(crate) fn on_batch_item(&mut self, conn: ConnRef, index: u32, body: String) {
-        if self.conn_mut(conn).is_some() {
-            self.batch_item(conn.idx as usize, index, body);
-        }
     }
 }
 

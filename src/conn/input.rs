@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::conn::rate::TokenBucket;
 use crate::conn::Phase;
-use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind};
+use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind, Requester};
 use crate::proto::frame::{self, CloseCode, Decoded, ServerOp};
 use crate::proto::handshake::{self, HandshakeOutcome};
 use crate::proto::message::{self, Command, ErrorCode};
@@ -214,6 +214,31 @@ impl ShardCore {
         self.tenants.take(tenant, rate, burst, now).map_err(|ms| ("tenant", ms))
     }
 
+    /// Meters a `sub`/`unsub` (each may make the owner replay up to the
+    /// soft outbound limit) and checks the ring to the owner has room, so
+    /// control traffic from connections cannot grow a ring's overflow queue.
+    fn admit_control(&mut self, idx: usize, topic: &str) -> Result<(), (ErrorCode, &'static str, u64)> {
+        let now = Instant::now();
+        let (rate, burst) = (self.policy.rates.control_per_sec, self.policy.rates.control_burst);
+        let c = &mut self.conns[idx];
+        let bucket = c.control_bucket.get_or_insert_with(|| TokenBucket::new(burst, now));
+        if let Err(ms) = bucket.take(rate, burst, now) {
+            *self.counters.control_refused.entry("rate_limited").or_default() += 1;
+            *self.counters.rate_limited.entry("control").or_default() += 1;
+            return Err((ErrorCode::RateLimited, "sub/unsub rate limit (connection) exceeded", ms));
+        }
+        let owner = self.map.owner(topic);
+        if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
+            *self.counters.control_refused.entry("overloaded").or_default() += 1;
+            return Err((
+                ErrorCode::Overloaded,
+                "engine overloaded (mesh ring full); retry later",
+                OVERLOADED_RETRY_MS,
+            ));
+        }
+        Ok(())
+    }
+
     fn on_command(&mut self, idx: usize, cmd: Command<'_>) {
         let gen = self.conns[idx].gen;
         let conn = ConnRef { idx: idx as u32, gen };
@@ -232,13 +257,19 @@ impl ShardCore {
                     );
                     return self.reply_error(idx, id, ErrorCode::TooManySubscriptions, &msg, None);
                 }
-                c.pending_subs += 1;
+                if let Err((code, msg, retry)) = self.admit_control(idx, &topic) {
+                    return self.reply_error(idx, id, code, msg, Some(retry));
+                }
+                self.conns[idx].pending_subs += 1;
                 let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since };
                 self.route_to_owner(msg);
             }
             Command::Unsub { id, topic } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+                }
+                if let Err((code, msg, retry)) = self.admit_control(idx, &topic) {
+                    return self.reply_error(idx, id, code, msg, Some(retry));
                 }
                 self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
             }
@@ -293,14 +324,12 @@ impl ShardCore {
         }
         let gen = self.conns[idx].gen;
         let req = PublishReq {
-            conn: ConnRef { idx: idx as u32, gen },
-            id: p.id,
+            to: Requester { conn: ConnRef { idx: idx as u32, gen }, id: p.id, kind: p.reply },
             topic: p.topic.into(),
             data: p.data.into(),
             msg_id: p.msg_id.map(Into::into),
             prio: p.prio,
             received_at: Instant::now(),
-            reply: p.reply,
         };
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));
         Ok(())

@@ -4,6 +4,7 @@
 //! [`state`], [`outbound`] and [`input`] are plain data and logic run by the
 //! shard's thread; only [`io`] touches glommio.
 
+pub mod deliver;
 pub mod http;
 pub mod input;
 pub mod io;

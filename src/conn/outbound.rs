@@ -19,20 +19,33 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::mesh::SharedFrame;
+use crate::mesh::SharedPub;
 use crate::proto::message::{self, Prio};
 
-/// One publication as queued on one shard: the shared frame plus what the
-/// queue needs to keep per-topic order (one allocation per shard per
-/// publish, shared by every local subscriber).
+/// One publication as queued on one shard (one allocation per shard per
+/// publish, shared by every local subscriber, so a delivery touches no
+/// reference count another core also touches).
 #[derive(Debug)]
 pub struct Delivery {
-    /// The encoded `msg` frame.
-    pub frame: SharedFrame,
-    /// Its topic (the owner's `Arc`).
-    pub topic: Arc<str>,
-    /// Its seq.
-    pub seq: u64,
+    /// The publication, with its encoded frame.
+    pub publ: SharedPub,
+}
+
+impl Delivery {
+    /// The native frame.
+    pub fn frame(&self) -> &[u8] {
+        &self.publ.frame
+    }
+
+    /// The topic (the owner's `Arc`).
+    pub fn topic(&self) -> &Arc<str> {
+        &self.publ.topic
+    }
+
+    /// The seq.
+    pub fn seq(&self) -> u64 {
+        self.publ.seq
+    }
 }
 
 /// A publication frame as queued on one shard.
@@ -119,18 +132,18 @@ impl Outbound {
     /// queued normal frames of its topic turns them into a `gap`, so the
     /// subscriber still sees the topic's seqs in increasing order.
     pub fn push_frame(&mut self, d: &LocalFrame, prio: Prio, soft: usize, hard: usize) -> Push {
-        let len = d.frame.len();
+        let len = d.frame().len();
         match prio {
             Prio::Critical => {
                 if self.bytes + len > hard {
                     return Push::Overflow;
                 }
                 if !self.normal.is_empty() {
-                    self.drop_normal_of(&d.topic);
+                    self.drop_normal_of(d.topic());
                 }
                 self.critical.push_back(d.clone());
             }
-            Prio::Normal if self.bytes + len > soft => return self.note_drop(&d.topic, d.seq, hard),
+            Prio::Normal if self.bytes + len > soft => return self.note_drop(d.topic(), d.seq(), hard),
             Prio::Normal => self.normal.push_back(Item::Frame(d.clone())),
         }
         self.bytes += len;
@@ -155,15 +168,15 @@ impl Outbound {
     /// Replaces the queued normal frames of `topic` with gap markers.
     fn drop_normal_of(&mut self, topic: &Arc<str>) {
         let same = |t: &Arc<str>| Arc::ptr_eq(t, topic) || **t == **topic;
-        if !self.normal.iter().any(|i| matches!(i, Item::Frame(f) if same(&f.topic))) {
+        if !self.normal.iter().any(|i| matches!(i, Item::Frame(f) if same(f.topic()))) {
             return;
         }
         let old = std::mem::take(&mut self.normal);
         for item in old {
             match item {
-                Item::Frame(f) if same(&f.topic) => {
-                    self.bytes -= f.frame.len();
-                    let _ = self.note_drop(&f.topic, f.seq, usize::MAX);
+                Item::Frame(f) if same(f.topic()) => {
+                    self.bytes -= f.frame().len();
+                    let _ = self.note_drop(f.topic(), f.seq(), usize::MAX);
                 }
                 other => self.normal.push_back(other),
             }
@@ -176,17 +189,17 @@ impl Outbound {
         let mut removed = 0;
         let mut bytes = 0;
         self.critical.retain(|f| {
-            let keep = &*f.topic != topic;
+            let keep = &**f.topic() != topic;
             if !keep {
                 removed += 1;
-                bytes += f.frame.len();
+                bytes += f.frame().len();
             }
             keep
         });
         self.normal.retain(|i| match i {
-            Item::Frame(f) if &*f.topic == topic => {
+            Item::Frame(f) if &**f.topic() == topic => {
                 removed += 1;
-                bytes += f.frame.len();
+                bytes += f.frame().len();
                 false
             }
             Item::Gap(g) if &*g.topic == topic => {
@@ -213,11 +226,11 @@ impl Outbound {
     /// (lane order; for metrics, not the data path).
     pub fn for_each_queued<'a>(&'a self, mut f: impl FnMut(&'a Arc<str>, u64)) {
         for d in &self.critical {
-            f(&d.topic, d.seq);
+            f(d.topic(), d.seq());
         }
         for i in &self.normal {
             if let Item::Frame(d) = i {
-                f(&d.topic, d.seq);
+                f(d.topic(), d.seq());
             }
         }
     }
@@ -253,14 +266,14 @@ impl Outbound {
             let Some(f) = self.critical.pop_front() else {
                 break;
             };
-            out.extend_from_slice(&f.frame);
-            self.bytes -= f.frame.len();
+            out.extend_from_slice(f.frame());
+            self.bytes -= f.frame().len();
         }
         while out.len() < max {
             match self.normal.pop_front() {
                 Some(Item::Frame(f)) => {
-                    out.extend_from_slice(&f.frame);
-                    self.bytes -= f.frame.len();
+                    out.extend_from_slice(f.frame());
+                    self.bytes -= f.frame().len();
                 }
                 Some(Item::Gap(g)) => {
                     message::gap(out, &g.topic, g.from, g.to);
@@ -304,7 +317,12 @@ mod tests {
     use super::*;
 
     fn frame_of(topic: &str, seq: u64, byte: u8, len: usize) -> LocalFrame {
-        Rc::new(Delivery { frame: Arc::from(vec![byte; len]), topic: Arc::from(topic), seq })
+        let data = String::from_utf8(vec![byte; len]).unwrap();
+        let epoch = crate::topic::owned::EpochSource::new(0).next_epoch();
+        let meta = crate::topic::publication::PubMeta { topic, seq, epoch, prio: None, msg_id: None, data: &data };
+        let frame: Box<[u8]> = data.as_bytes().into();
+        let publ = crate::topic::publication::Publication::new(Arc::from(topic), &meta, frame, (0, len));
+        Rc::new(Delivery { publ: Arc::new(publ) })
     }
 
     fn drain(o: &mut Outbound) -> Vec<u8> {

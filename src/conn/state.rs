@@ -66,6 +66,8 @@ pub struct Conn {
     pub http: Option<Box<super::http::HttpState>>,
     /// Publish rate bucket, created on the first publish.
     pub bucket: Option<TokenBucket>,
+    /// `sub`/`unsub` rate bucket, created on the first such command.
+    pub control_bucket: Option<TokenBucket>,
     /// The close code sent, once closing (for metrics).
     pub close_code: Option<u16>,
 }
@@ -85,6 +87,7 @@ impl Conn {
             last_seen: now,
             ping_out: false,
             bucket: None,
+            control_bucket: None,
             http: None,
             close_code: None,
         }

@@ -11,5 +11,5 @@ pub mod msg;
 pub mod ring;
 
 pub use doorbell::Doorbell;
-pub use msg::{ConnRef, MeshMsg, PublishReq, ReplyKind, SharedFrame};
+pub use msg::{ConnRef, MeshMsg, PubReply, PublishReq, ReplyKind, Requester, SharedPub};
 pub use ring::{build, MeshEnds, Outbox};

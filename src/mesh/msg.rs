@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use crate::proto::message::{ErrorCode, Prio, Recovery, Since};
 use crate::topic::owned::Epoch;
-use crate::topic::replay::Retained;
 
-/// A pre-encoded WebSocket frame shared by every subscriber on every shard.
-pub type SharedFrame = Arc<[u8]>;
+/// A publication as shared between shards (protocol-neutral, with its
+/// native frame encoded once).
+pub use crate::topic::publication::SharedPub;
 
 /// A connection on some shard: its slot and the slot's generation, so a
 /// reply to a connection that has gone (and whose slot was reused) is
@@ -25,16 +25,27 @@ pub struct ConnRef {
     pub gen: u32,
 }
 
-/// A publish on its way to the owner.
-#[derive(Debug)]
-pub struct PublishReq {
+/// Who waits for the answer to a publish, and in which language the edge
+/// must encode it. The owner never encodes replies: it sends a typed
+/// [`PubReply`] back and the requester's shard encodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
     /// The publishing connection (on the sending shard).
     pub conn: ConnRef,
     /// Command id to echo.
     pub id: Option<u64>,
+    /// How the edge answers.
+    pub kind: ReplyKind,
+}
+
+/// A publish on its way to the owner.
+#[derive(Debug)]
+pub struct PublishReq {
+    /// Who waits for the answer.
+    pub to: Requester,
     /// Validated topic.
     pub topic: Box<str>,
-    /// Verbatim JSON `data`.
+    /// Verbatim, validated JSON `data`.
     pub data: Box<str>,
     /// Idempotency key.
     pub msg_id: Option<Box<str>>,
@@ -42,66 +53,66 @@ pub struct PublishReq {
     pub prio: Option<Prio>,
     /// When the publish was read off the socket.
     pub received_at: Instant,
-    /// How the owner must answer.
-    pub reply: ReplyKind,
 }
 
-/// What kind of client a publish came from, so the owner answers in its
+/// What kind of client a publish came from, so its edge answers in its
 /// language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyKind {
-    /// A WebSocket `pub`: an `ack` or `error` frame (`Reply`).
+    /// A WebSocket `pub`: an `ack` or `error` frame.
     Ws,
-    /// `POST /v1/publish`: a whole HTTP response (`HttpAnswer`).
+    /// `POST /v1/publish`: a whole HTTP response.
     Http,
-    /// Item `n` of `POST /v1/publish/batch` (`BatchItem`).
+    /// Item `n` of `POST /v1/publish/batch`.
     Batch(u32),
+}
+
+/// The owner's answer to a publish, protocol-neutral.
+#[derive(Debug, Clone)]
+pub enum PubReply {
+    /// Sequenced (or a duplicate of an earlier publication).
+    Ack {
+        /// The topic.
+        topic: Arc<str>,
+        /// Its seq.
+        seq: u64,
+        /// The topic's epoch.
+        epoch: Epoch,
+        /// A repeated `msg_id`: not delivered again.
+        dup: bool,
+    },
+    /// Refused.
+    Refused {
+        /// Error code.
+        code: ErrorCode,
+        /// Explanation.
+        message: &'static str,
+        /// When to retry.
+        retry_after_ms: Option<u64>,
+    },
 }
 
 /// A message between two shards.
 #[derive(Debug)]
 pub enum MeshMsg {
-    /// Shard of the publisher → owner: sequence, ack (`Reply`) and fan out
-    /// (`Deliver`), or refuse (`Reply` with an error).
+    /// Shard of the publisher → owner: sequence, answer (`Published`) and
+    /// fan out (`Deliver`), or refuse (`Published` with `Refused`).
     Publish(Box<PublishReq>),
-    /// Owner → each interested shard: queue `frame` on every local
-    /// subscriber of `topic`.
+    /// Owner → each interested shard: queue `publ` on every local
+    /// subscriber of its topic.
     Deliver {
-        /// The topic.
-        topic: Arc<str>,
-        /// The publication's seq (for `gap` notices).
-        seq: u64,
-        /// Delivery lane.
-        prio: Prio,
-        /// The encoded `msg` frame.
-        frame: SharedFrame,
+        /// The publication.
+        publ: SharedPub,
         /// When the publish was read off the publisher's socket.
         received_at: Instant,
     },
-    /// Owner → shard of `conn`: queue this pre-encoded control frame.
-    Reply {
-        /// Recipient.
-        conn: ConnRef,
-        /// An encoded `ack` or `error` frame.
-        frame: Box<[u8]>,
-    },
-    /// Owner → shard of `conn`: the complete HTTP response to the request
-    /// the connection is waiting on.
-    HttpAnswer {
-        /// Recipient.
-        conn: ConnRef,
-        /// Status line, headers and body.
-        response: Box<[u8]>,
-    },
-    /// Owner → shard of `conn`: the JSON result of item `index` of the
-    /// batch the connection is waiting on.
-    BatchItem {
-        /// Recipient.
-        conn: ConnRef,
-        /// Position in the batch.
-        index: u32,
-        /// `{"seq","epoch","dup"}` or `{"error":{...}}`.
-        body: Box<str>,
+    /// Owner → shard of the requester: the answer to its publish, encoded
+    /// there for the requester's wire format.
+    Published {
+        /// Who waits.
+        to: Requester,
+        /// The answer.
+        reply: PubReply,
     },
     /// Shard of `conn` → owner: count one more subscription of the sender,
     /// answer with `Subscribed`.
@@ -134,7 +145,7 @@ pub enum MeshMsg {
         /// How a `since` resume turned out.
         recovery: Recovery,
         /// With `Recovery::Recovered`: the missed publications, in order.
-        replay: Vec<Retained>,
+        replay: Vec<SharedPub>,
     },
     /// Owner → shard of `conn`: the subscription was refused (nothing was
     /// counted); send `error` with `code`.

@@ -358,6 +358,15 @@ pub fn msg(out: &mut Vec<u8>, m: &MsgFields<'_>) {
     });
 }
 
+/// Encodes the `msg` frame of a publication on its own, and says where the
+/// verbatim `data` sits in it (the frame ends with `data` and `}`).
+pub fn msg_frame(scratch: &mut Vec<u8>, m: &MsgFields<'_>) -> (Box<[u8]>, (usize, usize)) {
+    scratch.clear();
+    msg(scratch, m);
+    let end = scratch.len() - 1;
+    (Box::from(&scratch[..]), (end - m.data.len(), end))
+}
+
 /// Appends an `ack`.
 pub fn ack(out: &mut Vec<u8>, id: Option<u64>, topic: &str, seq: u64, epoch: &str, dup: bool) {
     append_text_frame(out, |o| {

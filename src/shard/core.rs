@@ -20,7 +20,7 @@ use crate::mesh::{ConnRef, Outbox};
 use crate::proto::frame::{self, CloseCode};
 use crate::proto::message::{self, ErrorCode};
 use crate::topic::local::LocalSubs;
-use crate::topic::owned::OwnedTopics;
+use crate::topic::owner::{Owner, OwnerLimits, TableLimits};
 use crate::topic::replay::ReplayLimits;
 use crate::topic::PartitionMap;
 
@@ -42,16 +42,16 @@ pub struct ShardCore {
     next_gen: u32,
     /// Local subscribers by topic.
     pub local: LocalSubs,
-    /// Topics this shard owns.
-    pub owned: OwnedTopics,
+    /// The owner state machine of the partitions this shard owns.
+    pub owner: Owner,
     /// Outboxes to the other shards (None at `id`).
     pub outboxes: Vec<Option<Outbox>>,
     /// Counters and latency histograms.
     pub counters: Counters,
     /// Reused buffer for encoding one publication frame.
-    pub(super) encode_buf: Vec<u8>,
+    pub(crate) encode_buf: Vec<u8>,
     /// Reused list of target shards of one publish.
-    pub(super) targets: Vec<usize>,
+    pub(crate) targets: Vec<usize>,
     /// Draining: no new connections, no new work.
     pub draining: bool,
     /// Replay, dedupe, rate and liveness settings.
@@ -84,12 +84,37 @@ impl Policy {
             max_age: Duration::from_millis(self.replay.max_age_ms),
         }
     }
+
+    /// The owner's bounds.
+    pub fn owner_limits(&self, limits: &Limits) -> OwnerLimits {
+        OwnerLimits {
+            table: TableLimits {
+                max_topics: limits.max_topics_per_shard,
+                max_per_tenant: limits.max_topics_per_tenant,
+            },
+            replay: self.replay_limits(),
+            dedupe_count: self.replay.dedupe_count,
+            dedupe_age: Duration::from_millis(self.replay.dedupe_age_ms),
+            budget_bytes: self.replay.shard_budget_bytes,
+        }
+    }
 }
 
 impl ShardCore {
     /// A shard with no connections.
     pub fn new(id: usize, map: PartitionMap, limits: Limits, outboxes: Vec<Option<Outbox>>) -> Self {
-        let owned = OwnedTopics::new(id, map.shards, limits.max_topics_per_shard);
+        Self::with_policy(id, map, limits, outboxes, Policy::default())
+    }
+
+    /// A shard with no connections, applying `policy`.
+    pub fn with_policy(
+        id: usize,
+        map: PartitionMap,
+        limits: Limits,
+        outboxes: Vec<Option<Outbox>>,
+        policy: Policy,
+    ) -> Self {
+        let owner = Owner::new(id, map.shards, policy.owner_limits(&limits));
         Self {
             id,
             map,
@@ -97,13 +122,13 @@ impl ShardCore {
             conns: Slab::new(),
             next_gen: 0,
             local: LocalSubs::default(),
-            owned,
+            owner,
             outboxes,
             counters: Counters::new(),
             encode_buf: Vec::new(),
             targets: Vec::new(),
             draining: false,
-            policy: Policy::default(),
+            policy,
             tenants: Default::default(),
             drain: Default::default(),
             hits: Default::default(),
@@ -145,7 +170,7 @@ impl ShardCore {
 
     /// Removes `conn` at `pos` from `topic`'s local list, fixing the position
     /// of the connection that took its place.
-    pub(super) fn unlink(&mut self, conn: u32, topic: &Arc<str>, pos: u32) {
+    pub(crate) fn unlink(&mut self, conn: u32, topic: &Arc<str>, pos: u32) {
         let Some(moved) = self.local.remove(topic, pos) else {
             return;
         };

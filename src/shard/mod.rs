@@ -128,11 +128,7 @@ async fn run(spec: ShardSpec) {
     let MeshEnds { outboxes, inboxes, bell, bell_rx } = mesh;
     let ctx = Rc::new(ShardCtx {
         id,
-        core: RefCell::new({
-            let mut core = ShardCore::new(id, map, limits, outboxes);
-            core.policy = policy;
-            core
-        }),
+        core: RefCell::new(ShardCore::with_policy(id, map, limits, outboxes, policy)),
         rbuf: RefCell::new(vec![0u8; READ_BUF].into_boxed_slice()),
         wbuf: RefCell::new(Vec::with_capacity(crate::conn::io::WRITE_CHUNK + 4096)),
         stopping: Cell::new(false),
@@ -141,12 +137,39 @@ async fn run(spec: ShardSpec) {
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let accept = glommio::spawn_local(crate::conn::io::accept_loop(ctx.clone(), listener));
     let sweeper = glommio::spawn_local(sweep_liveness(ctx.clone()));
+    let owner_sweep = glommio::spawn_local(sweep_owner(ctx.clone()));
     // SAFETY: the read end of the doorbell pair, owned by this shard alone.
     let bell_rx = unsafe { glommio::net::UnixStream::from_raw_fd(bell_rx.into_raw_fd()) };
     let mesh = MeshTask { ctx: ctx.clone(), inboxes, bell, bell_rx, control, accept: Some(accept) };
     mesh.run().await;
     ctx.stopping.set(true);
     drop(sweeper);
+    drop(owner_sweep);
+}
+
+/// Steps of owner sweep work done per timer tick before yielding.
+const SWEEP_WORK: usize = 4096;
+
+/// Runs the owner's sweep (replay and dedupe age, shard budget, quiet
+/// topics) on a timer, a bounded amount of work per tick: a shard with a
+/// large backlog of expired state catches up over several ticks instead of
+/// stalling its connections.
+async fn sweep_owner(ctx: Rc<ShardCtx>) {
+    let period = Duration::from_millis(ctx.core.borrow().policy.replay.sweep_interval_ms);
+    loop {
+        glommio::timer::Timer::new(period).await;
+        if ctx.stopping.get() {
+            return;
+        }
+        loop {
+            let more = ctx.core.borrow_mut().owner.sweep(std::time::Instant::now(), SWEEP_WORK);
+            if !more {
+                break;
+            }
+            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
+        }
+    }
 }
 
 /// Runs the liveness sweep every half ping interval.
@@ -290,14 +313,16 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         connections_open: core.conns.len() as u64,
         subscriptions: core.local.subscriptions(),
         local_topics: core.local.topics() as u64,
-        owned_topics: core.owned.len() as u64,
-        owned_interest: core.owned.total_interest(),
+        owned_topics: core.owner.len() as u64,
+        owned_interest: core.owner.total_interest(),
         outbound_bytes,
         outbound_max_bytes,
         rings,
         doorbell_kicks: bell.kicks(),
-        retained: core.owned.retained(),
-        top_topics: core.owned.busiest(crate::admin::metrics::TOP_TOPICS),
+        retained: core.owner.retained(),
+        owner_bytes: core.owner.bytes() as u64,
+        owner: core.owner.stats.clone(),
+        top_topics: core.owner.busiest(crate::admin::metrics::TOP_TOPICS),
         backlog: backlog(core),
     }
 }

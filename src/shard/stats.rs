@@ -42,6 +42,11 @@ pub struct Counters {
     pub subscribes: u64,
     /// Subscriptions removed by `unsub`.
     pub unsubscribes: u64,
+    /// Subscribes the owner refused, by reason (topic table bounds).
+    pub subscribes_refused: BTreeMap<&'static str, u64>,
+    /// `sub`/`unsub` refused at the ingress: the control rate limit, or the
+    /// ring to the owner holds no room.
+    pub control_refused: BTreeMap<&'static str, u64>,
     /// Publications sequenced by this shard (as owner).
     pub publishes_accepted: u64,
     /// Publications refused, by reason.
@@ -105,6 +110,8 @@ impl Counters {
             errors_sent: BTreeMap::new(),
             subscribes: 0,
             unsubscribes: 0,
+            subscribes_refused: BTreeMap::new(),
+            control_refused: BTreeMap::new(),
             publishes_accepted: 0,
             publishes_rejected: BTreeMap::new(),
             frames_encoded: 0,
@@ -175,6 +182,10 @@ pub struct ShardStats {
     pub doorbell_kicks: u64,
     /// Publications and bytes retained in this shard's replay rings.
     pub retained: (u64, u64),
+    /// Replay + dedupe bytes the owner holds (bounded by the shard budget).
+    pub owner_bytes: u64,
+    /// The owner's counters.
+    pub owner: crate::topic::owner::OwnerStats,
     /// The owned topics with the highest seqs: (topic, last seq).
     pub top_topics: Vec<(String, u64)>,
     /// For local topics with frames still queued: (topic, oldest queued seq).

@@ -1,9 +1,12 @@
 //! Topics and partitions.
 //!
 //! * [`name`]: topic validation, the `tenant/room` partition key, the fixed
-//!   hash onto virtual partitions and the partition → shard map.
-//! * [`owned`]: state a topic's owner shard keeps: `seq`, `epoch`, and how
-//!   many subscriptions each shard holds (the interest set).
+//!   hash onto virtual partitions and the partition → owner routing table.
+//! * [`owner`]: the owner state machine of a shard's partitions (seq, epoch,
+//!   replay, dedupe, interest, eviction, sweep), pure: time comes in,
+//!   outcomes go out.
+//! * [`owned`], [`replay`], [`dedupe`]: one topic's state inside the owner.
+//! * [`publication`]: the protocol-neutral publication the mesh carries.
 //! * [`local`]: each shard's own index of which local connections subscribe
 //!   to which topics.
 //!
@@ -14,6 +17,8 @@ pub mod dedupe;
 pub mod local;
 pub mod name;
 pub mod owned;
+pub mod owner;
+pub mod publication;
 pub mod replay;
 
-pub use name::{BadTopic, PartitionMap};
+pub use name::{BadTopic, OwnerRef, PartitionMap};

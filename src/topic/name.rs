@@ -79,7 +79,18 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Maps topics to virtual partitions and partitions to shards.
+/// Who owns a partition: the one routing abstraction the connection plane
+/// sends topic commands through. Today every owner is a local shard; in
+/// cluster mode an entry becomes the cluster writer of the partition (a
+/// bridge participant on the mesh), and callers do not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OwnerRef {
+    /// Shard `k` of this process owns it.
+    Shard(usize),
+}
+
+/// Maps topics to virtual partitions and partitions to owners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionMap {
     /// Number of virtual partitions (fixed for the life of a deployment).
@@ -97,6 +108,11 @@ impl PartitionMap {
     /// The owner shard of a valid topic.
     pub fn owner(&self, topic: &str) -> usize {
         self.partition(topic) as usize % self.shards
+    }
+
+    /// The owner of a valid topic's partition.
+    pub fn route(&self, topic: &str) -> OwnerRef {
+        OwnerRef::Shard(self.owner(topic))
     }
 }
 

@@ -1,4 +1,5 @@
-//! What a topic's owner shard keeps: `seq`, `epoch` and the interest set.
+//! What a topic's owner keeps: `seq`, `epoch`, the interest set, the replay
+//! ring and the dedupe window (the table and its bounds: `owner`).
 //!
 //! The owner does not know which connections subscribe, only how many
 //! subscriptions each shard holds. A publish therefore costs one mesh message
@@ -6,7 +7,6 @@
 //! race: every subscribe adds one, every unsubscribe or disconnect gives one
 //! back, and messages between two shards are delivered in order.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -78,6 +78,8 @@ pub struct OwnedTopic {
     pub epoch: Epoch,
     /// Subscriptions held by each shard, indexed by shard id.
     interest: Box<[u32]>,
+    /// Sum of `interest`.
+    total: u64,
     /// Recent publications, for resume.
     pub replay: ReplayRing,
     /// Recent `msg_id`s, for idempotent publish.
@@ -85,17 +87,34 @@ pub struct OwnedTopic {
 }
 
 impl OwnedTopic {
+    /// A topic with no state yet, for a mesh of `shards`.
+    pub fn new(name: Arc<str>, epoch: Epoch, shards: usize) -> Self {
+        Self {
+            name,
+            seq: 0,
+            epoch,
+            interest: vec![0; shards].into_boxed_slice(),
+            total: 0,
+            replay: ReplayRing::default(),
+            dedupe: DedupeWindow::default(),
+        }
+    }
+
     /// Records one more subscription on `shard`.
     pub fn add_interest(&mut self, shard: usize) {
-        self.interest[shard] = self.interest[shard].saturating_add(1);
+        if let Some(n) = self.interest.get_mut(shard) {
+            *n = n.saturating_add(1);
+            self.total += 1;
+        }
     }
 
     /// Gives back one subscription of `shard`. Returns false (and changes
     /// nothing) if `shard` held none, which would be a bookkeeping bug.
     pub fn release_interest(&mut self, shard: usize) -> bool {
-        match self.interest[shard].checked_sub(1) {
+        match self.interest.get(shard).and_then(|n| n.checked_sub(1)) {
             Some(n) => {
                 self.interest[shard] = n;
+                self.total -= 1;
                 true
             }
             None => false,
@@ -109,108 +128,13 @@ impl OwnedTopic {
 
     /// Total subscriptions over all shards.
     pub fn subscriptions(&self) -> u64 {
-        self.interest.iter().map(|&n| u64::from(n)).sum()
-    }
-}
-
-/// Why a topic could not be created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TopicError {
-    /// The shard owns `max_topics` topics and none can be evicted.
-    #[error("too many topics on this shard")]
-    TooManyTopics,
-}
-
-/// All topics one shard owns.
-#[derive(Debug)]
-pub struct OwnedTopics {
-    map: HashMap<Arc<str>, OwnedTopic>,
-    shards: usize,
-    max_topics: usize,
-    epochs: EpochSource,
-    /// Topics evicted (to make room) since start.
-    pub evicted: u64,
-}
-
-impl OwnedTopics {
-    /// An empty set for shard `shard` of `shards`, holding at most `max_topics`.
-    pub fn new(shard: usize, shards: usize, max_topics: usize) -> Self {
-        Self { map: HashMap::new(), shards, max_topics, epochs: EpochSource::new(shard), evicted: 0 }
+        self.total
     }
 
-    /// The topic, if this shard has state for it.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut OwnedTopic> {
-        self.map.get_mut(name)
-    }
-
-    /// The topic, created with a fresh epoch if new. At the limit, a topic
-    /// without subscribers is evicted to make room (its epoch is gone with
-    /// it, so a later resume reports `epoch_mismatch`).
-    pub fn get_or_create(&mut self, name: &str) -> Result<&mut OwnedTopic, TopicError> {
-        if !self.map.contains_key(name) {
-            if self.map.len() >= self.max_topics {
-                let victim = self.map.iter().find(|(_, t)| t.subscriptions() == 0).map(|(k, _)| k.clone());
-                let Some(victim) = victim else {
-                    return Err(TopicError::TooManyTopics);
-                };
-                self.map.remove(&victim);
-                self.evicted += 1;
-            }
-            let name: Arc<str> = Arc::from(name);
-            let topic = OwnedTopic {
-                name: name.clone(),
-                seq: 0,
-                epoch: self.epochs.next_epoch(),
-                interest: vec![0; self.shards].into_boxed_slice(),
-                replay: ReplayRing::default(),
-                dedupe: DedupeWindow::default(),
-            };
-            self.map.insert(name, topic);
-        }
-        self.map.get_mut(name).ok_or(TopicError::TooManyTopics)
-    }
-
-    /// Number of topics owned.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether no topic is owned.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// Sum of all interest counts (subscriptions on all shards to topics this
-    /// shard owns). Used by tests and metrics to prove nothing leaks.
-    pub fn total_interest(&self) -> u64 {
-        self.map.values().map(OwnedTopic::subscriptions).sum()
-    }
-
-    /// Publications retained over all owned topics, and their bytes.
-    pub fn retained(&self) -> (u64, u64) {
-        self.map.values().fold((0, 0), |(n, b), t| (n + t.replay.len() as u64, b + t.replay.bytes() as u64))
-    }
-
-    /// The `n` owned topics with the highest seqs: (topic, last seq).
-    /// Linear in the number of topics (a selection, not a sort), since it
-    /// runs on the shard thread for every metrics scrape.
-    pub fn busiest(&self, n: usize) -> Vec<(String, u64)> {
-        let mut v: Vec<(&Arc<str>, u64)> = self.map.values().map(|t| (&t.name, t.seq)).collect();
-        if n == 0 {
-            return Vec::new();
-        }
-        if v.len() > n {
-            v.select_nth_unstable_by_key(n - 1, |t| std::cmp::Reverse(t.1));
-            v.truncate(n);
-        }
-        v.sort_by_key(|t| std::cmp::Reverse(t.1));
-        v.into_iter().map(|(t, s)| (t.to_string(), s)).collect()
-    }
-
-    /// Iterates over the owned topics.
-    pub fn iter(&self) -> impl Iterator<Item = &OwnedTopic> {
-        self.map.values()
+    /// No subscriber, nothing retained, no `msg_id` remembered: dropping it
+    /// loses nothing but its seq and epoch.
+    pub fn holds_nothing(&self) -> bool {
+        self.total == 0 && self.replay.is_empty() && self.dedupe.is_empty()
     }
 }
 
@@ -231,8 +155,7 @@ mod tests {
 
     #[test]
     fn interest_counts_are_exact() {
-        let mut topics = OwnedTopics::new(0, 3, 10);
-        let t = topics.get_or_create("a/b").unwrap();
+        let mut t = OwnedTopic::new(Arc::from("a/b"), EpochSource::new(0).next_epoch(), 3);
         t.add_interest(2);
         t.add_interest(2);
         t.add_interest(0);
@@ -240,34 +163,8 @@ mod tests {
         assert!(t.release_interest(2));
         assert!(t.release_interest(2));
         assert!(!t.release_interest(2), "never below zero");
+        assert!(!t.release_interest(7), "no such shard");
         assert_eq!(t.interested().collect::<Vec<_>>(), vec![0]);
-        assert_eq!(topics.total_interest(), 1);
-    }
-
-    #[test]
-    fn busiest_selects_the_top_seqs_in_order() {
-        let mut topics = OwnedTopics::new(0, 1, 100);
-        for (i, seq) in [5u64, 9, 1, 7, 3, 8].iter().enumerate() {
-            topics.get_or_create(&format!("a/{i}")).unwrap().seq = *seq;
-        }
-        let top: Vec<u64> = topics.busiest(3).into_iter().map(|(_, s)| s).collect();
-        assert_eq!(top, vec![9, 8, 7]);
-        assert_eq!(topics.busiest(10).len(), 6);
-        assert!(topics.busiest(0).is_empty());
-    }
-
-    #[test]
-    fn limit_evicts_only_idle_topics() {
-        let mut topics = OwnedTopics::new(0, 1, 2);
-        topics.get_or_create("a/1").unwrap().add_interest(0);
-        let e2 = topics.get_or_create("a/2").unwrap().epoch;
-        topics.get_or_create("a/3").unwrap();
-        assert_eq!((topics.len(), topics.evicted), (2, 1));
-        assert!(topics.get_mut("a/2").is_none());
-        topics.get_mut("a/3").unwrap().add_interest(0);
-        assert_eq!(topics.get_or_create("a/4").unwrap_err(), TopicError::TooManyTopics);
-        // Recreating an evicted topic draws a new epoch.
-        topics.get_mut("a/3").unwrap().release_interest(0);
-        assert_ne!(topics.get_or_create("a/2").unwrap().epoch, e2);
+        assert_eq!(t.subscriptions(), 1);
     }
 }

@@ -8,8 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::mesh::SharedFrame;
-use crate::proto::message::Prio;
+use super::publication::SharedPub;
 
 /// The bounds of one ring.
 #[derive(Debug, Clone, Copy)]
@@ -25,13 +24,10 @@ pub struct ReplayLimits {
 /// One retained publication.
 #[derive(Debug, Clone)]
 pub struct Retained {
-    /// Its seq.
-    pub seq: u64,
-    /// Its delivery lane.
-    pub prio: Prio,
-    /// The encoded `msg` frame (shared with live delivery).
-    pub frame: SharedFrame,
-    at: Instant,
+    /// The publication (shared with live delivery).
+    pub publ: SharedPub,
+    /// When it was retained.
+    pub at: Instant,
 }
 
 /// Why a resume cannot be served.
@@ -54,43 +50,44 @@ pub struct ReplayRing {
 
 impl ReplayRing {
     /// Retains a new publication (its seq must follow the last one) and
-    /// evicts what falls outside the bounds.
-    pub fn push(&mut self, seq: u64, prio: Prio, frame: SharedFrame, now: Instant, lim: &ReplayLimits) {
-        self.bytes += frame.len();
-        self.items.push_back(Retained { seq, prio, frame, at: now });
-        self.evict(now, lim);
+    /// evicts what falls outside the per-topic count and byte bounds.
+    /// Returns (publications, bytes) evicted. Age and the shard budget are
+    /// the owner's sweep's (it pops from the front).
+    pub fn push(&mut self, publ: SharedPub, now: Instant, lim: &ReplayLimits) -> (usize, usize) {
+        self.bytes += publ.bytes();
+        self.items.push_back(Retained { publ, at: now });
+        let (mut n, mut freed) = (0, 0);
+        while self.items.len() > lim.max_count || self.bytes > lim.max_bytes {
+            freed += self.pop_oldest();
+            n += 1;
+        }
+        (n, freed)
     }
 
-    fn evict(&mut self, now: Instant, lim: &ReplayLimits) {
-        while let Some(front) = self.items.front() {
-            let old = now.saturating_duration_since(front.at) > lim.max_age;
-            if !(self.items.len() > lim.max_count || self.bytes > lim.max_bytes || old) {
-                break;
-            }
-            self.bytes -= front.frame.len();
-            self.items.pop_front();
-        }
+    /// Drops the oldest publication; returns its bytes.
+    pub fn pop_oldest(&mut self) -> usize {
+        let Some(r) = self.items.pop_front() else { return 0 };
+        let b = r.publ.bytes();
+        self.bytes -= b;
+        b
+    }
+
+    /// The oldest retained publication.
+    pub fn front(&self) -> Option<&Retained> {
+        self.items.front()
     }
 
     /// The publications after `since` up to `last` (the topic's seq), in
     /// order, if all are retained and fit in `max_bytes` of replay.
-    pub fn resume(
-        &mut self,
-        since: u64,
-        last: u64,
-        now: Instant,
-        lim: &ReplayLimits,
-        max_bytes: usize,
-    ) -> Result<Vec<Retained>, ResumeError> {
+    pub fn resume(&self, since: u64, last: u64, max_bytes: usize) -> Result<Vec<SharedPub>, ResumeError> {
         if since > last {
             return Err(ResumeError::Ahead);
         }
         if since == last {
             return Ok(Vec::new());
         }
-        self.evict(now, lim);
         let first = match self.items.front() {
-            Some(f) => f.seq,
+            Some(f) => f.publ.seq,
             None => return Err(ResumeError::Expired),
         };
         if since + 1 < first {
@@ -98,13 +95,13 @@ impl ReplayRing {
         }
         let skip = (since + 1 - first) as usize;
         let mut bytes = 0;
-        let mut out = Vec::with_capacity(self.items.len() - skip);
+        let mut out = Vec::with_capacity(self.items.len().saturating_sub(skip));
         for r in self.items.iter().skip(skip) {
-            bytes += r.frame.len();
+            bytes += r.publ.frame.len();
             if bytes > max_bytes {
                 return Err(ResumeError::Limit);
             }
-            out.push(r.clone());
+            out.push(r.publ.clone());
         }
         Ok(out)
     }
@@ -119,7 +116,7 @@ impl ReplayRing {
         self.items.is_empty()
     }
 
-    /// Frame bytes retained.
+    /// Bytes retained.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -128,58 +125,63 @@ impl ReplayRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::topic::owned::EpochSource;
+    use crate::topic::publication::{PubMeta, Publication};
 
-    fn lim(count: usize, bytes: usize, age_ms: u64) -> ReplayLimits {
-        ReplayLimits { max_count: count, max_bytes: bytes, max_age: Duration::from_millis(age_ms) }
+    fn lim(count: usize, bytes: usize) -> ReplayLimits {
+        ReplayLimits { max_count: count, max_bytes: bytes, max_age: Duration::from_secs(60) }
+    }
+
+    pub(crate) fn publ(seq: u64, len: usize) -> SharedPub {
+        let data = "1".repeat(len);
+        let epoch = EpochSource::new(0).next_epoch();
+        let meta = PubMeta { topic: "a/b", seq, epoch, prio: None, msg_id: None, data: &data };
+        let frame: Box<[u8]> = data.as_bytes().into();
+        std::sync::Arc::new(Publication::new(std::sync::Arc::from("a/b"), &meta, frame, (0, len)))
     }
 
     fn fill(ring: &mut ReplayRing, n: u64, now: Instant, l: &ReplayLimits) {
         for seq in 1..=n {
-            ring.push(seq, Prio::Normal, Arc::from(vec![seq as u8; 10]), now, l);
+            ring.push(publ(seq, 10), now, l);
         }
     }
 
     #[test]
     fn resume_returns_exactly_the_missed_run() {
-        let (now, l) = (Instant::now(), lim(100, 1 << 20, 60_000));
+        let (now, l) = (Instant::now(), lim(100, 1 << 20));
         let mut ring = ReplayRing::default();
         fill(&mut ring, 50, now, &l);
-        let got: Vec<u64> = ring.resume(41, 50, now, &l, usize::MAX).unwrap().iter().map(|r| r.seq).collect();
+        let got: Vec<u64> = ring.resume(41, 50, usize::MAX).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(got, (42..=50).collect::<Vec<_>>());
-        assert!(ring.resume(50, 50, now, &l, usize::MAX).unwrap().is_empty());
-        assert_eq!(ring.resume(0, 50, now, &l, usize::MAX).unwrap().len(), 50);
-        assert_eq!(ring.resume(51, 50, now, &l, usize::MAX).unwrap_err(), ResumeError::Ahead);
+        assert!(ring.resume(50, 50, usize::MAX).unwrap().is_empty());
+        assert_eq!(ring.resume(0, 50, usize::MAX).unwrap().len(), 50);
+        assert_eq!(ring.resume(51, 50, usize::MAX).unwrap_err(), ResumeError::Ahead);
     }
 
     #[test]
-    fn count_bytes_and_age_each_bound_the_ring() {
+    fn count_and_bytes_each_bound_the_ring() {
         let now = Instant::now();
-        let by_count = lim(10, 1 << 20, 60_000);
+        let by_count = lim(10, 1 << 20);
         let mut ring = ReplayRing::default();
         fill(&mut ring, 50, now, &by_count);
         assert_eq!(ring.len(), 10);
-        assert_eq!(ring.resume(39, 50, now, &by_count, usize::MAX).unwrap_err(), ResumeError::Expired);
-        assert_eq!(ring.resume(40, 50, now, &by_count, usize::MAX).unwrap().len(), 10);
+        assert_eq!(ring.resume(39, 50, usize::MAX).unwrap_err(), ResumeError::Expired);
+        assert_eq!(ring.resume(40, 50, usize::MAX).unwrap().len(), 10);
 
-        let by_bytes = lim(1000, 55, 60_000);
+        let one = publ(1, 10).bytes();
+        let by_bytes = lim(1000, one * 5 + 5);
         let mut ring = ReplayRing::default();
         fill(&mut ring, 50, now, &by_bytes);
-        assert_eq!((ring.len(), ring.bytes()), (5, 50));
-
-        let by_age = lim(1000, 1 << 20, 100);
-        let mut ring = ReplayRing::default();
-        fill(&mut ring, 5, now, &by_age);
-        let later = now + Duration::from_millis(200);
-        assert_eq!(ring.resume(2, 5, later, &by_age, usize::MAX).unwrap_err(), ResumeError::Expired);
-        assert!(ring.is_empty(), "aged out");
+        assert_eq!((ring.len(), ring.bytes()), (5, one * 5));
+        while ring.pop_oldest() > 0 {}
+        assert_eq!((ring.len(), ring.bytes()), (0, 0));
     }
 
     #[test]
     fn oversized_replay_is_a_limit() {
-        let (now, l) = (Instant::now(), lim(100, 1 << 20, 60_000));
+        let (now, l) = (Instant::now(), lim(100, 1 << 20));
         let mut ring = ReplayRing::default();
         fill(&mut ring, 50, now, &l);
-        assert_eq!(ring.resume(0, 50, now, &l, 100).unwrap_err(), ResumeError::Limit);
+        assert_eq!(ring.resume(0, 50, 100).unwrap_err(), ResumeError::Limit);
     }
 }

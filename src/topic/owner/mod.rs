@@ -1,0 +1,550 @@
+//! The owner of a shard's partitions, as a pure state machine.
+//!
+//! Sequencing, epochs, replay, dedupe, interest, eviction and the memory
+//! sweep of every topic this shard owns. Commands and the current time come
+//! in (`publish`, `subscribe`, `release`, `sweep`), typed outcomes go out;
+//! it reads no clock, does no I/O and knows no wire format (the caller
+//! passes the encoder that builds a publication's frames, once per publish).
+//! Run by the owning shard's thread only; the deterministic harness in
+//! `tests/harness.rs` drives several of them with simulated time.
+//!
+//! Every total is bounded (config key → field):
+//! * topics per shard (`limits.max_topics_per_shard`) and per tenant per
+//!   shard (`limits.max_topics_per_tenant`), O(1) LRU eviction of idle
+//!   topics within the rules of [`table`];
+//! * replay per topic (`replay.max_count`, `replay.max_bytes`), age
+//!   (`replay.max_age_ms`), dedupe per topic (`replay.dedupe_count`,
+//!   `replay.dedupe_age_ms`), and replay + dedupe bytes per shard
+//!   (`replay.shard_budget_bytes`), enforced oldest-first by [`sweep`] on
+//!   every publish and on the shard's timer, not only when a topic is
+//!   touched; a quiet topic with nothing left is released.
+
+pub mod sweep;
+pub mod table;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use self::sweep::{Entry, SweepLog};
+use self::table::Table;
+pub use self::table::{CreateError, Evicted, TableLimits};
+use super::owned::{Epoch, EpochSource, OwnedTopic};
+use super::publication::{PubMeta, Publication, SharedPub};
+use super::replay::{ReplayLimits, ResumeError};
+use crate::proto::message::Prio;
+
+/// The owner's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerLimits {
+    /// Topic table bounds.
+    pub table: TableLimits,
+    /// Per-topic replay bounds.
+    pub replay: ReplayLimits,
+    /// `msg_id`s remembered per topic.
+    pub dedupe_count: usize,
+    /// How long a `msg_id` is remembered.
+    pub dedupe_age: Duration,
+    /// Replay + dedupe bytes per shard.
+    pub budget_bytes: usize,
+}
+
+/// A publication as the owner receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishIn<'a> {
+    /// Validated topic.
+    pub topic: &'a str,
+    /// Verbatim, validated JSON payload.
+    pub data: &'a str,
+    /// Idempotency key.
+    pub msg_id: Option<&'a str>,
+    /// Priority as given.
+    pub prio: Option<Prio>,
+}
+
+/// Why the owner refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refused {
+    /// `max_topics_per_shard` reached and nothing may be evicted.
+    TableFull,
+    /// The tenant's `max_topics_per_tenant` reached, none of its own idle.
+    TenantQuota,
+    /// A ring to an interested shard is full (the caller's `room` said no).
+    RingFull,
+}
+
+impl Refused {
+    /// The counter label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TableFull => "too_many_topics",
+            Self::TenantQuota => "tenant_topic_quota",
+            Self::RingFull => "overloaded",
+        }
+    }
+
+    /// The explanation sent to the client.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::TableFull => "the owner shard holds its maximum number of topics",
+            Self::TenantQuota => "the tenant holds its maximum number of topics on this shard",
+            Self::RingFull => "engine overloaded (mesh ring full); retry later",
+        }
+    }
+}
+
+impl From<CreateError> for Refused {
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::TableFull => Self::TableFull,
+            CreateError::TenantQuota => Self::TenantQuota,
+        }
+    }
+}
+
+/// What a publish came to.
+#[derive(Debug)]
+pub enum PublishOutcome {
+    /// Sequenced and retained; deliver to the shards put in `targets`.
+    Accepted(SharedPub),
+    /// A repeated `msg_id` inside the window: not delivered again.
+    Duplicate {
+        /// The topic.
+        topic: Arc<str>,
+        /// The original seq.
+        seq: u64,
+        /// The topic's epoch.
+        epoch: Epoch,
+    },
+    /// Refused; nothing changed but perhaps a new empty topic.
+    Refused(Refused),
+}
+
+/// How a `since` resume turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// No `since` was given.
+    NotAsked,
+    /// Recovered: this many replayed publications follow.
+    Recovered(u64),
+    /// Not recovered, for this reason (`epoch_mismatch`, `expired`, `limit`).
+    Failed(&'static str),
+}
+
+/// What a subscribe came to.
+#[derive(Debug)]
+pub enum SubscribeOutcome {
+    /// Counted. Every publication sequenced after this has a seq above `seq`.
+    Subscribed {
+        /// The topic's shared name.
+        topic: Arc<str>,
+        /// Last assigned seq.
+        seq: u64,
+        /// Current epoch.
+        epoch: Epoch,
+        /// How a `since` resume turned out.
+        recovery: Recovery,
+        /// With `Recovered`: the missed publications, in order.
+        replay: Vec<SharedPub>,
+    },
+    /// Refused; nothing was counted.
+    Refused(Refused),
+}
+
+/// Counters of one owner.
+#[derive(Debug, Clone, Default)]
+pub struct OwnerStats {
+    /// Topics created.
+    pub topics_created: u64,
+    /// Idle topics of the creating tenant evicted to make room.
+    pub evicted_own: u64,
+    /// Other tenants' empty idle topics evicted to make room.
+    pub evicted_empty: u64,
+    /// Quiet topics released by the sweep (no subscriber, nothing held).
+    pub released_idle: u64,
+    /// Creates refused at `max_topics_per_shard`.
+    pub refused_table_full: u64,
+    /// Creates refused at `max_topics_per_tenant`.
+    pub refused_tenant_quota: u64,
+    /// Retained publications dropped for age.
+    pub replay_aged: u64,
+    /// Retained publications dropped for the shard budget.
+    pub replay_budget: u64,
+    /// `msg_id`s forgotten for age.
+    pub dedupe_aged: u64,
+    /// `msg_id`s forgotten for the shard budget.
+    pub dedupe_budget: u64,
+    /// Duplicate publishes answered with their original seq.
+    pub dedupe_hits: u64,
+    /// Sweep runs that stopped at their work budget.
+    pub sweep_budget_hits: u64,
+}
+
+/// The owner state of one shard.
+#[derive(Debug)]
+pub struct Owner {
+    shards: usize,
+    lim: OwnerLimits,
+    table: Table,
+    epochs: EpochSource,
+    replay_log: SweepLog,
+    dedupe_log: SweepLog,
+    /// Topics that became idle holding nothing, to release after a grace.
+    idle_log: SweepLog,
+    replay_items: usize,
+    dedupe_items: usize,
+    bytes: usize,
+    /// Counters.
+    pub stats: OwnerStats,
+}
+
+/// The tenant of a valid topic: its first segment.
+pub fn tenant_of(topic: &str) -> &str {
+    topic.split('/').next().unwrap_or(topic)
+}
+
+impl Owner {
+    /// The owner of shard `shard` in a mesh of `shards`.
+    pub fn new(shard: usize, shards: usize, lim: OwnerLimits) -> Self {
+        Self {
+            shards,
+            lim,
+            table: Table::default(),
+            epochs: EpochSource::new(shard),
+            replay_log: SweepLog::default(),
+            dedupe_log: SweepLog::default(),
+            idle_log: SweepLog::default(),
+            replay_items: 0,
+            dedupe_items: 0,
+            bytes: 0,
+            stats: OwnerStats::default(),
+        }
+    }
+
+    /// The topic's slot, created (with a fresh epoch) if new.
+    fn slot_for(&mut self, topic: &str) -> Result<u32, Refused> {
+        if let Some(i) = self.table.find(topic) {
+            return Ok(i);
+        }
+        let (shards, epoch) = (self.shards, self.epochs.next_epoch());
+        let created = self.table.create(topic, tenant_of(topic), self.lim.table, |n| OwnedTopic::new(n, epoch, shards));
+        match created {
+            Ok((idx, ev, gone)) => {
+                self.stats.topics_created += 1;
+                match ev {
+                    Evicted::None => {}
+                    Evicted::Own => self.stats.evicted_own += 1,
+                    Evicted::Empty => self.stats.evicted_empty += 1,
+                }
+                if let Some(t) = gone {
+                    self.forget(&t);
+                }
+                Ok(idx)
+            }
+            Err(e) => {
+                match e {
+                    CreateError::TableFull => self.stats.refused_table_full += 1,
+                    CreateError::TenantQuota => self.stats.refused_tenant_quota += 1,
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Takes a removed topic's state out of the shard totals (its sweep log
+    /// entries go stale: the slot's generation no longer matches).
+    fn forget(&mut self, t: &OwnedTopic) {
+        self.bytes -= t.replay.bytes() + t.dedupe.bytes();
+        self.replay_items -= t.replay.len();
+        self.dedupe_items -= t.dedupe.len();
+    }
+
+    /// Sequences a publication: dedupe, ring room for every interested
+    /// shard (`room(shard)`), seq, encode once (`encode`), retain, budget.
+    /// On `Accepted`, `targets` holds the interested shards.
+    pub fn publish(
+        &mut self,
+        p: &PublishIn<'_>,
+        now: Instant,
+        targets: &mut Vec<usize>,
+        mut room: impl FnMut(usize) -> bool,
+        encode: impl FnOnce(Arc<str>, &PubMeta<'_>) -> Publication,
+    ) -> PublishOutcome {
+        targets.clear();
+        let idx = match self.slot_for(p.topic) {
+            Ok(i) => i,
+            Err(r) => return PublishOutcome::Refused(r),
+        };
+        let Some(slot) = self.table.get_mut(idx) else {
+            return PublishOutcome::Refused(Refused::TableFull);
+        };
+        let gen = slot.gen;
+        let t = &mut slot.topic;
+        if let Some(seq) = p.msg_id.and_then(|m| t.dedupe.lookup(m)) {
+            self.stats.dedupe_hits += 1;
+            return PublishOutcome::Duplicate { topic: t.name.clone(), seq, epoch: t.epoch };
+        }
+        targets.extend(t.interested());
+        if targets.iter().any(|&s| !room(s)) {
+            targets.clear();
+            return PublishOutcome::Refused(Refused::RingFull);
+        }
+        t.seq += 1;
+        let meta = PubMeta { topic: &t.name, seq: t.seq, epoch: t.epoch, prio: p.prio, msg_id: p.msg_id, data: p.data };
+        let publ: SharedPub = Arc::new(encode(t.name.clone(), &meta));
+        let (dropped, freed) = t.replay.push(publ.clone(), now, &self.lim.replay);
+        self.bytes = self.bytes + publ.bytes() - freed;
+        self.replay_items = self.replay_items + 1 - dropped;
+        self.replay_log.push(Entry { slot: idx, gen, key: publ.seq, at: now });
+        if let Some(mid) = p.msg_id {
+            let before = t.dedupe.bytes();
+            let key = t.dedupe.insert(mid, publ.seq, now);
+            self.dedupe_items += 1;
+            while t.dedupe.len() > self.lim.dedupe_count {
+                t.dedupe.pop_oldest();
+                self.dedupe_items -= 1;
+            }
+            self.bytes = self.bytes + t.dedupe.bytes() - before;
+            self.dedupe_log.push(Entry { slot: idx, gen, key, at: now });
+        }
+        self.table.touch(idx);
+        self.enforce_budget(usize::MAX);
+        PublishOutcome::Accepted(publ)
+    }
+
+    /// Counts one more subscription of `shard` and answers with the
+    /// position (and, with `since`, the replay up to `max_replay` bytes).
+    pub fn subscribe(
+        &mut self,
+        shard: usize,
+        topic: &str,
+        since: Option<(u64, &str)>,
+        max_replay: usize,
+    ) -> SubscribeOutcome {
+        let idx = match self.slot_for(topic) {
+            Ok(i) => i,
+            Err(r) => return SubscribeOutcome::Refused(r),
+        };
+        let Some(slot) = self.table.get_mut(idx) else {
+            return SubscribeOutcome::Refused(Refused::TableFull);
+        };
+        let t = &mut slot.topic;
+        t.add_interest(shard);
+        let (recovery, replay) = match since {
+            None => (Recovery::NotAsked, Vec::new()),
+            Some((_, epoch)) if epoch != t.epoch.as_str() => (Recovery::Failed("epoch_mismatch"), Vec::new()),
+            Some((seq, _)) => match t.replay.resume(seq, t.seq, max_replay) {
+                Ok(frames) => (Recovery::Recovered(frames.len() as u64), frames),
+                Err(ResumeError::Expired) => (Recovery::Failed("expired"), Vec::new()),
+                Err(ResumeError::Ahead) => (Recovery::Failed("epoch_mismatch"), Vec::new()),
+                Err(ResumeError::Limit) => (Recovery::Failed("limit"), Vec::new()),
+            },
+        };
+        let out = SubscribeOutcome::Subscribed { topic: t.name.clone(), seq: t.seq, epoch: t.epoch, recovery, replay };
+        self.table.set_idle(idx, false);
+        out
+    }
+
+    /// Gives back one subscription of `shard`. False if there was none to
+    /// give back (a bookkeeping bug the caller counts). A topic left with no
+    /// subscriber and nothing retained is released by the sweep after
+    /// `replay.max_age` (so a client that resumes within the replay window
+    /// still finds its epoch).
+    pub fn release(&mut self, shard: usize, topic: &str, now: Instant) -> bool {
+        let Some(idx) = self.table.find(topic) else { return false };
+        let Some(slot) = self.table.get_mut(idx) else { return false };
+        if !slot.topic.release_interest(shard) {
+            return false;
+        }
+        if slot.topic.subscriptions() == 0 {
+            if slot.topic.holds_nothing() {
+                self.idle_log.push(Entry { slot: idx, gen: slot.gen, key: 0, at: now });
+            }
+            self.table.set_idle(idx, true);
+        }
+        true
+    }
+
+    /// Ages out retained publications and `msg_id`s, enforces the shard
+    /// budget and releases quiet topics left with nothing, doing at most
+    /// `max_work` steps. Returns whether work is left (call again soon).
+    pub fn sweep(&mut self, now: Instant, max_work: usize) -> bool {
+        let mut work = 0;
+        let replay_cutoff = now.checked_sub(self.lim.replay.max_age);
+        let dedupe_cutoff = now.checked_sub(self.lim.dedupe_age);
+        while work < max_work {
+            let Some(e) = self.replay_log.front().filter(|e| replay_cutoff.is_some_and(|c| e.at <= c)) else { break };
+            self.replay_log.pop();
+            if self.expire_replay(e) {
+                self.stats.replay_aged += 1;
+            }
+            work += 1;
+        }
+        while work < max_work {
+            let Some(e) = self.dedupe_log.front().filter(|e| dedupe_cutoff.is_some_and(|c| e.at <= c)) else { break };
+            self.dedupe_log.pop();
+            if self.expire_dedupe(e) {
+                self.stats.dedupe_aged += 1;
+            }
+            work += 1;
+        }
+        while work < max_work {
+            let Some(e) = self.idle_log.front().filter(|e| replay_cutoff.is_some_and(|c| e.at <= c)) else { break };
+            self.idle_log.pop();
+            if self.table.get(e.slot).is_some_and(|s| s.gen == e.gen) {
+                self.release_if_quiet(e.slot);
+            }
+            work += 1;
+        }
+        work += self.enforce_budget(max_work.saturating_sub(work));
+        self.compact_logs();
+        let more = work >= max_work;
+        if more {
+            self.stats.sweep_budget_hits += 1;
+        }
+        more
+    }
+
+    /// Drops the oldest retained state, shard-wide, while over budget.
+    /// Returns the steps taken.
+    fn enforce_budget(&mut self, max_work: usize) -> usize {
+        let mut work = 0;
+        while self.bytes > self.lim.budget_bytes && work < max_work {
+            work += 1;
+            if let Some(e) = self.replay_log.pop() {
+                if self.expire_replay(e) {
+                    self.stats.replay_budget += 1;
+                }
+            } else if let Some(e) = self.dedupe_log.pop() {
+                if self.expire_dedupe(e) {
+                    self.stats.dedupe_budget += 1;
+                }
+            } else {
+                break;
+            }
+        }
+        work
+    }
+
+    /// Applies one replay log entry: drops that publication if the topic
+    /// still holds it. Returns whether it did.
+    fn expire_replay(&mut self, e: Entry) -> bool {
+        let Some(slot) = self.table.get_mut(e.slot).filter(|s| s.gen == e.gen) else { return false };
+        let t = &mut slot.topic;
+        if t.replay.front().is_none_or(|f| f.publ.seq > e.key) {
+            return false;
+        }
+        self.bytes -= t.replay.pop_oldest();
+        self.replay_items -= 1;
+        self.release_if_quiet(e.slot);
+        true
+    }
+
+    fn expire_dedupe(&mut self, e: Entry) -> bool {
+        let Some(slot) = self.table.get_mut(e.slot).filter(|s| s.gen == e.gen) else { return false };
+        let t = &mut slot.topic;
+        if t.dedupe.is_empty() || t.dedupe.front_key() > e.key {
+            return false;
+        }
+        self.bytes -= t.dedupe.pop_oldest();
+        self.dedupe_items -= 1;
+        self.release_if_quiet(e.slot);
+        true
+    }
+
+    fn release_if_quiet(&mut self, idx: u32) {
+        if self.table.get(idx).is_some_and(|s| s.topic.holds_nothing()) {
+            self.table.remove(idx);
+            self.stats.released_idle += 1;
+        }
+    }
+
+    /// Drops stale log entries once they outnumber live ones (amortized
+    /// O(1) per publish; keeps the logs within twice the retained state).
+    fn compact_logs(&mut self) {
+        let table = &self.table;
+        if self.replay_log.len() > 2 * self.replay_items + sweep::COMPACT_SLACK {
+            self.replay_log.retain(|e| {
+                table
+                    .get(e.slot)
+                    .is_some_and(|s| s.gen == e.gen && s.topic.replay.front().is_some_and(|f| f.publ.seq <= e.key))
+            });
+        }
+        if self.dedupe_log.len() > 2 * self.dedupe_items + sweep::COMPACT_SLACK {
+            self.dedupe_log.retain(|e| {
+                table.get(e.slot).is_some_and(|s| {
+                    s.gen == e.gen && !s.topic.dedupe.is_empty() && s.topic.dedupe.front_key() <= e.key
+                })
+            });
+        }
+        if self.idle_log.len() > 2 * self.table.len() + sweep::COMPACT_SLACK {
+            self.idle_log.retain(|e| table.get(e.slot).is_some_and(|s| s.gen == e.gen && s.topic.holds_nothing()));
+        }
+    }
+
+    /// The topic's state, if it exists.
+    pub fn topic(&self, name: &str) -> Option<&OwnedTopic> {
+        self.table.find(name).and_then(|i| self.table.get(i)).map(|s| &s.topic)
+    }
+
+    /// Topics held.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no topic is held.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Topics of `tenant` held here.
+    pub fn tenant_topics(&self, tenant: &str) -> usize {
+        self.table.tenant_topics(tenant)
+    }
+
+    /// Replay + dedupe bytes held (what `budget_bytes` bounds).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Sweep log entries held (bounded by twice the retained state).
+    pub fn log_len(&self) -> usize {
+        self.replay_log.len() + self.dedupe_log.len() + self.idle_log.len()
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> &OwnerLimits {
+        &self.lim
+    }
+
+    /// Sum of all interest counts (subscriptions on all shards to topics this
+    /// shard owns). Used by tests and metrics to prove nothing leaks.
+    pub fn total_interest(&self) -> u64 {
+        self.table.iter().map(OwnedTopic::subscriptions).sum()
+    }
+
+    /// Publications retained over all owned topics, and their bytes.
+    pub fn retained(&self) -> (u64, u64) {
+        let bytes = self.table.iter().map(|t| t.replay.bytes() as u64).sum();
+        (self.replay_items as u64, bytes)
+    }
+
+    /// The `n` owned topics with the highest seqs: (topic, last seq).
+    /// Linear in the number of topics (a selection, not a sort), since it
+    /// runs on the shard thread for every metrics scrape.
+    pub fn busiest(&self, n: usize) -> Vec<(String, u64)> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut v: Vec<(&Arc<str>, u64)> = self.table.iter().map(|t| (&t.name, t.seq)).collect();
+        if v.len() > n {
+            v.select_nth_unstable_by_key(n - 1, |t| std::cmp::Reverse(t.1));
+            v.truncate(n);
+        }
+        v.sort_by_key(|t| std::cmp::Reverse(t.1));
+        v.into_iter().map(|(t, s)| (t.to_string(), s)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! Owner unit tests: simulated time, no shards, no sockets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::topic::publication::{PubMeta, Publication};
+
+fn limits() -> OwnerLimits {
+    OwnerLimits {
+        table: TableLimits { max_topics: 1000, max_per_tenant: 1000 },
+        replay: ReplayLimits { max_count: 100, max_bytes: 1 << 20, max_age: Duration::from_secs(10) },
+        dedupe_count: 100,
+        dedupe_age: Duration::from_secs(20),
+        budget_bytes: 1 << 30,
+    }
+}
+
+fn encode(name: Arc<str>, m: &PubMeta<'_>) -> Publication {
+    let frame: Box<[u8]> = m.data.as_bytes().into();
+    Publication::new(name, m, frame, (0, m.data.len()))
+}
+
+fn publish(o: &mut Owner, topic: &str, msg_id: Option<&str>, now: Instant) -> PublishOutcome {
+    let p = PublishIn { topic, data: "\"x\"", msg_id, prio: None };
+    o.publish(&p, now, &mut Vec::new(), |_| true, encode)
+}
+
+fn seq_of(out: PublishOutcome) -> u64 {
+    match out {
+        PublishOutcome::Accepted(p) => p.seq,
+        other => panic!("expected accepted, got {other:?}"),
+    }
+}
+
+#[test]
+fn seqs_are_contiguous_and_dupes_keep_their_seq() {
+    let t0 = Instant::now();
+    let mut o = Owner::new(0, 2, limits());
+    assert_eq!(seq_of(publish(&mut o, "a/b", Some("m1"), t0)), 1);
+    assert_eq!(seq_of(publish(&mut o, "a/b", None, t0)), 2);
+    match publish(&mut o, "a/b", Some("m1"), t0) {
+        PublishOutcome::Duplicate { seq, .. } => assert_eq!(seq, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seq_of(publish(&mut o, "a/b", Some("m2"), t0)), 3);
+    assert_eq!(o.stats.dedupe_hits, 1);
+}
+
+#[test]
+fn targets_and_ring_room() {
+    let t0 = Instant::now();
+    let mut o = Owner::new(0, 3, limits());
+    assert!(matches!(o.subscribe(2, "a/b", None, usize::MAX), SubscribeOutcome::Subscribed { .. }));
+    assert!(matches!(o.subscribe(0, "a/b", None, usize::MAX), SubscribeOutcome::Subscribed { .. }));
+    let mut targets = Vec::new();
+    let p = PublishIn { topic: "a/b", data: "1", msg_id: None, prio: None };
+    assert!(matches!(o.publish(&p, t0, &mut targets, |_| true, encode), PublishOutcome::Accepted(_)));
+    assert_eq!(targets, vec![0, 2]);
+    let out = o.publish(&p, t0, &mut targets, |s| s != 2, encode);
+    assert!(matches!(out, PublishOutcome::Refused(Refused::RingFull)));
+    assert_eq!(o.topic("a/b").unwrap().seq, 1, "a refused publish takes no seq");
+}
+
+#[test]
+fn resume_exact_expired_and_epoch_mismatch() {
+    let t0 = Instant::now();
+    let mut o = Owner::new(0, 1, limits());
+    o.subscribe(0, "a/b", None, usize::MAX);
+    for _ in 0..5 {
+        publish(&mut o, "a/b", None, t0);
+    }
+    let epoch = o.topic("a/b").unwrap().epoch;
+    match o.subscribe(0, "a/b", Some((2, epoch.as_str())), usize::MAX) {
+        SubscribeOutcome::Subscribed { recovery, replay, seq, .. } => {
+            assert_eq!((recovery, seq), (Recovery::Recovered(3), 5));
+            assert_eq!(replay.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match o.subscribe(0, "a/b", Some((2, "000000000000")), usize::MAX) {
+        SubscribeOutcome::Subscribed { recovery, .. } => assert_eq!(recovery, Recovery::Failed("epoch_mismatch")),
+        other => panic!("{other:?}"),
+    }
+    // Eleven seconds later the sweep has aged every publication out.
+    assert!(!o.sweep(t0 + Duration::from_secs(11), usize::MAX));
+    match o.subscribe(0, "a/b", Some((2, epoch.as_str())), usize::MAX) {
+        SubscribeOutcome::Subscribed { recovery, .. } => assert_eq!(recovery, Recovery::Failed("expired")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(o.stats.replay_aged, 5);
+    assert_eq!(o.total_interest(), 4);
+}
+
+#[test]
+fn quiet_topics_release_their_memory_on_the_timer() {
+    let t0 = Instant::now();
+    let mut o = Owner::new(0, 1, limits());
+    for i in 0..200 {
+        publish(&mut o, &format!("a/r{i}"), Some("id"), t0);
+    }
+    assert_eq!(o.len(), 200);
+    assert!(o.bytes() > 0);
+    // Nobody touches these topics again; the sweep alone frees them:
+    // replay ages out at 10 s, dedupe at 20 s, then the topics go.
+    o.sweep(t0 + Duration::from_secs(11), usize::MAX);
+    assert_eq!(o.len(), 200, "dedupe ids still remembered");
+    o.sweep(t0 + Duration::from_secs(21), usize::MAX);
+    assert_eq!((o.len(), o.bytes(), o.log_len()), (0, 0, 0));
+    assert_eq!(o.stats.released_idle, 200);
+}
+
+#[test]
+fn a_topic_with_subscribers_is_never_released() {
+    let t0 = Instant::now();
+    let mut o = Owner::new(0, 1, limits());
+    o.subscribe(0, "a/b", None, usize::MAX);
+    publish(&mut o, "a/b", None, t0);
+    o.sweep(t0 + Duration::from_secs(60), usize::MAX);
+    let t = o.topic("a/b").expect("kept");
+    assert_eq!((t.seq, t.replay.len()), (1, 0));
+    let t1 = t0 + Duration::from_secs(60);
+    assert!(o.release(0, "a/b", t1));
+    assert!(!o.release(0, "a/b", t1), "a second release is a bookkeeping bug");
+    o.sweep(t1 + Duration::from_secs(5), usize::MAX);
+    assert!(o.topic("a/b").is_some(), "kept for a resume within the replay window");
+    o.sweep(t1 + Duration::from_secs(10), usize::MAX);
+    assert!(o.topic("a/b").is_none(), "nothing held and nobody subscribed: released");
+}
+
+#[test]
+fn shard_budget_drops_oldest_first_across_topics() {
+    let t0 = Instant::now();
+    let mut lim = limits();
+    let one = {
+        let mut o = Owner::new(0, 1, lim);
+        publish(&mut o, "a/b", None, t0);
+        o.bytes()
+    };
+    lim.budget_bytes = one * 10;
+    let mut o = Owner::new(0, 1, lim);
+    for i in 0..30u64 {
+        o.subscribe(0, &format!("a/r{}", i % 3), None, usize::MAX);
+        publish(&mut o, &format!("a/r{}", i % 3), None, t0 + Duration::from_millis(i));
+        assert!(o.bytes() <= lim.budget_bytes, "bounded after every publish");
+    }
+    assert_eq!(o.stats.replay_budget, 20);
+    // The ten newest publications (i = 20..29) survive, whatever topic
+    // holds them: i = 20 was r2's 7th.
+    let kept: usize = (0..3).map(|r| o.topic(&format!("a/r{r}")).unwrap().replay.len()).sum();
+    assert_eq!(kept, 10);
+    assert_eq!(o.topic("a/r2").unwrap().replay.front().unwrap().publ.seq, 7, "i=20 is r2's 7th");
+}
+
+#[test]
+fn one_tenant_cannot_evict_another_tenants_dedupe_window() {
+    // Defect 9.9: at the table bound, eviction took another tenant's topic
+    // and its dedupe window, so a retried msg_id was delivered twice.
+    let t0 = Instant::now();
+    let mut lim = limits();
+    lim.table = TableLimits { max_topics: 10, max_per_tenant: 5 };
+    let mut o = Owner::new(0, 1, lim);
+    assert_eq!(seq_of(publish(&mut o, "quiet/room", Some("retry-me"), t0)), 1);
+    for i in 0..100 {
+        let out = publish(&mut o, &format!("noisy/r{i}"), None, t0);
+        assert!(!matches!(out, PublishOutcome::Refused(_)), "the noisy tenant recycles its own topics");
+    }
+    assert_eq!(o.tenant_topics("noisy"), 5);
+    assert!(o.stats.evicted_own >= 95);
+    match publish(&mut o, "quiet/room", Some("retry-me"), t0) {
+        PublishOutcome::Duplicate { seq, .. } => assert_eq!(seq, 1),
+        other => panic!("the quiet tenant's retry must stay a duplicate: {other:?}"),
+    }
+}
+
+#[test]
+fn full_table_of_busy_topics_refuses_with_a_named_outcome() {
+    let mut lim = limits();
+    lim.table = TableLimits { max_topics: 3, max_per_tenant: 3 };
+    let mut o = Owner::new(0, 1, lim);
+    for r in 0..3 {
+        o.subscribe(0, &format!("a/r{r}"), None, usize::MAX);
+    }
+    assert!(matches!(o.subscribe(0, "a/r9", None, usize::MAX), SubscribeOutcome::Refused(Refused::TenantQuota)));
+    assert!(matches!(o.subscribe(0, "b/r9", None, usize::MAX), SubscribeOutcome::Refused(Refused::TableFull)));
+    assert_eq!((o.stats.refused_tenant_quota, o.stats.refused_table_full), (1, 1));
+}
+
+#[test]
+fn sweep_respects_its_work_budget() {
+    let t0 = Instant::now();
+    let mut o = Owner::new(0, 1, limits());
+    for i in 0..1000 {
+        publish(&mut o, &format!("a/r{}", i % 10), None, t0);
+    }
+    let later = t0 + Duration::from_secs(11);
+    let mut rounds = 0;
+    while o.sweep(later, 100) {
+        rounds += 1;
+        assert!(rounds < 100);
+    }
+    assert_eq!(rounds, 10);
+    assert_eq!(o.stats.replay_aged, 1000);
+    assert!(o.is_empty());
+}
+
+#[test]
+fn logs_stay_bounded_when_per_topic_bounds_do_the_evicting() {
+    let t0 = Instant::now();
+    let mut lim = limits();
+    lim.replay.max_count = 4;
+    let mut o = Owner::new(0, 1, lim);
+    for _ in 0..100_000 {
+        publish(&mut o, "a/b", None, t0);
+        o.sweep(t0, 16);
+    }
+    assert_eq!(o.retained().0, 4);
+    assert!(o.log_len() <= 2 * 4 + sweep::COMPACT_SLACK + 1, "log {}", o.log_len());
+}

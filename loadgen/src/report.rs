@@ -172,6 +172,7 @@ impl Report {
             "slow_subscribers": sum(&|r| r.slow_subscribers),
             "connect_errors": sum(&|r| r.connect_errors),
             "handshake_errors": sum(&|r| r.handshake_errors),
+            "pongs_sent": sum(&|r| r.pongs_sent),
             "closed_by_server": sum(&|r| r.closed_by_server),
             "setup_secs": results.iter().map(|r| r.setup_secs).fold(0.0, f64::max),
             "handshakes_per_sec": sum(&|r| r.subscribed) as f64 / results.iter().map(|r| r.setup_secs).fold(0.0, f64::max).max(1e-9),

@@ -164,6 +164,8 @@ pub struct WorkerResult {
     pub subscribed: u64,
     pub connect_errors: u64,
     pub handshake_errors: u64,
+    /// Pongs sent in answer to server pings.
+    pub pongs_sent: u64,
     pub closed_by_server: u64,
     pub setup_secs: f64,
     pub published: u64,
@@ -516,6 +518,13 @@ impl Worker {
             let (start, end) = (pos + f.start, pos + f.end);
             if f.opcode == 1 {
                 self.on_text(i, &buf[start..end]);
+            } else if f.opcode == 9 {
+                // The server pings quiet connections and closes (1001) those
+                // that do not answer: a subscriber that only listens must
+                // pong, or no run outlives ping_interval + ping_timeout.
+                self.masker.frame(0xA, &buf[start..end], &mut self.conns[i].wbuf);
+                self.flush(i);
+                self.result.pongs_sent += 1;
             } else if f.opcode == 8 {
                 self.mark_dead(i);
             }

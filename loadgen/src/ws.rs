@@ -38,8 +38,13 @@ impl Masker {
 
     /// Appends a masked, final text frame with `payload` to `out`.
     pub fn text_frame(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        self.frame(0x1, payload, out);
+    }
+
+    /// Appends a masked, final frame of `opcode` (text 0x1, pong 0xA, …).
+    pub fn frame(&mut self, opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
         let mask = self.next();
-        out.push(0x81);
+        out.push(0x80 | (opcode & 0x0f));
         match payload.len() {
             n if n < 126 => out.push(0x80 | n as u8),
             n if n <= 0xffff => {
@@ -172,6 +177,9 @@ mod tests {
         let mut out = Vec::new();
         Masker::new(7).text_frame(b"hello", &mut out);
         assert_eq!((out[0], out[1]), (0x81, 0x85));
+        let mut pong = Vec::new();
+        Masker::new(7).frame(0xA, b"sc", &mut pong);
+        assert_eq!((pong[0], pong[1], pong.len()), (0x8A, 0x82, 8), "a masked pong echoing the payload");
         let server = [&[0x81u8, 0x1b][..], br#"{"op":"msg","seq":42,"t":9}"#].concat();
         let f = parse_frame(&server).unwrap();
         let text = &server[f.start..f.end];

@@ -29,6 +29,8 @@ pub struct HttpState {
     pub batch: Vec<Option<String>>,
     /// Items of the batch still waiting for their owner.
     pub batch_pending: usize,
+    /// When the unfinished request now in `inbuf` began (its deadline).
+    pub partial_since: Option<std::time::Instant>,
 }
 
 /// How the owner answers one publication.
@@ -223,6 +225,10 @@ impl ShardCore {
             h.busy = false;
         }
         self.reply(idx, |o| o.extend_from_slice(response));
+        if let Some(c) = self.conns.get(idx) {
+            // Input may have been paused behind this request.
+            c.wake();
+        }
         if close {
             if let Some(c) = self.conns.get_mut(idx) {
                 c.phase = Phase::Closing;

@@ -26,11 +26,13 @@ impl ShardCore {
         if conn.phase == Phase::Closing {
             return;
         }
-        conn.last_seen = Instant::now();
+        let now = Instant::now();
+        conn.last_seen = now;
         conn.ping_out = false;
         if conn.inbuf.is_empty() {
             let used = self.process(idx, data);
             self.keep_unused(idx, &data[used..]);
+            self.note_partial_request(idx, now);
         } else {
             let mut buf = std::mem::take(&mut conn.inbuf);
             buf.extend_from_slice(data);
@@ -45,6 +47,22 @@ impl ShardCore {
                     buf.shrink_to_fit();
                 }
                 conn.inbuf = buf;
+            }
+        }
+        self.note_partial_request(idx, now);
+    }
+
+    /// Starts (or clears) the whole-request deadline of an HTTP API
+    /// connection: a request whose head or body is unfinished must complete
+    /// within `limits.handshake_timeout_ms` (enforced by the liveness sweep).
+    fn note_partial_request(&mut self, idx: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(idx) else { return };
+        let partial = c.phase == Phase::Http && !c.inbuf.is_empty();
+        if let Some(h) = c.http.as_mut() {
+            if !partial || h.busy {
+                h.partial_since = None;
+            } else if h.partial_since.is_none() {
+                h.partial_since = Some(now);
             }
         }
     }
@@ -66,7 +84,11 @@ impl ShardCore {
                 Phase::Open => return used + self.process_frames(idx, &mut buf[used..]),
                 Phase::Closing => return buf.len(),
                 Phase::Handshake | Phase::Http => {
-                    if conn.http.as_ref().is_some_and(|h| h.busy) || used == buf.len() {
+                    // One request at a time, and none while the answers
+                    // already queued are not being read: pipelined input
+                    // waits (bounded, see `Conn::input_paused`).
+                    let busy = conn.http.as_ref().is_some_and(|h| h.busy);
+                    if busy || used == buf.len() || conn.out.bytes() > crate::conn::state::HTTP_OUT_BOUND {
                         return used;
                     }
                     match self.process_request(idx, &buf[used..]) {
@@ -144,6 +166,7 @@ impl ShardCore {
                 conn.inbuf = buf;
             }
         }
+        self.note_partial_request(idx, Instant::now());
     }
 
     fn process_frames(&mut self, idx: usize, buf: &mut [u8]) -> usize {

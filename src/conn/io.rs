@@ -117,6 +117,14 @@ impl Task {
     /// Reads what is there; Ready when the socket is finished.
     fn read(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..READ_ROUNDS {
+            {
+                let core = ctx.core.borrow();
+                let max_body = core.limits.max_message_bytes;
+                if core.conns.get(self.idx).is_some_and(|c| c.input_paused(max_body)) {
+                    // Woken again once the answer is queued or the writer drains.
+                    return Poll::Pending;
+                }
+            }
             let mut rbuf = ctx.rbuf.borrow_mut();
             match Pin::new(&mut self.stream).poll_read(cx, &mut rbuf[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
@@ -154,6 +162,12 @@ impl Task {
             wbuf.clear();
             conn.out.fill(&mut wbuf, WRITE_CHUNK);
             if wbuf.is_empty() {
+                if conn.phase == Phase::Http && !conn.inbuf.is_empty() && !conn.http.as_ref().is_some_and(|h| h.busy) {
+                    // Pipelined requests waited for these answers to drain.
+                    drop(wbuf);
+                    core.resume_input(self.idx);
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
             }
             match Pin::new(&mut self.stream).poll_write(cx, &wbuf) {

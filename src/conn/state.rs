@@ -13,7 +13,12 @@ use std::time::Instant;
 
 use super::outbound::Outbound;
 use super::rate::TokenBucket;
+use crate::proto::handshake::MAX_REQUEST_HEAD as MAX_HEAD;
 use crate::proto::MessageAssembler;
+
+/// Queued answer bytes past which an HTTP API connection reads and handles
+/// no further pipelined request (the client is not reading its answers).
+pub const HTTP_OUT_BOUND: usize = 64 * 1024;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +101,17 @@ impl Conn {
     /// Index of the subscription to `topic`, if any.
     pub fn sub_index(&self, topic: &str) -> Option<usize> {
         self.subs.iter().position(|s| &*s.topic == topic)
+    }
+
+    /// Whether the read side should wait: an HTTP connection holding a whole
+    /// request's worth of pipelined input while a request is in flight or
+    /// its answers are not being read. TCP then pushes back on the client,
+    /// so what the server holds for it stays within one request.
+    pub fn input_paused(&self, max_body: usize) -> bool {
+        if !matches!(self.phase, Phase::Http | Phase::Handshake) || self.inbuf.len() < max_body + MAX_HEAD {
+            return false;
+        }
+        self.http.as_ref().is_some_and(|h| h.busy) || self.out.bytes() > HTTP_OUT_BOUND
     }
 
     /// Wakes the connection's task (to write what was queued).

@@ -70,16 +70,35 @@ pub fn parse(buf: &[u8], shard: usize) -> HandshakeOutcome {
     let method = req.method.unwrap_or_default();
     let path = req.path.unwrap_or_default();
     let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    // Repeated header lines of a list-valued field are one list (RFC 9110
+    // §5.3): `Connection: keep-alive` + `Connection: Upgrade` is an upgrade.
     let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|v| v.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes())))
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .any(|h| h.value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes())))
     };
     let wants_upgrade = has_token("upgrade", "websocket");
     if !wants_upgrade {
-        let content_length = match header("content-length").map(parse_usize) {
+        // RFC 9112 §6.1 and §6.3: a body framed two ways is how requests are
+        // smuggled; refuse it, and refuse chunked bodies (not supported), so
+        // no byte of a body is ever read as the next request.
+        let te = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+        let mut lengths = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+        let content_length = match lengths.next().map(|h| parse_length(h.value)) {
             Some(None) => return HandshakeOutcome::Reject(400, "Bad Request"),
             Some(Some(n)) => Some(n),
             None => None,
         };
+        if lengths.any(|h| parse_length(h.value) != content_length) {
+            return HandshakeOutcome::Reject(400, "Bad Request");
+        }
+        if te && content_length.is_some() {
+            return HandshakeOutcome::Reject(400, "Bad Request");
+        }
+        if te {
+            return HandshakeOutcome::Reject(501, "Not Implemented");
+        }
         return HandshakeOutcome::Http(HttpRequest {
             method: method.to_owned(),
             path: path.to_owned(),
@@ -98,7 +117,8 @@ pub fn parse(buf: &[u8], shard: usize) -> HandshakeOutcome {
     if header("sec-websocket-version").map(trim) != Some(b"13") {
         return HandshakeOutcome::Reject(426, "Upgrade Required");
     }
-    let Some(key) = header("sec-websocket-key").map(trim) else {
+    // RFC 6455 §4.2.1: the key is the base64 of 16 bytes.
+    let Some(key) = header("sec-websocket-key").map(trim).filter(|k| valid_key(k)) else {
         return HandshakeOutcome::Reject(400, "Bad Request");
     };
     let accept = derive_accept_key(key);
@@ -120,9 +140,19 @@ pub fn response(status: u16, reason: &str, extra: &str, ctype: &str, body: &[u8]
 }
 
 /// The response sent for [`HandshakeOutcome::Reject`]: it always closes.
+/// A 426 names the version this server speaks (RFC 6455 §4.4).
 pub fn reject_response(status: u16, reason: &str) -> Vec<u8> {
     let body = format!("{status} {reason}\n");
-    response(status, reason, "Connection: close\r\n", "text/plain", body.as_bytes())
+    let extra =
+        if status == 426 { "Sec-WebSocket-Version: 13\r\nConnection: close\r\n" } else { "Connection: close\r\n" };
+    response(status, reason, extra, "text/plain", body.as_bytes())
+}
+
+/// A `Sec-WebSocket-Key`: 24 base64 characters encoding 16 bytes (so the
+/// 22nd character carries only 2 bits and the last two are `==`).
+fn valid_key(k: &[u8]) -> bool {
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    k.len() == 24 && k[..21].iter().all(b64) && b"AQgw".contains(&k[21]) && &k[22..] == b"=="
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -131,8 +161,14 @@ fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-fn parse_usize(v: &[u8]) -> Option<usize> {
-    std::str::from_utf8(trim(v)).ok()?.parse().ok()
+/// `Content-Length`: 1*DIGIT, nothing else (no sign, no list, no spaces
+/// inside), at most 18 digits.
+fn parse_length(v: &[u8]) -> Option<usize> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -199,5 +235,41 @@ mod tests {
         assert!(!r.close);
         let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
         assert_eq!(parse(bad, 0), HandshakeOutcome::Reject(400, "Bad Request"));
+    }
+
+    /// Issue 9 defect 4: each of these was served (CL+TE by Content-Length,
+    /// so a request hidden in a chunked body ran).
+    #[test]
+    fn ambiguous_body_framing_is_refused() {
+        let bad = |h: &str| parse(format!("POST /v1/publish HTTP/1.1\r\n{h}\r\n\r\n").as_bytes(), 0);
+        let r400 = HandshakeOutcome::Reject(400, "Bad Request");
+        assert_eq!(bad("Content-Length: 5\r\nTransfer-Encoding: chunked"), r400);
+        assert_eq!(bad("Transfer-Encoding: chunked\r\nContent-Length: 5"), r400);
+        assert_eq!(bad("Content-Length: 5\r\nContent-Length: 6"), r400);
+        assert_eq!(bad("Content-Length: +5"), r400);
+        assert_eq!(bad("Content-Length: 5, 5"), r400);
+        assert_eq!(bad("Content-Length: -1"), r400);
+        assert_eq!(bad("Transfer-Encoding: chunked"), HandshakeOutcome::Reject(501, "Not Implemented"));
+        let HandshakeOutcome::Http(r) = bad("Content-Length: 5\r\nContent-Length: 5") else { panic!() };
+        assert_eq!(r.content_length, Some(5), "identical repeats are one value");
+    }
+
+    /// Issue 9 defect 7: each of these got 101 or a wrong answer.
+    #[test]
+    fn handshake_strictness() {
+        let up = String::from_utf8(UPGRADE.to_vec()).unwrap();
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        for bad_key in ["", "not base64!", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZR==", "dGhlIHNhbXBsZSBub25j"]
+        {
+            let r = up.replace(key, bad_key);
+            assert_eq!(parse(r.as_bytes(), 0), HandshakeOutcome::Reject(400, "Bad Request"), "key {bad_key:?}");
+        }
+        let text = String::from_utf8(reject_response(426, "Upgrade Required")).unwrap();
+        assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
+        let split =
+            up.replace("Connection: keep-alive, Upgrade\r\n", "Connection: keep-alive\r\nConnection: Upgrade\r\n");
+        assert!(matches!(parse(split.as_bytes(), 0), HandshakeOutcome::Upgrade { .. }), "split Connection lines");
+        let split = up.replace("Upgrade: websocket\r\n", "Upgrade: h2c\r\nUpgrade: websocket\r\n");
+        assert!(matches!(parse(split.as_bytes(), 0), HandshakeOutcome::Upgrade { .. }), "split Upgrade lines");
     }
 }

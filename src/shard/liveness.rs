@@ -22,8 +22,15 @@ impl ShardCore {
         let deadline = interval + Duration::from_millis(self.policy.liveness.ping_timeout_ms);
         let mut dead = Vec::new();
         let mut idle_http = Vec::new();
+        let mut late_http = Vec::new();
+        let request_deadline = Duration::from_millis(self.limits.handshake_timeout_ms);
         for (idx, c) in self.conns.iter_mut() {
             let quiet = now.saturating_duration_since(c.last_seen);
+            let started = c.http.as_ref().and_then(|h| h.partial_since);
+            if c.phase == Phase::Http && started.is_some_and(|t| now.saturating_duration_since(t) >= request_deadline) {
+                late_http.push(idx);
+                continue;
+            }
             if c.phase == Phase::Http && quiet >= deadline && !c.http.as_ref().is_some_and(|h| h.busy) {
                 idle_http.push(idx);
                 continue;
@@ -42,6 +49,12 @@ impl ShardCore {
                     c.wake();
                 }
             }
+        }
+        for idx in late_http {
+            // A keep-alive request whose head or body did not complete in
+            // time: the same 408 the first request gets.
+            self.counters.handshake_timeouts += 1;
+            self.close_http(idx, &crate::proto::handshake::reject_response(408, "Request Timeout"));
         }
         for idx in idle_http {
             // An idle keep-alive HTTP connection: just a FIN.

@@ -288,8 +288,9 @@ impl MeshTask {
 
 /// A stats snapshot of one shard.
 pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
-    let (mut outbound_bytes, mut outbound_max_bytes) = (0u64, 0u64);
+    let (mut outbound_bytes, mut outbound_max_bytes, mut inbound_bytes) = (0u64, 0u64, 0u64);
     for (_, c) in core.conns.iter() {
+        inbound_bytes += c.inbuf.len() as u64;
         let b = c.out.bytes() as u64;
         outbound_bytes += b;
         outbound_max_bytes = outbound_max_bytes.max(b);
@@ -317,6 +318,7 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         owned_interest: core.owner.total_interest(),
         outbound_bytes,
         outbound_max_bytes,
+        inbound_bytes,
         rings,
         doorbell_kicks: bell.kicks(),
         retained: core.owner.retained(),

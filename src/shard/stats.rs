@@ -182,6 +182,8 @@ pub struct ShardStats {
     pub doorbell_kicks: u64,
     /// Publications and bytes retained in this shard's replay rings.
     pub retained: (u64, u64),
+    /// Unfinished input held by connections (bytes).
+    pub inbound_bytes: u64,
     /// Replay + dedupe bytes the owner holds (bounded by the shard budget).
     pub owner_bytes: u64,
     /// The owner's counters.

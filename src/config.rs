@@ -192,6 +192,8 @@ pub struct Limits {
     pub max_topics_per_shard: usize,
     /// Topics one tenant may own per shard.
     pub max_topics_per_tenant: usize,
+    /// Deepest nesting of arrays/objects accepted in a publication's `data`.
+    pub max_data_depth: usize,
     /// Upgrade deadline, ms.
     pub handshake_timeout_ms: u64,
 }
@@ -293,6 +295,7 @@ impl Default for Limits {
             outbound_hard_bytes: 4 << 20,
             max_topics_per_shard: 1_000_000,
             max_topics_per_tenant: 100_000,
+            max_data_depth: 64,
             handshake_timeout_ms: 10_000,
         }
     }
@@ -373,6 +376,9 @@ impl Config {
         }
         if l.max_topics_per_shard == 0 {
             return invalid("limits.max_topics_per_shard", "must be at least 1");
+        }
+        if !(1..=10_000).contains(&l.max_data_depth) {
+            return invalid("limits.max_data_depth", "must be between 1 and 10000");
         }
         if l.max_topics_per_tenant == 0 {
             return invalid("limits.max_topics_per_tenant", "must be at least 1");

@@ -58,6 +58,12 @@ struct ServeArgs {
     /// Override `shards.cpus` with a comma-separated list (e.g. 0,1).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     cpus: Option<Vec<usize>>,
+    /// Override `admin.listen` (e.g. 127.0.0.1:9191).
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_admin")]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Do not start the admin listener (`admin.enabled = false`).
+    #[arg(long)]
+    no_admin: bool,
 }
 
 fn main() -> ExitCode {
@@ -113,6 +119,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(cpus) = args.cpus {
         cfg.shards.cpus = shardcast::config::Cpus::List(cpus);
+    }
+    if let Some(addr) = args.admin_listen {
+        cfg.admin.listen = addr;
+    }
+    if args.no_admin {
+        cfg.admin.enabled = false;
     }
     // Signal handlers go in before anything binds, so that a SIGTERM during
     // start-up is a drain, not the default kill.

@@ -40,8 +40,12 @@ pub enum StartError {
         need: u64,
     },
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot start the {listener} listener on {addr}: {source}{hint}")]
     Bind {
+        /// Which listener: "public" (`server.listen`) or "admin" (`admin.listen`).
+        listener: &'static str,
+        /// What to change.
+        hint: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
@@ -187,7 +191,8 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
             Ok(a) => handle.admin = Some(a),
             Err(source) => {
                 handle.shutdown();
-                return Err(StartError::Bind { addr: cfg.admin.listen, source });
+                let hint = " (change admin.listen or --admin-listen, or disable it with --no-admin)";
+                return Err(StartError::Bind { listener: "admin", hint, addr: cfg.admin.listen, source });
             }
         }
     }
@@ -206,16 +211,34 @@ fn check_memlock() -> Result<(), StartError> {
     Ok(())
 }
 
+const PUBLIC_HINT: &str = " (is another shardcast or server running there? change server.listen or --listen)";
+
+fn public_bind(addr: SocketAddr, source: std::io::Error) -> StartError {
+    StartError::Bind { listener: "public", hint: PUBLIC_HINT, addr, source }
+}
+
 /// One SO_REUSEPORT listener per shard on the same address.
+///
+/// SO_REUSEPORT would also let a second *process* join the port, and the
+/// kernel would then split clients between two engines with different
+/// epochs (a silent split brain). So the address is first claimed by a
+/// probe socket without SO_REUSEPORT, which fails with EADDRINUSE if anyone
+/// listens there; the probe is closed and the shard listeners bound at once.
 fn bind_listeners(addr: SocketAddr, backlog: u32, n: usize) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|s| s.set_reuse_address(true).map(|_| s))
+            .and_then(|s| s.bind(&addr.into()).map(|_| s))
+            .map_err(|source| public_bind(addr, source))?;
+        drop(probe);
+    }
     let mut bound = addr;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let sock = listener(bound, backlog).map_err(|source| StartError::Bind { addr: bound, source })?;
+        let sock = listener(bound, backlog).map_err(|source| public_bind(bound, source))?;
         if bound.port() == 0 {
             let local = sock.local_addr().ok().and_then(|a| a.as_socket());
-            bound =
-                local.ok_or_else(|| StartError::Bind { addr, source: std::io::Error::other("no local address") })?;
+            bound = local.ok_or_else(|| public_bind(addr, std::io::Error::other("no local address")))?;
         }
         out.push(OwnedFd::from(sock));
     }

@@ -126,3 +126,32 @@ fn subscribe_answer_for_a_gone_connection_is_given_back() {
     assert_eq!(s1.local.subscriptions(), 0);
     assert_eq!(s0.counters.internal_errors + s1.counters.internal_errors, 0);
 }
+
+/// Issue 9 defect 2: after a shard stall, the liveness sweep ran before the
+/// input that arrived meanwhile was read, and closed active connections
+/// with 1001. A sweep that runs more than two periods late now judges
+/// nobody; the input is read, and the next sweep finds the connection live.
+#[test]
+fn a_late_liveness_sweep_after_a_stall_closes_nobody() {
+    let (mut s0, _s1, _e0, _e1) = two_shards(1024);
+    s0.policy.liveness.ping_interval_ms = 1000;
+    s0.policy.liveness.ping_timeout_ms = 1000;
+    let c = open_conn(&mut s0);
+    let t0 = s0.conns[c].last_seen;
+    s0.sweep_liveness(t0);
+    // The shard stalls for 10 s (the sweep period is 500 ms); the client
+    // kept sending, but nothing was read yet when the sweep finally runs.
+    s0.sweep_liveness(t0 + std::time::Duration::from_secs(10));
+    assert_eq!(s0.conns[c].phase, Phase::Open, "judged against a stalled shard's clock");
+    assert_eq!(s0.counters.liveness_sweeps_deferred, 1);
+    s0.on_bytes_at(c, &mut frame(r#"{"op":"ping","id":1}"#), t0 + std::time::Duration::from_millis(10_100));
+    s0.sweep_liveness(t0 + std::time::Duration::from_millis(10_400));
+    assert_eq!(s0.conns[c].phase, Phase::Open);
+    assert_eq!(s0.counters.ping_timeouts, 0);
+    // A connection that really went quiet is still closed, on time.
+    for ms in [10_800, 11_200, 11_600, 12_000, 12_400] {
+        s0.sweep_liveness(t0 + std::time::Duration::from_millis(ms));
+    }
+    assert_eq!(s0.conns[c].phase, Phase::Closing);
+    assert_eq!(s0.counters.ping_timeouts, 1);
+}

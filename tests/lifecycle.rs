@@ -88,3 +88,32 @@ fn interest_sets_stay_exact_through_10000_cycles() {
     eprintln!("after 10000 cycles: {}", summary(&t));
     server.shutdown();
 }
+
+/// Issue 9 defect 11: a second server on a taken address started (SO_REUSEPORT
+/// across processes) and the kernel split clients between two engines. Now
+/// it fails at start, naming the listener; a taken admin port names the
+/// admin listener.
+#[test]
+fn a_taken_address_fails_start_naming_the_listener() {
+    let first = common::server();
+    let addr = first.local_addr();
+    let admin = first.admin_addr().expect("admin runs");
+    let second = shardcast::Config::from_toml(&format!(
+        "[server]\nlisten = \"{addr}\"\n[shards]\ncpus = [0, 1]\n[admin]\nenabled = false\n"
+    ))
+    .map(shardcast::start)
+    .expect("config");
+    let e = second.err().expect("the second start must fail").to_string();
+    assert!(e.contains("public listener") && e.contains(&addr.to_string()), "{e}");
+    let third = shardcast::Config::from_toml(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[shards]\ncpus = [0, 1]\n[admin]\nlisten = \"{admin}\"\n"
+    ))
+    .map(shardcast::start)
+    .expect("config");
+    let e = third.err().expect("a taken admin port must fail").to_string();
+    assert!(e.contains("admin listener") && e.contains("--no-admin"), "{e}");
+    // The first server is untouched.
+    let mut c = common::Client::connect(addr);
+    c.sub("acme/still-here");
+    first.shutdown();
+}

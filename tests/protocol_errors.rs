@@ -160,3 +160,27 @@ fn subscription_limit_is_enforced() {
     c.sub("acme/r0");
     server.shutdown();
 }
+
+/// Issue 9 defect 8: `data` nested 30,000 levels deep, or holding a lone
+/// surrogate escape, was forwarded; subscribers' JSON parsers reject such
+/// frames. Now: `bad_request`, nothing published, connection still usable.
+#[test]
+fn data_too_deep_or_with_lone_surrogates_is_refused() {
+    let server = server_with(high_rates);
+    let addr = server.local_addr();
+    let mut c = Client::connect(addr);
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    let cmd = format!(r#"{{"op":"pub","id":1,"topic":"acme/deep","data":{deep}}}"#);
+    c.ws.send(tungstenite::Message::text(cmd)).unwrap();
+    let e = c.expect_op("error");
+    assert_eq!((e["code"].as_str(), e["id"].as_u64()), (Some("bad_request"), Some(1)), "{e}");
+    c.ws.send(tungstenite::Message::text(r#"{"op":"pub","id":2,"topic":"acme/deep","data":"\ud800"}"#)).unwrap();
+    let e = c.expect_op("error");
+    assert_eq!((e["code"].as_str(), e["id"].as_u64()), (Some("bad_request"), Some(2)), "{e}");
+    let mut http = Http::connect(addr);
+    let r = http.request("POST", "/v1/publish", "application/json", br#"{"topic":"acme/deep","data":"\udc00"}"#);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let ok = c.publish("acme/deep", serde_json::json!({"nested": [[["fine"]]], "emoji": "\u{1F600}"}));
+    assert_eq!(ok["seq"], 1, "nothing was published before: {ok}");
+    server.shutdown();
+}

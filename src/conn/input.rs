@@ -20,13 +20,18 @@ use crate::topic::name;
 impl ShardCore {
     /// Handles bytes read from connection `idx`.
     pub fn on_bytes(&mut self, idx: usize, data: &mut [u8]) {
+        self.on_bytes_at(idx, data, Instant::now());
+    }
+
+    /// Handles bytes read from connection `idx` at time `now` (the
+    /// deterministic harness passes simulated time).
+    pub fn on_bytes_at(&mut self, idx: usize, data: &mut [u8], now: Instant) {
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
         if conn.phase == Phase::Closing {
             return;
         }
-        let now = Instant::now();
         conn.last_seen = now;
         conn.ping_out = false;
         if conn.inbuf.is_empty() {
@@ -318,6 +323,10 @@ impl ShardCore {
     pub(crate) fn submit_publish(&mut self, idx: usize, p: PubArgs<'_>) -> Result<(), Refusal> {
         if let Err(e) = name::validate(p.topic) {
             return Err(Refusal { code: ErrorCode::BadTopic, message: e.to_string(), retry_after_ms: None });
+        }
+        if let Err(e) = crate::proto::json_check::check_data(p.data, self.limits.max_data_depth) {
+            *self.counters.publishes_rejected.entry("bad_data").or_default() += 1;
+            return Err(Refusal { code: ErrorCode::BadRequest, message: e.to_string(), retry_after_ms: None });
         }
         if self.draining {
             *self.counters.publishes_rejected.entry("draining").or_default() += 1;

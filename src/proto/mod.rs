@@ -8,6 +8,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod json_check;
 pub mod message;
 
 pub use frame::{CloseCode, Decoded, FrameError, MessageAssembler};

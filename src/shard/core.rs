@@ -62,6 +62,8 @@ pub struct ShardCore {
     pub(super) drain: super::drain::DrainState,
     /// Throttled warnings for limit hits.
     pub hits: super::logs::HitLog,
+    /// When the liveness sweep last ran (a late sweep means a stall).
+    pub last_liveness_sweep: Option<Instant>,
 }
 
 /// The config sections a shard applies beyond `limits`.
@@ -132,6 +134,7 @@ impl ShardCore {
             tenants: Default::default(),
             drain: Default::default(),
             hits: Default::default(),
+            last_liveness_sweep: None,
         }
     }
 

@@ -71,6 +71,8 @@ pub struct Counters {
     pub rate_limited: BTreeMap<&'static str, u64>,
     /// Server pings sent to idle connections.
     pub pings_sent: u64,
+    /// Liveness sweeps skipped because the shard itself ran late.
+    pub liveness_sweeps_deferred: u64,
     /// Connections closed (1001) for not answering a ping.
     pub ping_timeouts: u64,
     /// Closing connections dropped at the close linger bound (the peer
@@ -124,6 +126,7 @@ impl Counters {
             dedupe_hits: 0,
             rate_limited: BTreeMap::new(),
             pings_sent: 0,
+            liveness_sweeps_deferred: 0,
             ping_timeouts: 0,
             close_linger_expired: 0,
             sends: 0,

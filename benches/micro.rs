@@ -159,5 +159,47 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, parse, ring, fanout);
+/// Issue 9 defect 1: at a full topic table, eviction scanned the whole
+/// table per new topic (quadratic; a shard stalled long enough for the
+/// supervisor to exit the process). This measures one create at the default
+/// `max_topics_per_shard` (1,000,000 idle topics of 1,000 tenants), which
+/// must evict in O(1).
+fn owner(c: &mut Criterion) {
+    use shardcast::topic::owner::{Owner, PublishIn, PublishOutcome};
+    use shardcast::topic::publication::Publication;
+    let cfg = shardcast::Config::default();
+    let policy = shardcast::shard::core::Policy {
+        replay: cfg.replay.clone(),
+        rates: cfg.rates.clone(),
+        liveness: cfg.liveness.clone(),
+    };
+    let lim = policy.owner_limits(&cfg.limits);
+    let max = lim.table.max_topics;
+    let mut o = Owner::new(0, 2, lim);
+    let now = Instant::now();
+    let mut targets = Vec::new();
+    let mut scratch = Vec::new();
+    let mut publish = |o: &mut Owner, topic: &str| {
+        let p = PublishIn { topic, data: "1", msg_id: None, prio: None };
+        o.publish(&p, now, &mut targets, |_| true, |n, m| Publication::native(n, m, &mut scratch))
+    };
+    let t0 = std::time::Instant::now();
+    for i in 0..max {
+        publish(&mut o, &format!("t{}/r{i}", i % 1000));
+    }
+    eprintln!("owner: filled {} topics in {:?}", o.len(), t0.elapsed());
+    let mut g = c.benchmark_group("owner");
+    let mut n = 0u64;
+    g.bench_function("create_evicting_at_1m_topics", |b| {
+        b.iter(|| {
+            n += 1;
+            let out = publish(&mut o, &format!("t7/new{n}"));
+            assert!(matches!(out, PublishOutcome::Accepted(_)));
+        })
+    });
+    g.finish();
+    assert_eq!(o.len(), max, "the table stays at its bound");
+}
+
+criterion_group!(benches, encode, parse, ring, fanout, owner);
 criterion_main!(benches);

@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::config::Limits;
+use shardcast::conn::core::ShardCore;
 use shardcast::mesh::{ConnRef, MeshMsg};
 use shardcast::proto::message::{self, MsgFields, Recovery};
-use shardcast::shard::core::ShardCore;
 use shardcast::topic::owned::EpochSource;
 use shardcast::topic::PartitionMap;
 
@@ -168,7 +168,7 @@ fn owner(c: &mut Criterion) {
     use shardcast::topic::owner::{Owner, PublishIn, PublishOutcome};
     use shardcast::topic::publication::Publication;
     let cfg = shardcast::Config::default();
-    let policy = shardcast::shard::core::Policy {
+    let policy = shardcast::conn::core::Policy {
         replay: cfg.replay.clone(),
         rates: cfg.rates.clone(),
         liveness: cfg.liveness.clone(),

@@ -7,9 +7,10 @@
 //!
 //! Layout: [`proto`] (sans-io WebSocket and messages), [`topic`] (names,
 //! partitions, seq/epoch, interest), [`mesh`] (rings, doorbells, the
-//! cross-shard message), [`conn`] (the connection plane), [`shard`]
-//! (executors and shard state), [`server`] (start/stop and the control
-//! plane), [`config`].
+//! cross-shard message), [`conn`] (the connection plane: shard state and
+//! the edge), [`shard`] (executors, socket tasks, the control plane's
+//! ends), [`admin`], [`server`] (start/stop, supervision), [`config`].
+//! Each folder uses only the ones before it (checked by `tests/layering.rs`).
 
 pub mod admin;
 pub mod config;

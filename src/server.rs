@@ -8,17 +8,18 @@
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, ConfigError};
-use crate::mesh::{self, Doorbell};
-use crate::shard::stats::Totals;
-use crate::shard::{self, Control, ShardExit, ShardSpec};
+use crate::conn::stats::Totals;
+use crate::mesh;
+use crate::shard::control::{ControlHandle, ShardLink};
+use crate::shard::{self, ShardExit, ShardSpec};
 use crate::topic::PartitionMap;
 
 /// glommio refuses to start with less locked memory than this.
@@ -66,65 +67,6 @@ pub enum StartError {
     Mesh(std::io::Error),
 }
 
-struct ShardLink {
-    control: Sender<Control>,
-    bell: Arc<Doorbell>,
-}
-
-/// A cheap, cloneable, `Send` handle on the control plane: what the admin
-/// listener and the supervisor use to ask shards for figures.
-#[derive(Clone)]
-pub struct ControlHandle {
-    links: Arc<[ShardLink]>,
-    draining: Arc<AtomicBool>,
-}
-
-impl ControlHandle {
-    fn send(&self, shard: usize, msg: Control) -> bool {
-        let link = &self.links[shard];
-        let ok = link.control.send(msg).is_ok();
-        link.bell.notify();
-        ok
-    }
-
-    /// Number of shards.
-    pub fn shards(&self) -> usize {
-        self.links.len()
-    }
-
-    /// Whether a graceful drain has begun.
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-
-    /// Sends one request to every shard and collects the answers, or the
-    /// first shard that did not answer within `timeout`.
-    fn ask_all<T>(&self, timeout: Duration, make: impl Fn(Sender<T>) -> Control) -> Result<Vec<T>, usize> {
-        let mut waits = Vec::with_capacity(self.links.len());
-        for i in 0..self.links.len() {
-            let (tx, rx) = crossbeam_channel::bounded::<T>(1);
-            if !self.send(i, make(tx)) {
-                return Err(i);
-            }
-            waits.push(rx);
-        }
-        let deadline = std::time::Instant::now() + timeout;
-        waits.iter().enumerate().map(|(i, rx)| rx.recv_deadline(deadline).map_err(|_| i)).collect()
-    }
-
-    /// A snapshot of every shard, or None if one did not answer in time.
-    pub fn try_stats(&self, timeout: Duration) -> Option<Totals> {
-        self.ask_all(timeout, Control::Stats).ok().map(|shards| Totals { shards })
-    }
-
-    /// Whether every shard's mesh task answers the control plane within
-    /// `timeout` (a liveness probe: a wedged executor cannot answer); on
-    /// failure, the first shard that did not.
-    pub fn alive(&self, timeout: Duration) -> Result<(), usize> {
-        self.ask_all(timeout, Control::Ping).map(|_| ())
-    }
-}
-
 /// A running server.
 pub struct ServerHandle {
     addr: SocketAddr,
@@ -163,7 +105,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
             map,
             limits: cfg.limits.clone(),
             control,
-            policy: crate::shard::core::Policy {
+            policy: crate::conn::core::Policy {
                 replay: cfg.replay.clone(),
                 rates: cfg.rates.clone(),
                 liveness: cfg.liveness.clone(),
@@ -263,7 +205,7 @@ impl ServerHandle {
         threads: Vec<glommio::ExecutorJoinHandle<()>>,
         exits: Receiver<ShardExit>,
     ) -> Self {
-        let control = ControlHandle { links: links.into(), draining: Arc::new(AtomicBool::new(false)) };
+        let control = ControlHandle::new(links, Arc::new(AtomicBool::new(false)));
         Self { addr, map, control, threads, exits, admin: None }
     }
 
@@ -319,10 +261,7 @@ impl ServerHandle {
     /// Call [`ServerHandle::shutdown`] afterwards.
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
-        self.control.draining.store(true, Ordering::SeqCst);
-        for i in 0..self.control.shards() {
-            self.control.send(i, Control::Drain);
-        }
+        self.control.begin_drain();
         while std::time::Instant::now() < deadline {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if let Some(t) = self.try_stats(left.min(Duration::from_secs(1))) {
@@ -340,9 +279,7 @@ impl ServerHandle {
         if let Some(admin) = self.admin.take() {
             admin.stop();
         }
-        for i in 0..self.control.shards() {
-            self.control.send(i, Control::Stop);
-        }
+        self.control.stop_all();
         for t in self.threads {
             let _ = t.join();
         }

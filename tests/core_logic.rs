@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 use shardcast::config::Limits;
+use shardcast::conn::core::ShardCore;
 use shardcast::conn::Phase;
 use shardcast::mesh::{self, MeshEnds};
-use shardcast::shard::core::ShardCore;
 use shardcast::topic::PartitionMap;
 
 /// A masked client text frame.

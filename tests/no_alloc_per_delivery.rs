@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use shardcast::config::Limits;
+use shardcast::conn::core::ShardCore;
 use shardcast::mesh::{ConnRef, MeshMsg};
 use shardcast::proto::message::Recovery;
-use shardcast::shard::core::ShardCore;
 use shardcast::topic::owned::EpochSource;
 use shardcast::topic::publication::Publication;
 use shardcast::topic::PartitionMap;

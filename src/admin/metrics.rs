@@ -7,10 +7,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::shard::stats::{ShardStats, Totals};
-
-/// How many of the busiest topics get a lag series.
-pub const TOP_TOPICS: usize = 20;
+use crate::conn::stats::{ShardStats, Totals, TOP_TOPICS};
 
 struct Out {
     text: String,

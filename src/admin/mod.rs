@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::server::ControlHandle;
+use crate::shard::control::ControlHandle;
 
 /// How long a shard may take to answer a scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);

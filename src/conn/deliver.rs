@@ -9,13 +9,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::conn::core::ShardCore;
 use crate::conn::http::{self, Answer};
 use crate::conn::outbound::{Delivery, Push};
 use crate::conn::state::Sub;
 use crate::conn::Phase;
 use crate::mesh::{ConnRef, PubReply, ReplyKind, Requester, SharedPub};
 use crate::proto::message::{self, ErrorCode, Recovery};
-use crate::shard::core::ShardCore;
 use crate::topic::owned::Epoch;
 
 /// What the owner answered to a `sub`.

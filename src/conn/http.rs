@@ -9,12 +9,12 @@
 
 use std::fmt::Write as _;
 
-use super::input::{PubArgs, Refusal};
+use super::publish::{PubArgs, Refusal};
 use super::Phase;
+use crate::conn::core::ShardCore;
 use crate::mesh::ReplyKind;
 use crate::proto::handshake::{self, HttpRequest};
 use crate::proto::message::{self, ErrorCode};
-use crate::shard::core::ShardCore;
 use crate::topic::owned::Epoch;
 
 /// HTTP state of a connection speaking the HTTP API (boxed in the slot, so a

@@ -1,19 +1,15 @@
-//! Shard bootstrap: one glommio executor per core-map entry, pinned with
+//! Shard bootstrap and scheduling: one glommio executor per core-map entry, pinned with
 //! `Placement::Fixed`, named `shard-NN`, each with its own SO_REUSEPORT
 //! listener and its ends of the mesh; a guard that tells the supervisor when
 //! a shard's thread ends, however it ends.
 //!
-//! Inside a shard: the accept task, one task per connection (`conn::io`) and
+//! Inside a shard: the accept task, one task per connection ([`io`]) and
 //! the mesh task below, which drains the inbound rings in batches and
 //! answers the control plane. All of them share one [`ShardCtx`] through an
 //! `Rc`; its `RefCell`s are never borrowed across an `.await`.
 
-pub mod core;
-pub mod drain;
-pub mod liveness;
-pub mod logs;
-pub mod routing;
-pub mod stats;
+pub mod control;
+pub mod io;
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -24,9 +20,10 @@ use crossbeam_channel::{Receiver, Sender};
 use futures_lite::AsyncReadExt;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use self::core::ShardCore;
-use self::stats::{RingStats, ShardStats};
+pub use self::control::Control;
 use crate::config::{Limits, ShardsConfig};
+use crate::conn::core::ShardCore;
+use crate::conn::stats::{RingStats, ShardStats};
 use crate::mesh::MeshEnds;
 use crate::topic::PartitionMap;
 
@@ -49,20 +46,6 @@ pub struct ShardCtx {
     pub wbuf: RefCell<Vec<u8>>,
     /// The shard is stopping: accept no more.
     pub stopping: Cell<bool>,
-}
-
-/// Control-plane requests to a shard (crossbeam channel + doorbell).
-#[derive(Debug)]
-pub enum Control {
-    /// Reply with a stats snapshot.
-    Stats(Sender<ShardStats>),
-    /// Liveness probe: reply at once.
-    Ping(Sender<()>),
-    /// Graceful drain: stop accepting, then close every connection behind
-    /// its queued publications (see `drain`).
-    Drain,
-    /// Stop: close the listener and end the executor (sockets close).
-    Stop,
 }
 
 /// Why a shard thread ended, for the supervisor.
@@ -103,7 +86,7 @@ pub struct ShardSpec {
     /// Control-plane inbox.
     pub control: Receiver<Control>,
     /// Replay, rate and liveness settings.
-    pub policy: self::core::Policy,
+    pub policy: crate::conn::core::Policy,
 }
 
 /// Starts a shard thread.
@@ -130,12 +113,12 @@ async fn run(spec: ShardSpec) {
         id,
         core: RefCell::new(ShardCore::with_policy(id, map, limits, outboxes, policy)),
         rbuf: RefCell::new(vec![0u8; READ_BUF].into_boxed_slice()),
-        wbuf: RefCell::new(Vec::with_capacity(crate::conn::io::WRITE_CHUNK + 4096)),
+        wbuf: RefCell::new(Vec::with_capacity(self::io::WRITE_CHUNK + 4096)),
         stopping: Cell::new(false),
     });
     // SAFETY: the fd is a listening TCP socket this thread now owns alone.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    let accept = glommio::spawn_local(crate::conn::io::accept_loop(ctx.clone(), listener));
+    let accept = glommio::spawn_local(self::io::accept_loop(ctx.clone(), listener));
     let sweeper = glommio::spawn_local(sweep_liveness(ctx.clone()));
     let owner_sweep = glommio::spawn_local(sweep_owner(ctx.clone()));
     // SAFETY: the read end of the doorbell pair, owned by this shard alone.
@@ -324,7 +307,7 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         retained: core.owner.retained(),
         owner_bytes: core.owner.bytes() as u64,
         owner: core.owner.stats.clone(),
-        top_topics: core.owner.busiest(crate::admin::metrics::TOP_TOPICS),
+        top_topics: core.owner.busiest(crate::conn::stats::TOP_TOPICS),
         backlog: backlog(core),
     }
 }

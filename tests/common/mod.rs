@@ -165,8 +165,8 @@ pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
 pub fn wait_stats(
     server: &ServerHandle,
     what: &str,
-    cond: impl Fn(&shardcast::shard::stats::Totals) -> bool,
-) -> shardcast::shard::stats::Totals {
+    cond: impl Fn(&shardcast::conn::stats::Totals) -> bool,
+) -> shardcast::conn::stats::Totals {
     let deadline = Instant::now() + WAIT;
     loop {
         let t = server.stats();
@@ -179,7 +179,7 @@ pub fn wait_stats(
 }
 
 /// The headline figures of a stats snapshot, for failure messages.
-pub fn summary(t: &shardcast::shard::stats::Totals) -> Value {
+pub fn summary(t: &shardcast::conn::stats::Totals) -> Value {
     json!({
         "connections_open": t.sum(|s| s.connections_open),
         "subscriptions": t.sum(|s| s.subscriptions),

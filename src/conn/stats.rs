@@ -9,6 +9,9 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+/// How many of the busiest topics a snapshot names (each gets a lag series).
+pub const TOP_TOPICS: usize = 20;
+
 /// Highest latency tracked, µs (60 s); larger samples are clamped.
 const MAX_LATENCY_US: u64 = 60_000_000;
 

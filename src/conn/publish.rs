@@ -1,0 +1,107 @@
+//! Publish admission at the edge: the checks a publication passes on the
+//! shard that read it (topic, data, drain, rate limits, ring room) before it
+//! is routed to its owner. WebSocket, HTTP and batch publishes all come
+//! through `ShardCore::submit_publish`; each edge encodes a [`Refusal`] in
+//! its own wire format.
+
+use std::time::Instant;
+
+use crate::conn::core::{ShardCore, OVERLOADED_RETRY_MS};
+use crate::conn::rate::TokenBucket;
+use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind, Requester};
+use crate::proto::message::{self, ErrorCode};
+use crate::topic::name;
+
+impl ShardCore {
+    /// Takes a token from the connection's and the tenant's buckets; on
+    /// refusal, which scope and how long to wait.
+    fn take_publish_token(&mut self, idx: usize, topic: &str) -> Result<(), (&'static str, u64)> {
+        let now = Instant::now();
+        let r = self.policy.rates.clone();
+        let c = &mut self.conns[idx];
+        let bucket = c.bucket.get_or_insert_with(|| TokenBucket::new(r.connection_burst, now));
+        bucket.take(r.connection_per_sec, r.connection_burst, now).map_err(|ms| ("connection", ms))?;
+        let n = self.map.shards as f64;
+        let tenant = topic.split('/').next().unwrap_or(topic);
+        let (rate, burst) = (r.tenant_per_sec / n, (r.tenant_burst / n).max(1.0));
+        self.tenants.take(tenant, rate, burst, now).map_err(|ms| ("tenant", ms))
+    }
+
+    /// Checks a publication on the shard that read it (topic, drain, rate
+    /// limits, ring room) and routes it to the topic's owner. WebSocket and
+    /// HTTP publishes alike come through here.
+    pub(crate) fn submit_publish(&mut self, idx: usize, p: PubArgs<'_>) -> Result<(), Refusal> {
+        if let Err(e) = name::validate(p.topic) {
+            return Err(Refusal { code: ErrorCode::BadTopic, message: e.to_string(), retry_after_ms: None });
+        }
+        if let Err(e) = crate::proto::json_check::check_data(p.data, self.limits.max_data_depth) {
+            *self.counters.publishes_rejected.entry("bad_data").or_default() += 1;
+            return Err(Refusal { code: ErrorCode::BadRequest, message: e.to_string(), retry_after_ms: None });
+        }
+        if self.draining {
+            *self.counters.publishes_rejected.entry("draining").or_default() += 1;
+            let retry = Some(self.policy.liveness.drain_reconnect_after_ms);
+            return Err(Refusal {
+                code: ErrorCode::Overloaded,
+                message: "server draining; reconnect".into(),
+                retry_after_ms: retry,
+            });
+        }
+        if let Err((scope, ms)) = self.take_publish_token(idx, p.topic) {
+            *self.counters.rate_limited.entry(scope).or_default() += 1;
+            self.hits.hit(self.id, crate::conn::logs::Hit::RateLimited, &format!("publish rate limited ({scope})"));
+            *self.counters.publishes_rejected.entry("rate_limited").or_default() += 1;
+            let message = format!("publish rate limit ({scope}) exceeded");
+            return Err(Refusal { code: ErrorCode::RateLimited, message, retry_after_ms: Some(ms) });
+        }
+        let owner = self.map.owner(p.topic);
+        if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
+            if let Some(o) = self.outboxes[owner].as_mut() {
+                o.note_full();
+            }
+            self.hits.hit(self.id, crate::conn::logs::Hit::RingFull, "mesh ring full; publish refused");
+            *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
+            let message = "engine overloaded (mesh ring full); retry later".into();
+            return Err(Refusal { code: ErrorCode::Overloaded, message, retry_after_ms: Some(OVERLOADED_RETRY_MS) });
+        }
+        let gen = self.conns[idx].gen;
+        let req = PublishReq {
+            to: Requester { conn: ConnRef { idx: idx as u32, gen }, id: p.id, kind: p.reply },
+            topic: p.topic.into(),
+            data: p.data.into(),
+            msg_id: p.msg_id.map(Into::into),
+            prio: p.prio,
+            received_at: Instant::now(),
+        };
+        self.route_to_owner(MeshMsg::Publish(Box::new(req)));
+        Ok(())
+    }
+}
+
+/// A publication as read from a client, before routing.
+#[derive(Debug, Clone, Copy)]
+pub struct PubArgs<'a> {
+    /// Command id to echo.
+    pub id: Option<u64>,
+    /// Topic (not yet validated).
+    pub topic: &'a str,
+    /// Verbatim JSON data.
+    pub data: &'a str,
+    /// Idempotency key.
+    pub msg_id: Option<&'a str>,
+    /// Priority as given.
+    pub prio: Option<message::Prio>,
+    /// How the owner must answer.
+    pub reply: ReplyKind,
+}
+
+/// Why the ingress shard refused a publication.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Error code.
+    pub code: ErrorCode,
+    /// Explanation.
+    pub message: String,
+    /// `retry_after_ms`, if any.
+    pub retry_after_ms: Option<u64>,
+}

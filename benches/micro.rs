@@ -201,5 +201,27 @@ fn owner(c: &mut Criterion) {
     assert_eq!(o.len(), max, "the table stays at its bound");
 }
 
-criterion_group!(benches, encode, parse, ring, fanout, owner);
+/// Issue 9 defect 10: a critical push onto a connection scanned its whole
+/// normal lane (to turn overtaken frames of its topic into a gap). This
+/// pushes critical frames onto one connection holding 10,000 queued normal
+/// frames of 100 topics, one of them the critical frame's own.
+fn critical(c: &mut Criterion) {
+    use shardcast::conn::outbound::{Delivery, Outbound};
+    use shardcast::proto::message::Prio;
+    use shardcast::topic::publication::Publication;
+    use std::rc::Rc;
+    let mut o = Outbound::default();
+    for i in 0..10_000u64 {
+        let d = Rc::new(Delivery { publ: Publication::sample(&format!("t/r{}", i % 100), i / 100 + 1, DATA) });
+        o.push_frame(&d, Prio::Normal, usize::MAX, usize::MAX);
+    }
+    let crit = Rc::new(Delivery { publ: Publication::sample("t/r7", 1_000_000, DATA) });
+    let mut g = c.benchmark_group("outbound");
+    g.bench_function("critical_push_over_10k_queued_normal", |b| {
+        b.iter(|| black_box(o.push_frame(&crit, Prio::Critical, usize::MAX, usize::MAX)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, parse, ring, fanout, owner, critical);
 criterion_main!(benches);

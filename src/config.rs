@@ -194,6 +194,8 @@ pub struct Limits {
     pub max_topics_per_tenant: usize,
     /// Deepest nesting of arrays/objects accepted in a publication's `data`.
     pub max_data_depth: usize,
+    /// Deliveries a shard makes per slice before yielding to its reactor.
+    pub fanout_budget: usize,
     /// Upgrade deadline, ms.
     pub handshake_timeout_ms: u64,
 }
@@ -296,6 +298,7 @@ impl Default for Limits {
             max_topics_per_shard: 1_000_000,
             max_topics_per_tenant: 100_000,
             max_data_depth: 64,
+            fanout_budget: 16384,
             handshake_timeout_ms: 10_000,
         }
     }
@@ -379,6 +382,9 @@ impl Config {
         }
         if !(1..=10_000).contains(&l.max_data_depth) {
             return invalid("limits.max_data_depth", "must be between 1 and 10000");
+        }
+        if l.fanout_budget == 0 {
+            return invalid("limits.fanout_budget", "must be at least 1");
         }
         if l.max_topics_per_tenant == 0 {
             return invalid("limits.max_topics_per_tenant", "must be at least 1");

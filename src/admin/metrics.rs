@@ -203,6 +203,12 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "close_linger_expired_total", "counter", "Closing connections dropped at the linger bound.", |s| {
         s.counters.close_linger_expired
     });
+    o.per_shard(t, "peer_eofs_total", "counter", "Peers that half-closed; owed answers still sent.", |s| {
+        s.counters.peer_eofs
+    });
+    o.per_shard(t, "fanout_slices_parked_total", "counter", "Fanouts continued in a later slice.", |s| {
+        s.counters.fanout_parked
+    });
     o.per_shard(t, "sends_total", "counter", "send calls by connection writers.", |s| s.counters.sends);
     o.per_shard(t, "bytes_sent_total", "counter", "Bytes sent by connection writers.", |s| s.counters.bytes_sent);
     o.per_shard(t, "outbound_queue_bytes", "gauge", "Bytes queued on all connections.", |s| s.outbound_bytes);

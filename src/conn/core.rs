@@ -64,6 +64,14 @@ pub struct ShardCore {
     pub hits: super::logs::HitLog,
     /// When the liveness sweep last ran (a late sweep means a stall).
     pub last_liveness_sweep: Option<Instant>,
+    /// The time of the entry being handled: set by [`ShardCore::tick`] (and
+    /// the `*_at` entry points), read by everything inside. The core never
+    /// reads the clock itself, so the harness can drive it with simulated time.
+    pub now: Instant,
+    /// Fanouts parked when a slice's budget ran out, resumed in order.
+    pub(crate) parked: std::collections::VecDeque<super::deliver::Parked>,
+    /// Deliveries the current slice may still make (reset by `tick`).
+    pub(crate) fanout_left: usize,
 }
 
 /// The config sections a shard applies beyond `limits`.
@@ -135,7 +143,22 @@ impl ShardCore {
             drain: Default::default(),
             hits: Default::default(),
             last_liveness_sweep: None,
+            now: Instant::now(),
+            parked: Default::default(),
+            fanout_left: 0,
         }
+    }
+
+    /// Advances the core's time to `now` (never backwards). The scheduling
+    /// layer calls it once per entry (a read, a batch of mesh messages, a
+    /// timer); the deterministic harness calls it with simulated time.
+    ///
+    /// Each entry is a new slice: its fanout budget starts full.
+    pub fn tick(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+        self.fanout_left = self.limits.fanout_budget;
     }
 
     /// Registers a new connection, or `None` at the connection limit.
@@ -159,6 +182,11 @@ impl ShardCore {
     /// Forgets a connection whose socket is gone: its subscriptions are
     /// removed from the local index and given back to their owners.
     pub fn remove(&mut self, idx: usize) {
+        if !self.conns.contains(idx) {
+            return;
+        }
+        // Its topics' lists change: parked fanouts walking them finish first.
+        self.settle_fanout();
         let Some(conn) = self.conns.try_remove(idx) else {
             return;
         };
@@ -174,6 +202,7 @@ impl ShardCore {
     /// Removes `conn` at `pos` from `topic`'s local list, fixing the position
     /// of the connection that took its place.
     pub(crate) fn unlink(&mut self, conn: u32, topic: &Arc<str>, pos: u32) {
+        self.settle_fanout();
         let Some(moved) = self.local.remove(topic, pos) else {
             return;
         };
@@ -183,6 +212,17 @@ impl ShardCore {
                 s.pos = pos;
             }
         }
+    }
+
+    /// The peer of connection `idx` shut its write side. Returns whether the
+    /// connection is settled (nothing owed: close now); otherwise its task
+    /// keeps writing until [`Conn::settled`], within the close linger.
+    pub fn peer_eof(&mut self, idx: usize) -> bool {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return true;
+        };
+        c.peer_eof = true;
+        c.settled()
     }
 
     /// Queues a control reply on connection `idx` (which must exist).

@@ -37,9 +37,10 @@ impl ShardCore {
     /// The owner answered a publish of one of this shard's connections:
     /// encode it for the connection's protocol.
     pub(crate) fn on_published(&mut self, to: Requester, reply: PubReply) {
-        if self.conn_mut(to.conn).is_none() {
+        let Some(c) = self.conn_mut(to.conn) else {
             return;
-        }
+        };
+        c.awaiting = c.awaiting.saturating_sub(1);
         let idx = to.conn.idx as usize;
         let answer = match &reply {
             PubReply::Ack { topic, seq, epoch, dup } => Answer::Ack { topic, seq: *seq, epoch: *epoch, dup: *dup },
@@ -66,6 +67,8 @@ impl ShardCore {
     }
 
     pub(crate) fn on_subscribed(&mut self, conn: ConnRef, id: Option<u64>, a: SubscribeAnswer) {
+        // A join or a re-sync moves what a parked fanout walks.
+        self.settle_fanout();
         let idx = conn.idx as usize;
         let Some(c) = self.conns.get_mut(idx).filter(|c| c.gen == conn.gen) else {
             return self.release(a.topic);
@@ -126,16 +129,82 @@ impl ShardCore {
         self.route_to_owner(crate::mesh::MeshMsg::Release { topic });
     }
 
-    /// Queues one publication on every local subscriber of its topic.
+    /// Queues a publication on every local subscriber of its topic, within
+    /// the slice's budget (`limits.fanout_budget`); what does not fit is
+    /// parked and continued by [`ShardCore::run_fanout`] in a later slice.
+    /// Parked fanouts run in arrival order, and a new one queues behind
+    /// them, so every subscriber still sees a topic's seqs in order.
     pub fn fanout_local(&mut self, publ: SharedPub, received_at: Instant) {
         let Some(lt) = self.local.get(&publ.topic) else {
             return;
         };
-        let (soft, hard) = (self.limits.outbound_soft_bytes, self.limits.outbound_hard_bytes);
+        let n = lt.subs.len();
         let prio = publ.prio;
-        let local = Rc::new(Delivery { publ });
+        let frame = Rc::new(Delivery { publ });
+        if self.parked.is_empty() && n <= self.fanout_left {
+            self.fanout_left -= n;
+            self.push_slice(&frame, prio, 0, n);
+            self.counters.record_deliver(received_at);
+            return;
+        }
+        self.parked.push_back(Parked { frame, prio, next: 0, received_at });
+        self.run_fanout();
+    }
+
+    /// Continues parked fanouts while the slice has budget. Returns whether
+    /// some are still parked (the mesh task comes back after yielding).
+    pub fn run_fanout(&mut self) -> bool {
+        while let Some(p) = self.parked.front() {
+            let (frame, prio, next) = (p.frame.clone(), p.prio, p.next);
+            let len = self.local.get(frame.topic()).map_or(0, |lt| lt.subs.len());
+            let end = len.min(next.saturating_add(self.fanout_left));
+            if end < len && end == next {
+                return true;
+            }
+            self.push_slice(&frame, prio, next, end);
+            self.fanout_left -= end - next;
+            if end < len {
+                self.counters.fanout_parked += 1;
+                if let Some(p) = self.parked.front_mut() {
+                    p.next = end;
+                }
+                return true;
+            }
+            if let Some(p) = self.parked.pop_front() {
+                self.counters.record_deliver(p.received_at);
+            }
+        }
+        false
+    }
+
+    /// Whether fanouts are parked.
+    pub fn fanout_pending(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Finishes every parked fanout now, whatever the budget: called before
+    /// a topic's local list changes (a subscriber joins, leaves or re-syncs,
+    /// which would move the positions a parked fanout walks) and before a
+    /// drain closes connections.
+    pub(crate) fn settle_fanout(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let left = self.fanout_left;
+        self.fanout_left = usize::MAX;
+        self.run_fanout();
+        self.fanout_left = left;
+    }
+
+    /// Queues `frame` on the subscribers at positions `from..to` of its
+    /// topic's local list.
+    fn push_slice(&mut self, frame: &Rc<Delivery>, prio: message::Prio, from: usize, to: usize) {
+        let Some(lt) = self.local.get(frame.topic()) else {
+            return;
+        };
+        let (soft, hard) = (self.limits.outbound_soft_bytes, self.limits.outbound_hard_bytes);
         let mut slow = Vec::new();
-        for &c in &lt.subs {
+        for &c in &lt.subs[from..to] {
             let Some(conn) = self.conns.get_mut(c as usize) else {
                 self.counters.internal_errors += 1;
                 continue;
@@ -144,7 +213,7 @@ impl ShardCore {
                 continue;
             }
             let was_empty = conn.out.is_empty();
-            match conn.out.push_frame(&local, prio, soft, hard) {
+            match conn.out.push_frame(frame, prio, soft, hard) {
                 Push::Queued => {
                     self.counters.deliveries += 1;
                     if was_empty {
@@ -155,9 +224,18 @@ impl ShardCore {
                 Push::Overflow => slow.push(c as usize),
             }
         }
-        self.counters.record_deliver(received_at);
         for c in slow {
             self.close_slow(c);
         }
     }
+}
+
+/// A fanout that ran out of its slice's budget: the frame, and the position
+/// in its topic's local list to continue from.
+#[derive(Debug)]
+pub struct Parked {
+    frame: Rc<Delivery>,
+    prio: message::Prio,
+    next: usize,
+    received_at: Instant,
 }

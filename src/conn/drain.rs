@@ -72,6 +72,8 @@ impl ShardCore {
     /// Queues `drain` + close 1012 behind everything each connection has
     /// queued; connections still in their handshake are answered 503.
     fn close_all_for_drain(&mut self) {
+        // Everything sequenced before the drain goes out before the close.
+        self.settle_fanout();
         let after = self.policy.liveness.drain_reconnect_after_ms;
         let mut tail = Vec::with_capacity(64);
         message::drain(&mut tail, after);

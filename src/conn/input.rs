@@ -27,6 +27,8 @@ impl ShardCore {
     /// Handles bytes read from connection `idx` at time `now` (the
     /// deterministic harness passes simulated time).
     pub fn on_bytes_at(&mut self, idx: usize, data: &mut [u8], now: Instant) {
+        self.tick(now);
+        let now = self.now;
         let Some(conn) = self.conns.get_mut(idx) else {
             return;
         };
@@ -172,7 +174,7 @@ impl ShardCore {
                 conn.inbuf = buf;
             }
         }
-        self.note_partial_request(idx, Instant::now());
+        self.note_partial_request(idx, self.now);
     }
 
     fn process_frames(&mut self, idx: usize, buf: &mut [u8]) -> usize {
@@ -233,7 +235,7 @@ impl ShardCore {
     /// soft outbound limit) and checks the ring to the owner has room, so
     /// control traffic from connections cannot grow a ring's overflow queue.
     fn admit_control(&mut self, idx: usize, topic: &str) -> Result<(), (ErrorCode, &'static str, u64)> {
-        let now = Instant::now();
+        let now = self.now;
         let (rate, burst) = (self.policy.rates.control_per_sec, self.policy.rates.control_burst);
         let c = &mut self.conns[idx];
         let bucket = c.control_bucket.get_or_insert_with(|| TokenBucket::new(burst, now));

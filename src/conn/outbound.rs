@@ -94,6 +94,11 @@ pub struct Outbound {
     normal: VecDeque<Item>,
     /// Written after every lane is empty (the drain notice and close).
     last: Vec<u8>,
+    /// Per topic, the seq of the newest critical frame that overtook queued
+    /// normal frames: a normal frame of that topic below it is superseded and
+    /// goes out as a `gap` when the writer reaches it (so a critical push
+    /// never scans the normal lane). Cleared when the normal lane empties.
+    overtaken: Vec<(Arc<str>, u64)>,
     /// Bytes held in all lanes and `pending`.
     bytes: usize,
 }
@@ -139,7 +144,7 @@ impl Outbound {
                     return Push::Overflow;
                 }
                 if !self.normal.is_empty() {
-                    self.drop_normal_of(d.topic());
+                    self.note_overtaken(d.topic(), d.seq());
                 }
                 self.critical.push_back(d.clone());
             }
@@ -165,22 +170,20 @@ impl Outbound {
         Push::Dropped
     }
 
-    /// Replaces the queued normal frames of `topic` with gap markers.
-    fn drop_normal_of(&mut self, topic: &Arc<str>) {
-        let same = |t: &Arc<str>| Arc::ptr_eq(t, topic) || **t == **topic;
-        if !self.normal.iter().any(|i| matches!(i, Item::Frame(f) if same(f.topic()))) {
-            return;
+    /// Records that a critical frame of `topic` at `seq` overtook the
+    /// normal lane (O(topics overtaken), not O(queued frames)).
+    fn note_overtaken(&mut self, topic: &Arc<str>, seq: u64) {
+        match self.overtaken.iter_mut().find(|(t, _)| Arc::ptr_eq(t, topic) || **t == **topic) {
+            Some(e) => e.1 = e.1.max(seq),
+            None => self.overtaken.push((topic.clone(), seq)),
         }
-        let old = std::mem::take(&mut self.normal);
-        for item in old {
-            match item {
-                Item::Frame(f) if same(f.topic()) => {
-                    self.bytes -= f.frame().len();
-                    let _ = self.note_drop(f.topic(), f.seq(), usize::MAX);
-                }
-                other => self.normal.push_back(other),
-            }
-        }
+    }
+
+    /// Whether a queued normal frame was overtaken by a critical frame of
+    /// its topic (it is then sent as part of a `gap`).
+    fn superseded(&self, f: &Delivery) -> bool {
+        !self.overtaken.is_empty()
+            && self.overtaken.iter().any(|(t, s)| f.seq() < *s && (Arc::ptr_eq(t, f.topic()) || **t == **f.topic()))
     }
 
     /// Removes every queued frame and gap marker of `topic` (a re-sync
@@ -208,6 +211,7 @@ impl Outbound {
             }
             _ => true,
         });
+        self.overtaken.retain(|(t, _)| &**t != topic);
         self.bytes -= bytes;
         removed
     }
@@ -219,6 +223,7 @@ impl Outbound {
         self.critical = VecDeque::new();
         self.normal = VecDeque::new();
         self.last = Vec::new();
+        self.overtaken = Vec::new();
         self.bytes = self.pending().len();
     }
 
@@ -269,18 +274,47 @@ impl Outbound {
             out.extend_from_slice(f.frame());
             self.bytes -= f.frame().len();
         }
+        // A run of superseded frames of one topic, sent as one gap.
+        let mut run: Option<(Arc<str>, u64, u64)> = None;
         while out.len() < max {
             match self.normal.pop_front() {
-                Some(Item::Frame(f)) => {
-                    out.extend_from_slice(f.frame());
+                Some(Item::Frame(f)) if self.superseded(&f) => {
                     self.bytes -= f.frame().len();
+                    match &mut run {
+                        Some((t, _, to)) if *to + 1 == f.seq() && (Arc::ptr_eq(t, f.topic()) || **t == **f.topic()) => {
+                            *to = f.seq()
+                        }
+                        _ => {
+                            if let Some((t, from, to)) = run.take() {
+                                message::gap(out, &t, from, to);
+                            }
+                            run = Some((f.topic().clone(), f.seq(), f.seq()));
+                        }
+                    }
                 }
-                Some(Item::Gap(g)) => {
-                    message::gap(out, &g.topic, g.from, g.to);
-                    self.bytes -= GAP_CHARGE;
+                Some(item) => {
+                    if let Some((t, from, to)) = run.take() {
+                        message::gap(out, &t, from, to);
+                    }
+                    match item {
+                        Item::Frame(f) => {
+                            out.extend_from_slice(f.frame());
+                            self.bytes -= f.frame().len();
+                        }
+                        Item::Gap(g) => {
+                            message::gap(out, &g.topic, g.from, g.to);
+                            self.bytes -= GAP_CHARGE;
+                        }
+                    }
                 }
                 None => break,
             }
+        }
+        if let Some((t, from, to)) = run.take() {
+            message::gap(out, &t, from, to);
+        }
+        if self.normal.is_empty() {
+            self.overtaken.clear();
         }
         if self.critical.is_empty() && self.normal.is_empty() && !self.last.is_empty() && out.len() < max {
             out.extend_from_slice(&self.last);
@@ -365,8 +399,8 @@ mod tests {
         o.push_frame(&frame_of("a/b", 5, b'5', 5), Prio::Normal, 1000, 2000);
         o.push_frame(&frame_of("a/b", 6, b'C', 5), Prio::Critical, 1000, 2000);
         let text = String::from_utf8_lossy(&drain(&mut o)).to_string();
-        // The critical frame first; each dropped frame of its topic becomes a
-        // gap notice where it stood; the other topic is untouched.
+        // The critical frame first; each overtaken frame of its topic becomes
+        // a gap notice where it stood; the other topic is untouched.
         let g4 = r#"{"op":"gap","topic":"a/b","from":4,"to":4}"#;
         let g5 = r#"{"op":"gap","topic":"a/b","from":5,"to":5}"#;
         assert!(text.starts_with("CCCCC"), "{text}");
@@ -376,14 +410,49 @@ mod tests {
     }
 
     #[test]
+    fn overtaken_runs_merge_into_one_gap_and_later_frames_survive() {
+        let mut o = Outbound::default();
+        for seq in 1..=3 {
+            o.push_frame(&frame_of("a/b", seq, b'n', 5), Prio::Normal, 1000, 4000);
+        }
+        o.push_frame(&frame_of("a/b", 4, b'C', 5), Prio::Critical, 1000, 4000);
+        // Pushed after the critical frame: newer, so kept.
+        o.push_frame(&frame_of("a/b", 5, b'5', 5), Prio::Normal, 1000, 4000);
+        let text = String::from_utf8_lossy(&drain(&mut o)).to_string();
+        assert!(text.starts_with("CCCCC") && text.ends_with("55555"), "{text}");
+        assert_eq!(text.matches(r#""op":"gap""#).count(), 1, "{text}");
+        assert!(text.contains(r#"{"op":"gap","topic":"a/b","from":1,"to":3}"#), "{text}");
+        assert!(o.is_empty());
+        // The lane emptied, so the mark is gone: a replay from seq 1 after a
+        // re-sync is not taken for overtaken frames.
+        o.push_frame(&frame_of("a/b", 1, b'r', 5), Prio::Normal, 1000, 4000);
+        assert_eq!(drain(&mut o), b"rrrrr");
+    }
+
+    #[test]
+    fn a_partial_fill_keeps_the_mark_for_the_rest() {
+        let mut o = Outbound::default();
+        for seq in 1..=4 {
+            o.push_frame(&frame_of("a/b", seq, b'n', 10), Prio::Normal, 1000, 4000);
+        }
+        o.push_frame(&frame_of("a/b", 9, b'C', 10), Prio::Critical, 1000, 4000);
+        let mut out = Vec::new();
+        o.fill(&mut out, 5);
+        assert_eq!(out, b"CCCCCCCCCC");
+        let text = String::from_utf8_lossy(&drain(&mut o)).to_string();
+        assert_eq!(text.matches(r#""op":"gap""#).count(), 1, "{text}");
+        assert!(text.ends_with(r#"{"op":"gap","topic":"a/b","from":1,"to":4}"#), "{text}");
+        assert!(o.is_empty());
+    }
+
+    #[test]
     fn purge_removes_one_topic_only() {
         let mut o = Outbound::default();
         o.push_frame(&frame_of("a/b", 1, b'a', 4), Prio::Normal, 1000, 2000);
         o.push_frame(&frame_of("c/d", 1, b'c', 4), Prio::Normal, 1000, 2000);
         o.push_frame(&frame_of("a/b", 2, b'A', 4), Prio::Critical, 1000, 2000);
-        // The critical push already turned seq 1 into a gap marker; purge
-        // removes the critical frame and that marker.
-        assert_eq!(o.purge_topic("a/b"), 1);
+        // Purge removes the critical frame and the frame it overtook.
+        assert_eq!(o.purge_topic("a/b"), 2);
         assert_eq!(drain(&mut o), b"cccc");
         assert!(o.is_empty());
     }

@@ -4,8 +4,6 @@
 //! through `ShardCore::submit_publish`; each edge encodes a [`Refusal`] in
 //! its own wire format.
 
-use std::time::Instant;
-
 use crate::conn::core::{ShardCore, OVERLOADED_RETRY_MS};
 use crate::conn::rate::TokenBucket;
 use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind, Requester};
@@ -16,7 +14,7 @@ impl ShardCore {
     /// Takes a token from the connection's and the tenant's buckets; on
     /// refusal, which scope and how long to wait.
     fn take_publish_token(&mut self, idx: usize, topic: &str) -> Result<(), (&'static str, u64)> {
-        let now = Instant::now();
+        let now = self.now;
         let r = self.policy.rates.clone();
         let c = &mut self.conns[idx];
         let bucket = c.bucket.get_or_insert_with(|| TokenBucket::new(r.connection_burst, now));
@@ -71,8 +69,9 @@ impl ShardCore {
             data: p.data.into(),
             msg_id: p.msg_id.map(Into::into),
             prio: p.prio,
-            received_at: Instant::now(),
+            received_at: self.now,
         };
+        self.conns[idx].awaiting += 1;
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));
         Ok(())
     }

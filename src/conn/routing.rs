@@ -49,7 +49,7 @@ impl ShardCore {
             MeshMsg::Subscribe { conn, id, topic, since } => self.owner_subscribe(from, conn, id, &topic, since),
             MeshMsg::Unsubscribe { conn, id, topic } => self.send_to(from, MeshMsg::Unsubscribed { conn, id, topic }),
             MeshMsg::Release { topic } => {
-                if !self.owner.release(from, &topic, Instant::now()) {
+                if !self.owner.release(from, &topic, self.now) {
                     self.counters.internal_errors += 1;
                 }
             }
@@ -115,7 +115,7 @@ impl ShardCore {
     /// interested shard. A repeated `msg_id` inside the window is acked with
     /// its original seq and not delivered again.
     fn owner_publish(&mut self, from: usize, req: PublishReq) {
-        let now = Instant::now();
+        let now = self.now;
         let p = PublishIn { topic: &req.topic, data: &req.data, msg_id: req.msg_id.as_deref(), prio: req.prio };
         let mut targets = std::mem::take(&mut self.targets);
         let (me, outboxes) = (self.id, &mut self.outboxes);

@@ -61,6 +61,11 @@ pub struct Conn {
     /// `sub` commands sent to an owner and not answered yet (counted
     /// against the subscription limit).
     pub pending_subs: u32,
+    /// Publishes routed to an owner and not answered yet.
+    pub awaiting: u32,
+    /// The peer shut its write side (EOF): nothing more is read; the
+    /// connection lives until what it is owed is answered and flushed.
+    pub peer_eof: bool,
     /// Wakes the connection's task when something is queued.
     pub waker: Option<Waker>,
     /// When the peer last sent anything (liveness).
@@ -88,6 +93,8 @@ impl Conn {
             out: Outbound::default(),
             subs: SmallVec::new(),
             pending_subs: 0,
+            awaiting: 0,
+            peer_eof: false,
             waker: None,
             last_seen: now,
             ping_out: false,
@@ -112,6 +119,15 @@ impl Conn {
             return false;
         }
         self.http.as_ref().is_some_and(|h| h.busy) || self.out.bytes() > HTTP_OUT_BOUND
+    }
+
+    /// After the peer's EOF: whether nothing is owed to it any more (every
+    /// routed publish and sub answered, every byte queued for it sent), so
+    /// the socket may close without dropping an answer.
+    pub fn settled(&self) -> bool {
+        self.out.is_empty()
+            && (self.phase == Phase::Closing
+                || (self.awaiting == 0 && self.pending_subs == 0 && !self.http.as_ref().is_some_and(|h| h.busy)))
     }
 
     /// Wakes the connection's task (to write what was queued).

@@ -81,6 +81,12 @@ pub struct Counters {
     /// Closing connections dropped at the close linger bound (the peer
     /// neither read the rest nor sent its FIN in time).
     pub close_linger_expired: u64,
+    /// Peers that shut their write side (EOF) while open; what they were
+    /// owed was still answered.
+    pub peer_eofs: u64,
+    /// Fanouts that ran out of a slice's budget and were parked to continue
+    /// after the reactor ran.
+    pub fanout_parked: u64,
     /// `send` calls made by connection writers.
     pub sends: u64,
     /// Bytes those sends wrote.
@@ -132,6 +138,8 @@ impl Counters {
             liveness_sweeps_deferred: 0,
             ping_timeouts: 0,
             close_linger_expired: 0,
+            peer_eofs: 0,
+            fanout_parked: 0,
             sends: 0,
             bytes_sent: 0,
             internal_errors: 0,

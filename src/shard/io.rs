@@ -78,13 +78,21 @@ struct Task {
     linger: Option<Timer>,
     /// The write side was shut down after the last byte was sent.
     shut: bool,
+    /// The peer's FIN was read: read no more, finish what is owed.
+    eof: bool,
 }
 
 /// Runs one connection to its end, then forgets it in the shard core.
 async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, r: ConnRef) {
     let timeout = Duration::from_millis(ctx.core.borrow().limits.handshake_timeout_ms);
-    let mut task =
-        Task { idx: r.idx as usize, stream, handshake_timer: Some(Timer::new(timeout)), linger: None, shut: false };
+    let mut task = Task {
+        idx: r.idx as usize,
+        stream,
+        handshake_timer: Some(Timer::new(timeout)),
+        linger: None,
+        shut: false,
+        eof: false,
+    };
     poll_fn(|cx| task.poll(&ctx, cx)).await;
     ctx.core.borrow_mut().remove(task.idx);
 }
@@ -104,6 +112,9 @@ impl Task {
             }
             conn.phase
         };
+        if self.eof {
+            return self.poll_settle(ctx, cx);
+        }
         match phase {
             Phase::Handshake => self.poll_handshake_deadline(ctx, cx),
             Phase::Open | Phase::Http => {
@@ -116,6 +127,9 @@ impl Task {
 
     /// Reads what is there; Ready when the socket is finished.
     fn read(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        if self.eof {
+            return Poll::Pending;
+        }
         for _ in 0..READ_ROUNDS {
             {
                 let core = ctx.core.borrow();
@@ -127,8 +141,28 @@ impl Task {
             }
             let mut rbuf = ctx.rbuf.borrow_mut();
             match Pin::new(&mut self.stream).poll_read(cx, &mut rbuf[..]) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(n)) => ctx.core.borrow_mut().on_bytes(self.idx, &mut rbuf[..n]),
+                Poll::Ready(Ok(0)) => {
+                    // A half-close: answers already queued or still owed by
+                    // an owner are delivered before the socket closes.
+                    self.eof = true;
+                    let mut core = ctx.core.borrow_mut();
+                    core.counters.peer_eofs += 1;
+                    return if core.peer_eof(self.idx) { Poll::Ready(()) } else { Poll::Pending };
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => {
+                    let mut core = ctx.core.borrow_mut();
+                    core.on_bytes(self.idx, &mut rbuf[..n]);
+                    if core.fanout_pending() {
+                        // A publish here fanned out past the slice's budget:
+                        // the mesh task continues it after the reactor ran.
+                        ctx.bell.notify();
+                        drop(core);
+                        drop(rbuf);
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -165,6 +199,7 @@ impl Task {
                 if conn.phase == Phase::Http && !conn.inbuf.is_empty() && !conn.http.as_ref().is_some_and(|h| h.busy) {
                     // Pipelined requests waited for these answers to drain.
                     drop(wbuf);
+                    core.tick(Instant::now());
                     core.resume_input(self.idx);
                     cx.waker().wake_by_ref();
                 }
@@ -198,6 +233,23 @@ impl Task {
         core.close_http(self.idx, &handshake::reject_response(408, "Request Timeout"));
         drop(core);
         cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// After the peer's EOF: done once nothing is owed ([`Conn::settled`]),
+    /// or at the linger bound (an owner that never answers cannot hold the
+    /// socket).
+    ///
+    /// [`Conn::settled`]: crate::conn::Conn::settled
+    fn poll_settle(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        if ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.settled()) {
+            return Poll::Ready(());
+        }
+        let linger = self.linger.get_or_insert_with(|| Timer::new(CLOSE_LINGER));
+        if Pin::new(linger).poll(cx).is_ready() {
+            ctx.core.borrow_mut().counters.close_linger_expired += 1;
+            return Poll::Ready(());
+        }
         Poll::Pending
     }
 

@@ -44,6 +44,9 @@ pub struct ShardCtx {
     pub rbuf: RefCell<Box<[u8]>>,
     /// Shard-wide write buffer: queued frames are coalesced here for one send.
     pub wbuf: RefCell<Vec<u8>>,
+    /// This shard's own doorbell: rung when a connection task parks a
+    /// fanout, so the mesh task continues it after the reactor ran.
+    pub bell: std::sync::Arc<crate::mesh::Doorbell>,
     /// The shard is stopping: accept no more.
     pub stopping: Cell<bool>,
 }
@@ -114,6 +117,7 @@ async fn run(spec: ShardSpec) {
         core: RefCell::new(ShardCore::with_policy(id, map, limits, outboxes, policy)),
         rbuf: RefCell::new(vec![0u8; READ_BUF].into_boxed_slice()),
         wbuf: RefCell::new(Vec::with_capacity(self::io::WRITE_CHUNK + 4096)),
+        bell: bell.clone(),
         stopping: Cell::new(false),
     });
     // SAFETY: the fd is a listening TCP socket this thread now owns alone.
@@ -145,7 +149,12 @@ async fn sweep_owner(ctx: Rc<ShardCtx>) {
             return;
         }
         loop {
-            let more = ctx.core.borrow_mut().owner.sweep(std::time::Instant::now(), SWEEP_WORK);
+            let more = {
+                let mut core = ctx.core.borrow_mut();
+                core.tick(std::time::Instant::now());
+                let now = core.now;
+                core.owner.sweep(now, SWEEP_WORK)
+            };
             if !more {
                 break;
             }
@@ -163,7 +172,12 @@ async fn sweep_liveness(ctx: Rc<ShardCtx>) {
         if ctx.stopping.get() {
             return;
         }
-        ctx.core.borrow_mut().sweep_liveness(std::time::Instant::now());
+        {
+            let mut core = ctx.core.borrow_mut();
+            core.tick(std::time::Instant::now());
+            let now = core.now;
+            core.sweep_liveness(now);
+        }
     }
 }
 
@@ -187,7 +201,7 @@ impl MeshTask {
             }
             let handled = self.drain_rings();
             let overflowing = self.flush_overflow();
-            if handled > 0 {
+            if handled > 0 || self.ctx.core.borrow().fanout_pending() {
                 // Let connection tasks write what was just queued, and let the
                 // reactor look at sockets, before the next batch. A plain
                 // `yield_now` would keep the task queue active, and glommio
@@ -220,7 +234,9 @@ impl MeshTask {
     }
 
     fn has_work(&self) -> bool {
-        !self.control.is_empty() || self.inboxes.iter().any(|(_, c)| c.slots() > 0)
+        !self.control.is_empty()
+            || self.inboxes.iter().any(|(_, c)| c.slots() > 0)
+            || self.ctx.core.borrow().fanout_pending()
     }
 
     /// Returns true when the shard must stop.
@@ -249,6 +265,13 @@ impl MeshTask {
 
     fn drain_rings(&mut self) -> usize {
         let mut core = self.ctx.core.borrow_mut();
+        core.tick(std::time::Instant::now());
+        // Parked fanouts first: what was sequenced earlier goes out first,
+        // and nothing more is taken from the rings until they are done (the
+        // rings then push back on the publishers).
+        if core.run_fanout() {
+            return 0;
+        }
         let mut handled = 0;
         for (from, cons) in self.inboxes.iter_mut() {
             let n = cons.slots().min(RING_BATCH);
@@ -257,8 +280,11 @@ impl MeshTask {
                     Ok(msg) => core.on_mesh(*from, msg),
                     Err(_) => break,
                 }
+                handled += 1;
+                if core.fanout_pending() {
+                    return handled;
+                }
             }
-            handled += n;
         }
         handled
     }

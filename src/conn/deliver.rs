@@ -110,6 +110,9 @@ impl ShardCore {
     }
 
     pub(crate) fn on_unsubscribed(&mut self, conn: ConnRef, id: Option<u64>, topic: &str) {
+        // Parked fanouts still walking this topic's list finish first, so
+        // the purge below sees everything sequenced before the unsub.
+        self.settle_fanout();
         let idx = conn.idx as usize;
         let Some(c) = self.conns.get_mut(idx).filter(|c| c.gen == conn.gen) else {
             return;
@@ -118,6 +121,10 @@ impl ShardCore {
             return self.reply_error(idx, id, ErrorCode::NotSubscribed, "not subscribed to this topic", None);
         };
         let sub = c.subs.swap_remove(i);
+        // `unsubscribed` means no more `msg` for the topic; the reply goes
+        // out on the control lane, ahead of anything still queued, so what
+        // is queued for the topic is dropped (PROTOCOL.md, server messages).
+        c.out.purge_topic(topic);
         self.unlink(conn.idx, &sub.topic, sub.pos);
         self.release(sub.topic);
         self.counters.unsubscribes += 1;
@@ -159,6 +166,7 @@ impl ShardCore {
             let len = self.local.get(frame.topic()).map_or(0, |lt| lt.subs.len());
             let end = len.min(next.saturating_add(self.fanout_left));
             if end < len && end == next {
+                self.counters.fanout_parked += 1;
                 return true;
             }
             self.push_slice(&frame, prio, next, end);

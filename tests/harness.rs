@@ -360,6 +360,41 @@ fn a_stalled_shard_gets_overloaded_refusals_and_no_hole() {
     sim.assert_clean();
 }
 
+/// A shard that reads its clients but does not drain its rings (stalled
+/// mesh task) cannot make a peer queue answers without bound: requests stop
+/// at the answer credit (the ring's capacity), are refused `overloaded`, and
+/// the peer's control overflow for it stays under that credit. Before the
+/// credit, the overflow grew by one answer per publish.
+#[test]
+fn answers_owed_to_a_stalled_shard_are_bounded() {
+    let ring = 128;
+    let mut sim = Sim::new(2, ring, |_, _| {});
+    let topic = sim.topic_on(1, "credit");
+    let p = sim.connect(0);
+    for i in 0..2000 {
+        sim.publish(p, &topic, &i.to_string());
+        // The owner keeps up; shard 0 never takes its answers.
+        sim.step(1, usize::MAX);
+    }
+    let high = sim.cores[1].outboxes[0].as_ref().unwrap().overflow_high_water;
+    assert!(high <= ring, "overflow for the stalled shard reached {high} (> {ring})");
+    let refused_credit = sim.cores[0].outboxes[1].as_ref().unwrap().credit_refusals;
+    assert!(refused_credit > 0);
+    sim.settle();
+    sim.read(p, usize::MAX);
+    let acked = sim.ops(p, "ack").count();
+    let refused = sim.ops(p, "error").filter(|e| e["code"] == "overloaded").count();
+    assert_eq!(acked + refused, 2000, "every publish answered once");
+    assert!(acked <= ring, "acked {acked}");
+    assert_eq!(sim.cores[0].outboxes[1].as_ref().unwrap().owed, 0, "all credit back");
+    // The shard catches up and publishing works again.
+    sim.publish(p, &topic, "0");
+    sim.settle();
+    sim.read(p, usize::MAX);
+    assert_eq!(sim.ops(p, "ack").count(), acked + 1);
+    sim.assert_clean();
+}
+
 /// Drain: every publication acked before the drain reaches each subscriber
 /// before its `drain` notice and close 1012, on every shard.
 #[test]

@@ -224,6 +224,9 @@ pub fn render(t: &Totals, draining: bool) -> String {
         ("ring_overflow", "gauge", "Control messages waiting for ring room."),
         ("ring_full_total", "counter", "Data refused for a full ring."),
         ("ring_pushed_total", "counter", "Messages pushed on a ring."),
+        ("ring_answers_owed", "gauge", "Requests sent on a ring not answered yet."),
+        ("ring_credit_refused_total", "counter", "Requests refused: answers owed reached the ring capacity."),
+        ("ring_overflow_high_water", "gauge", "Longest the control overflow queue has been."),
     ] {
         o.family(name, kind, help);
         for s in &t.shards {
@@ -232,6 +235,9 @@ pub fn render(t: &Totals, draining: bool) -> String {
                     "ring_occupancy" => r.occupancy,
                     "ring_overflow" => r.overflow,
                     "ring_full_total" => r.full_events,
+                    "ring_answers_owed" => r.owed,
+                    "ring_credit_refused_total" => r.credit_refusals,
+                    "ring_overflow_high_water" => r.overflow_high_water,
                     _ => r.pushed,
                 };
                 o.sample(name, &[("from", s.shard.to_string()), ("to", r.to.to_string())], v as f64);

@@ -245,7 +245,7 @@ impl ShardCore {
             return Err((ErrorCode::RateLimited, "sub/unsub rate limit (connection) exceeded", ms));
         }
         let owner = self.map.owner(topic);
-        if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
+        if owner != self.id && !self.outboxes[owner].as_mut().is_some_and(|o| o.admits_request()) {
             *self.counters.control_refused.entry("overloaded").or_default() += 1;
             return Err((
                 ErrorCode::Overloaded,

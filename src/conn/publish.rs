@@ -53,10 +53,7 @@ impl ShardCore {
             return Err(Refusal { code: ErrorCode::RateLimited, message, retry_after_ms: Some(ms) });
         }
         let owner = self.map.owner(p.topic);
-        if owner != self.id && !self.outboxes[owner].as_ref().is_some_and(|o| o.has_room(1)) {
-            if let Some(o) = self.outboxes[owner].as_mut() {
-                o.note_full();
-            }
+        if owner != self.id && !self.outboxes[owner].as_mut().is_some_and(|o| o.admits_request()) {
             self.hits.hit(self.id, crate::conn::logs::Hit::RingFull, "mesh ring full; publish refused");
             *self.counters.publishes_rejected.entry("overloaded").or_default() += 1;
             let message = "engine overloaded (mesh ring full); retry later".into();

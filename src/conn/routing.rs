@@ -26,8 +26,16 @@ impl ShardCore {
             MeshMsg::Release { topic } => topic,
             _ => return self.on_mesh(self.id, msg),
         };
+        let asks = matches!(msg, MeshMsg::Publish(_) | MeshMsg::Subscribe { .. } | MeshMsg::Unsubscribe { .. });
         match self.map.route(topic) {
-            OwnerRef::Shard(s) => self.send_to(s, msg),
+            OwnerRef::Shard(s) => {
+                if asks && s != self.id {
+                    if let Some(o) = self.outboxes[s].as_mut() {
+                        o.owed += 1;
+                    }
+                }
+                self.send_to(s, msg)
+            }
         }
     }
 
@@ -44,6 +52,21 @@ impl ShardCore {
 
     /// Handles one message from shard `from`.
     pub fn on_mesh(&mut self, from: usize, msg: MeshMsg) {
+        if from != self.id
+            && matches!(
+                msg,
+                MeshMsg::Published { .. }
+                    | MeshMsg::Subscribed { .. }
+                    | MeshMsg::SubscribeRefused { .. }
+                    | MeshMsg::Unsubscribed { .. }
+            )
+        {
+            // An answer to one of our requests: the credit comes back.
+            match self.outboxes.get_mut(from).and_then(Option::as_mut) {
+                Some(o) if o.owed > 0 => o.owed -= 1,
+                _ => self.counters.internal_errors += 1,
+            }
+        }
         match msg {
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
             MeshMsg::Subscribe { conn, id, topic, since } => self.owner_subscribe(from, conn, id, &topic, since),

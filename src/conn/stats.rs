@@ -221,6 +221,12 @@ pub struct RingStats {
     pub full_events: u64,
     /// Messages pushed.
     pub pushed: u64,
+    /// Answers owed by the destination now.
+    pub owed: u64,
+    /// Requests refused for lack of answer credit.
+    pub credit_refusals: u64,
+    /// Longest the overflow queue has been.
+    pub overflow_high_water: u64,
 }
 
 /// Sums over all shards.

@@ -25,12 +25,39 @@ pub struct Outbox {
     pub full_events: u64,
     /// Messages pushed onto the ring.
     pub pushed: u64,
+    /// Requests sent on this ring whose answers have not come back yet
+    /// (publish, sub, unsub). Each one may make the destination push one
+    /// answer onto the reverse ring, so keeping this under [`Outbox::credit`]
+    /// bounds what the destination can ever hold in its overflow queue for
+    /// us, however slowly we drain.
+    pub owed: usize,
+    /// The most answers that may be owed at once (the ring's capacity).
+    pub credit: usize,
+    /// Requests refused because `owed` reached `credit`.
+    pub credit_refusals: u64,
+    /// The longest the overflow queue has been.
+    pub overflow_high_water: usize,
 }
 
 impl Outbox {
     /// Whether `n` data messages fit now, leaving the control reserve.
     pub fn has_room(&self, n: usize) -> bool {
         self.overflow.is_empty() && self.prod.slots() >= n + CONTROL_RESERVE
+    }
+
+    /// Whether a new request (publish, sub, unsub) may be sent: ring room
+    /// beyond the control reserve, and answer credit left. On `false` the
+    /// refusal is counted.
+    pub fn admits_request(&mut self) -> bool {
+        if self.owed >= self.credit {
+            self.credit_refusals += 1;
+            return false;
+        }
+        if !self.has_room(1) {
+            self.note_full();
+            return false;
+        }
+        true
     }
 
     /// Records that a data message was refused for a full ring.
@@ -40,10 +67,16 @@ impl Outbox {
 
     /// Pushes a message: onto the ring, or the ordered overflow queue if the
     /// ring is full. Data messages (`Publish`, `Deliver`) are pushed only
-    /// after [`Outbox::has_room`] said yes, so only control ever overflows.
+    /// after [`Outbox::has_room`] said yes, so only control ever overflows,
+    /// and control is bounded at its source: answers by the requester's
+    /// credit ([`Outbox::admits_request`]: at most one ring's worth owed),
+    /// `Subscribe`/`Unsubscribe` by the same credit, `Release` by the
+    /// subscriptions the sending shard holds (each is released once), drain
+    /// barriers by two per drain. The queue's high-water mark is exported.
     pub fn push(&mut self, msg: MeshMsg) {
         if !self.overflow.is_empty() {
             self.overflow.push_back(msg);
+            self.overflow_high_water = self.overflow_high_water.max(self.overflow.len());
             return;
         }
         match self.prod.push(msg) {
@@ -51,7 +84,10 @@ impl Outbox {
                 self.pushed += 1;
                 self.bell.notify();
             }
-            Err(rtrb::PushError::Full(msg)) => self.overflow.push_back(msg),
+            Err(rtrb::PushError::Full(msg)) => {
+                self.overflow.push_back(msg);
+                self.overflow_high_water = self.overflow_high_water.max(self.overflow.len());
+            }
         }
     }
 
@@ -117,7 +153,17 @@ pub fn build(n: usize, capacity: usize) -> std::io::Result<Vec<MeshEnds>> {
             let (prod, cons) = RingBuffer::new(capacity);
             let bell = bells[to].0.clone();
             let overflow = VecDeque::new();
-            *slot = Some(Outbox { prod, bell, overflow, full_events: 0, pushed: 0 });
+            *slot = Some(Outbox {
+                prod,
+                bell,
+                overflow,
+                full_events: 0,
+                pushed: 0,
+                owed: 0,
+                credit: capacity,
+                credit_refusals: 0,
+                overflow_high_water: 0,
+            });
             inboxes[to].push((from, cons));
         }
     }

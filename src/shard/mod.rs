@@ -315,6 +315,9 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
             overflow: o.overflow_len() as u64,
             full_events: o.full_events,
             pushed: o.pushed,
+            owed: o.owed as u64,
+            credit_refusals: o.credit_refusals,
+            overflow_high_water: o.overflow_high_water as u64,
         })
         .collect();
     ShardStats {

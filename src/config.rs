@@ -75,11 +75,20 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where (loopback by default; port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Admin connections served at once (one thread each); past it: 503.
+    pub max_connections: usize,
+    /// A whole admin request (head) must arrive within this, ms; else 408.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: SocketAddr::from(([127, 0, 0, 1], 9090)) }
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            max_connections: 64,
+            request_timeout_ms: 2000,
+        }
     }
 }
 
@@ -327,6 +336,12 @@ impl Config {
     /// Checks ranges and consistency (not the host: see [`Config::shard_cpus`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        if self.admin.max_connections == 0 || self.admin.max_connections > 4096 {
+            return invalid("admin.max_connections", "must be between 1 and 4096");
+        }
+        if self.admin.request_timeout_ms == 0 {
+            return invalid("admin.request_timeout_ms", "must be at least 1");
+        }
         if let Cpus::All(s) = &self.shards.cpus {
             if s != "all" {
                 return invalid("shards.cpus", "must be \"all\" or a list of CPU ids like [0, 1]");

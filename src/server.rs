@@ -129,7 +129,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
     })?;
     let mut handle = handle;
     if cfg.admin.enabled {
-        match crate::admin::AdminServer::start(cfg.admin.listen, handle.control()) {
+        match crate::admin::AdminServer::start(&cfg.admin, handle.control()) {
             Ok(a) => handle.admin = Some(a),
             Err(source) => {
                 handle.shutdown();

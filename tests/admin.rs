@@ -133,3 +133,85 @@ fn health_and_readiness_flip_during_drain() {
     assert_eq!(c.expect_close(), 1012);
     server.shutdown();
 }
+
+/// Issue 9 defect 5: the admin listener was one thread with per-read
+/// timeouts, so one client trickling a byte every 0.9 s, or ten silent
+/// connections, kept `/healthz` from everyone else for seconds. Now each
+/// connection has its own thread and a whole-request deadline: `/healthz`
+/// answers while they hang on, and they are cut off with 408.
+#[test]
+fn slow_admin_clients_do_not_block_healthz() {
+    let server = server_with(|c| c.admin.request_timeout_ms = 1500);
+    let admin = server.admin_addr().unwrap();
+    let silent: Vec<std::net::TcpStream> = (0..10).map(|_| std::net::TcpStream::connect(admin).unwrap()).collect();
+    let mut trickle = std::net::TcpStream::connect(admin).unwrap();
+    trickle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    trickle.write_all(b"GET /heal").unwrap();
+    // Every silent connection and the trickler were accepted before this.
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        // Far below the old worst case (~20 s behind ten silent clients).
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("healthz answered while slow clients hang on");
+        assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+        trickle.write_all(b"t").unwrap();
+    }
+    // The trickler never finishes its head: 408 at the whole-request deadline
+    // even though it keeps sending.
+    let t0 = std::time::Instant::now();
+    let mut out = String::new();
+    loop {
+        let mut b = [0u8; 256];
+        match trickle.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => out.push_str(&String::from_utf8_lossy(&b[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                assert!(t0.elapsed() < Duration::from_secs(10), "no 408");
+                let _ = trickle.write_all(b"z");
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    drop(silent);
+    let m = admin_get(&server, "/metrics").body;
+    assert!(metric(&m, "shardcast_admin_request_timeouts_total", &[]) >= 1.0, "{m}");
+    server.shutdown();
+}
+
+/// `admin.max_connections` bounds the threads: past it a connection gets
+/// 503 at once, counted; once the holders are cut off, service resumes.
+#[test]
+fn admin_connections_are_bounded() {
+    let server = server_with(|c| {
+        c.admin.max_connections = 2;
+        c.admin.request_timeout_ms = 500;
+    });
+    let admin = server.admin_addr().unwrap();
+    let held: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(admin).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    // The holders time out (408); then scrapes work and show the refusal.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let r = admin_get(&server, "/metrics");
+        if r.status == 200 {
+            break r.body;
+        }
+        assert!(std::time::Instant::now() < deadline, "admin never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(metric(&m, "shardcast_admin_connections_refused_total", &[]) >= 1.0);
+    drop(held);
+    server.shutdown();
+}

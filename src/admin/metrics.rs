@@ -100,6 +100,19 @@ pub fn topic_lag(t: &Totals) -> Vec<(String, u64, u64)> {
     top
 }
 
+/// Appends the admin listener's own counters to a rendered exposition.
+pub fn render_admin(text: &mut String, c: &super::AdminCounters) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut o = Out { text: std::mem::take(text) };
+    o.family("admin_connections_refused_total", "counter", "Admin connections answered 503 (all slots busy).");
+    o.sample("admin_connections_refused_total", &[], c.refused.load(Relaxed) as f64);
+    o.family("admin_request_timeouts_total", "counter", "Admin requests cut off at the whole-request deadline.");
+    o.sample("admin_request_timeouts_total", &[], c.timeouts.load(Relaxed) as f64);
+    o.family("admin_connections_active", "gauge", "Admin connections being served.");
+    o.sample("admin_connections_active", &[], c.active.load(Relaxed) as f64);
+    *text = o.text;
+}
+
 /// The Prometheus exposition of a snapshot.
 pub fn render(t: &Totals, draining: bool) -> String {
     let mut o = Out { text: String::with_capacity(16 * 1024) };

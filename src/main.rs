@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use crossbeam_channel::select;
+use shardcast::shard::control::{Verdict, Watchdog};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -150,6 +151,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(addr = %server.local_addr(), shards = server.shards(), "shardcast serving WebSocket at ws://{}/ws", server.local_addr());
 
     let drain_timeout = std::time::Duration::from_millis(drain_ms);
+    let mut watchdog = Watchdog::new(server.control());
 
     // The supervisor: stop on a signal; exit non-zero if any shard ends or
     // stops answering (a wedged shard cannot serve its connections and
@@ -176,9 +178,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 std::process::exit(70);
             }
             default(LIVENESS_PERIOD) => {
-                if let Err(shard) = server.alive(LIVENESS_TIMEOUT) {
-                    eprintln!("shardcast: shard {shard} did not answer the control plane within {LIVENESS_TIMEOUT:?}; exiting");
-                    std::process::exit(70);
+                match watchdog.check(LIVENESS_TIMEOUT) {
+                    Verdict::Alive => {}
+                    Verdict::Busy { shard } => {
+                        tracing::warn!(shard, late = watchdog.late, "shard answered the control plane late but kept running; not restarting");
+                    }
+                    Verdict::Wedged { shard } => {
+                        eprintln!("shardcast: shard {shard} neither answered the control plane nor ran any task for {LIVENESS_TIMEOUT:?}; exiting");
+                        std::process::exit(70);
+                    }
                 }
             }
         }

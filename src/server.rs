@@ -96,9 +96,11 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
     let mut threads = Vec::with_capacity(n);
     for (id, ((cpu, listener), mesh)) in cpus.iter().copied().zip(listeners).zip(meshes).enumerate() {
         let (control_tx, control) = crossbeam_channel::unbounded();
-        links.push(ShardLink { control: control_tx, bell: mesh.bell.clone() });
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        links.push(ShardLink { control: control_tx, bell: mesh.bell.clone(), progress: progress.clone() });
         let spec = ShardSpec {
             id,
+            progress,
             cpu,
             listener,
             mesh,

@@ -2,7 +2,7 @@
 //! answers, and the cloneable [`ControlHandle`] the supervisor, the admin
 //! listener and tests send them through (crossbeam channel + doorbell).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct ShardLink {
     pub control: Sender<Control>,
     /// Rung after every send.
     pub bell: Arc<Doorbell>,
+    /// The shard's progress counter (see `ShardCtx::progress`).
+    pub progress: Arc<AtomicU64>,
 }
 
 /// A cheap, cloneable, `Send` handle on the control plane: what the admin
@@ -104,5 +106,99 @@ impl ControlHandle {
     /// failure, the first shard that did not.
     pub fn alive(&self, timeout: Duration) -> Result<(), usize> {
         self.ask_all(timeout, Control::Ping).map(|_| ())
+    }
+}
+
+/// What the supervisor concludes from one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every shard answered in time.
+    Alive,
+    /// `shard` did not answer in time but its tasks kept running (a long
+    /// batch, a backlog): busy, not wedged. Never a reason to exit.
+    Busy {
+        /// The late shard.
+        shard: usize,
+    },
+    /// `shard` neither answered nor ran a task for the whole probe window:
+    /// its executor is stuck, the process must be restarted.
+    Wedged {
+        /// The stuck shard.
+        shard: usize,
+    },
+}
+
+/// The supervisor's judge: a probe that times out kills only a shard that
+/// made no progress at all while it waited.
+pub struct Watchdog {
+    control: ControlHandle,
+    /// Probes answered late by a shard that was still making progress.
+    pub late: u64,
+}
+
+impl Watchdog {
+    /// A watchdog over every shard of `control`.
+    pub fn new(control: ControlHandle) -> Self {
+        Self { control, late: 0 }
+    }
+
+    /// Probes every shard, waiting up to `timeout`.
+    pub fn check(&mut self, timeout: Duration) -> Verdict {
+        let before: Vec<u64> = self.control.links.iter().map(|l| l.progress.load(Ordering::Relaxed)).collect();
+        match self.control.alive(timeout) {
+            Ok(()) => Verdict::Alive,
+            Err(shard) if self.control.links[shard].progress.load(Ordering::Relaxed) != before[shard] => {
+                self.late += 1;
+                Verdict::Busy { shard }
+            }
+            Err(shard) => Verdict::Wedged { shard },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake shard on a thread: answers probes, or only makes progress,
+    /// or does nothing.
+    fn fake(mode: &'static str) -> (ControlHandle, std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (bell, _rx) = Doorbell::new().unwrap();
+        let progress = Arc::new(AtomicU64::new(0));
+        let link = ShardLink { control: tx, bell, progress: progress.clone() };
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match mode {
+                    "answers" => {
+                        if let Ok(Control::Ping(r)) = rx.recv_timeout(Duration::from_millis(5)) {
+                            let _ = r.send(());
+                        }
+                    }
+                    "busy" => {
+                        progress.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            drop(rx);
+        });
+        (ControlHandle::new(vec![link], Arc::new(AtomicBool::new(false))), t, stop)
+    }
+
+    #[test]
+    fn a_busy_shard_is_late_not_wedged() {
+        for (mode, want) in
+            [("answers", Verdict::Alive), ("busy", Verdict::Busy { shard: 0 }), ("stuck", Verdict::Wedged { shard: 0 })]
+        {
+            let (control, t, stop) = fake(mode);
+            let mut w = Watchdog::new(control);
+            assert_eq!(w.check(Duration::from_millis(200)), want, "{mode}");
+            stop.store(true, Ordering::Relaxed);
+            t.join().unwrap();
+        }
     }
 }

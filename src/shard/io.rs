@@ -151,6 +151,7 @@ impl Task {
                 }
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => {
+                    ctx.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut core = ctx.core.borrow_mut();
                     core.on_bytes(self.idx, &mut rbuf[..n]);
                     if core.fanout_pending() {

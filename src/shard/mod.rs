@@ -47,6 +47,10 @@ pub struct ShardCtx {
     /// This shard's own doorbell: rung when a connection task parks a
     /// fanout, so the mesh task continues it after the reactor ran.
     pub bell: std::sync::Arc<crate::mesh::Doorbell>,
+    /// Bumped as the shard's tasks run (mesh batches, reads, sweeps): the
+    /// supervisor tells a busy shard from a wedged one by it. Written only
+    /// by this thread; one relaxed add per batch or read, never per message.
+    pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The shard is stopping: accept no more.
     pub stopping: Cell<bool>,
 }
@@ -90,6 +94,8 @@ pub struct ShardSpec {
     pub control: Receiver<Control>,
     /// Replay, rate and liveness settings.
     pub policy: crate::conn::core::Policy,
+    /// Bumped by the shard as its tasks run; read by the supervisor.
+    pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Starts a shard thread.
@@ -110,7 +116,7 @@ pub fn spawn(
 }
 
 async fn run(spec: ShardSpec) {
-    let ShardSpec { id, listener, mesh, map, limits, control, policy, .. } = spec;
+    let ShardSpec { id, listener, mesh, map, limits, control, policy, progress, .. } = spec;
     let MeshEnds { outboxes, inboxes, bell, bell_rx } = mesh;
     let ctx = Rc::new(ShardCtx {
         id,
@@ -118,6 +124,7 @@ async fn run(spec: ShardSpec) {
         rbuf: RefCell::new(vec![0u8; READ_BUF].into_boxed_slice()),
         wbuf: RefCell::new(Vec::with_capacity(self::io::WRITE_CHUNK + 4096)),
         bell: bell.clone(),
+        progress,
         stopping: Cell::new(false),
     });
     // SAFETY: the fd is a listening TCP socket this thread now owns alone.
@@ -149,6 +156,7 @@ async fn sweep_owner(ctx: Rc<ShardCtx>) {
             return;
         }
         loop {
+            ctx.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let more = {
                 let mut core = ctx.core.borrow_mut();
                 core.tick(std::time::Instant::now());
@@ -173,6 +181,7 @@ async fn sweep_liveness(ctx: Rc<ShardCtx>) {
             return;
         }
         {
+            ctx.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut core = ctx.core.borrow_mut();
             core.tick(std::time::Instant::now());
             let now = core.now;
@@ -196,6 +205,7 @@ impl MeshTask {
     async fn run(mut self) {
         let mut sink = [0u8; 64];
         loop {
+            self.ctx.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if self.handle_control() {
                 return;
             }

@@ -129,6 +129,9 @@ pub struct RateConfig {
     pub control_per_sec: f64,
     /// Burst of control commands per connection.
     pub control_burst: f64,
+    /// Tenants whose publish bucket one shard tracks; past it, new tenants
+    /// share one bucket (counter `tenant_table_overflow`).
+    pub max_tenants: usize,
 }
 
 /// `[liveness]`: pings and drain.
@@ -262,6 +265,7 @@ impl Default for RateConfig {
             tenant_burst: 200_000.0,
             control_per_sec: 1_000.0,
             control_burst: 2_000.0,
+            max_tenants: 100_000,
         }
     }
 }
@@ -423,6 +427,9 @@ impl Config {
         let q = &self.rates;
         if !(q.control_per_sec.is_finite() && q.control_per_sec > 0.0) || q.control_burst < 1.0 {
             return invalid("rates.control_per_sec", "the control rate must be positive and its burst at least 1");
+        }
+        if q.max_tenants == 0 {
+            return invalid("rates.max_tenants", "must be at least 1");
         }
         let ok = |v: f64| v.is_finite() && v > 0.0;
         if !ok(q.connection_per_sec) || q.connection_burst < 1.0 || !ok(q.tenant_per_sec) || q.tenant_burst < 1.0 {

@@ -143,6 +143,16 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "topics_local", "gauge", "Topics with local subscribers.", |s| s.local_topics);
     o.per_shard(t, "replay_retained", "gauge", "Publications kept in replay rings.", |s| s.retained.0);
     o.per_shard(t, "replay_retained_bytes", "gauge", "Bytes kept in replay rings.", |s| s.retained.1);
+    o.per_shard(t, "tenants_tracked", "gauge", "Tenant publish buckets held (bounded by rates.max_tenants).", |s| {
+        s.tenants_tracked
+    });
+    o.per_shard(
+        t,
+        "tenant_table_overflow_total",
+        "counter",
+        "Publishes metered by the shared bucket of a full tenant table.",
+        |s| s.tenant_table_overflow,
+    );
     o.per_shard(t, "owner_bytes", "gauge", "Replay + dedupe bytes held (bounded by replay.shard_budget_bytes).", |s| {
         s.owner_bytes
     });

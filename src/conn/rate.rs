@@ -41,24 +41,51 @@ impl TokenBucket {
     }
 }
 
-/// Most tenants one shard tracks before forgetting idle (full) buckets.
+/// Default of `rates.max_tenants`.
 pub const MAX_TENANTS: usize = 100_000;
 
-/// Per-tenant buckets of one shard.
-#[derive(Debug, Default)]
+/// How often a full table is scanned for buckets that can be forgotten.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Per-tenant buckets of one shard, at most `max` of them.
+#[derive(Debug)]
 pub struct TenantBuckets {
     map: HashMap<Box<str>, TokenBucket>,
+    max: usize,
+    /// Shared by the tenants that found the table full.
+    overflow: Option<TokenBucket>,
+    /// No purge scan before this (a full table of busy tenants is not
+    /// rescanned per new tenant).
+    next_purge: Option<Instant>,
+    /// Publishes metered by the shared overflow bucket.
+    pub overflowed: u64,
+}
+
+impl Default for TenantBuckets {
+    fn default() -> Self {
+        Self::new(MAX_TENANTS)
+    }
 }
 
 impl TenantBuckets {
+    /// An empty table tracking at most `max` tenants.
+    pub fn new(max: usize) -> Self {
+        Self { map: HashMap::new(), max: max.max(1), overflow: None, next_purge: None, overflowed: 0 }
+    }
+
     /// Takes one token from `tenant`'s bucket.
     pub fn take(&mut self, tenant: &str, rate: f64, burst: f64, now: Instant) -> Result<(), u64> {
         if let Some(b) = self.map.get_mut(tenant) {
             return b.take(rate, burst, now);
         }
-        if self.map.len() >= MAX_TENANTS {
+        if self.map.len() >= self.max && self.next_purge.is_none_or(|t| now >= t) {
             // A full bucket carries no state worth keeping.
             self.map.retain(|_, b| !b.full(rate, burst, now));
+            self.next_purge = Some(now + PURGE_EVERY);
+        }
+        if self.map.len() >= self.max {
+            self.overflowed += 1;
+            return self.overflow.get_or_insert_with(|| TokenBucket::new(burst, now)).take(rate, burst, now);
         }
         let mut b = TokenBucket::new(burst, now);
         let r = b.take(rate, burst, now);
@@ -104,6 +131,25 @@ mod tests {
         // the next new tenant finds them forgotten.
         let later = t0 + Duration::from_secs(1);
         t.take("new", 1000.0, 10.0, later).unwrap();
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_of_busy_tenants_never_grows() {
+        let t0 = Instant::now();
+        let mut t = TenantBuckets::new(100);
+        for i in 0..100 {
+            t.take(&format!("t{i}"), 1.0, 5.0, t0).unwrap();
+        }
+        // Every bucket holds state (not refilled): nothing can be forgotten,
+        // so new tenants share one bucket (burst 5) and the table stays put.
+        let shared: Vec<_> = (0..1000).map(|i| t.take(&format!("new{i}"), 1.0, 5.0, t0)).collect();
+        assert_eq!(t.len(), 100, "the table inserted past its bound");
+        assert_eq!(shared.iter().filter(|r| r.is_ok()).count(), 5, "new tenants share one bucket");
+        assert_eq!(t.overflowed, 1000);
+        // Once buckets refill they are forgotten and new tenants get their own.
+        let later = t0 + Duration::from_secs(10);
+        t.take("fresh", 1.0, 5.0, later).unwrap();
         assert_eq!(t.len(), 1);
     }
 

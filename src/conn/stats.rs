@@ -200,6 +200,10 @@ pub struct ShardStats {
     pub inbound_bytes: u64,
     /// Replay + dedupe bytes the owner holds (bounded by the shard budget).
     pub owner_bytes: u64,
+    /// Tenant publish buckets tracked (bounded by `rates.max_tenants`).
+    pub tenants_tracked: u64,
+    /// Publishes metered by the shared bucket of a full tenant table.
+    pub tenant_table_overflow: u64,
     /// The owner's counters.
     pub owner: crate::topic::owner::OwnerStats,
     /// The owned topics with the highest seqs: (topic, last seq).

@@ -345,6 +345,8 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         doorbell_kicks: bell.kicks(),
         retained: core.owner.retained(),
         owner_bytes: core.owner.bytes() as u64,
+        tenants_tracked: core.tenants.len() as u64,
+        tenant_table_overflow: core.tenants.overflowed,
         owner: core.owner.stats.clone(),
         top_topics: core.owner.busiest(crate::conn::stats::TOP_TOPICS),
         backlog: backlog(core),

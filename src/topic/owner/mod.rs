@@ -33,6 +33,17 @@ use super::publication::{PubMeta, Publication, SharedPub};
 use super::replay::{ReplayLimits, ResumeError};
 use crate::proto::message::Prio;
 
+/// The owner's three sweep logs.
+#[derive(Debug, Clone, Copy)]
+enum Log {
+    /// Retained publications (age: `replay.max_age`).
+    Replay,
+    /// Remembered `msg_id`s (age: `replay.dedupe_age_ms`).
+    Dedupe,
+    /// Topics that went idle (released once quiet for `replay.max_age`).
+    Idle,
+}
+
 /// The owner's bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct OwnerLimits {
@@ -372,29 +383,12 @@ impl Owner {
         let mut work = 0;
         let replay_cutoff = now.checked_sub(self.lim.replay.max_age);
         let dedupe_cutoff = now.checked_sub(self.lim.dedupe_age);
-        while work < max_work {
-            let Some(e) = self.replay_log.front().filter(|e| replay_cutoff.is_some_and(|c| e.at <= c)) else { break };
-            self.replay_log.pop();
-            if self.expire_replay(e) {
-                self.stats.replay_aged += 1;
+        for (log, cutoff) in [(Log::Replay, replay_cutoff), (Log::Dedupe, dedupe_cutoff), (Log::Idle, replay_cutoff)] {
+            while work < max_work {
+                let Some(e) = self.log_mut(log).pop_older_than(cutoff) else { break };
+                self.age_out(log, e);
+                work += 1;
             }
-            work += 1;
-        }
-        while work < max_work {
-            let Some(e) = self.dedupe_log.front().filter(|e| dedupe_cutoff.is_some_and(|c| e.at <= c)) else { break };
-            self.dedupe_log.pop();
-            if self.expire_dedupe(e) {
-                self.stats.dedupe_aged += 1;
-            }
-            work += 1;
-        }
-        while work < max_work {
-            let Some(e) = self.idle_log.front().filter(|e| replay_cutoff.is_some_and(|c| e.at <= c)) else { break };
-            self.idle_log.pop();
-            if self.table.get(e.slot).is_some_and(|s| s.gen == e.gen) {
-                self.release_if_quiet(e.slot);
-            }
-            work += 1;
         }
         work += self.enforce_budget(max_work.saturating_sub(work));
         self.compact_logs();
@@ -403,6 +397,24 @@ impl Owner {
             self.stats.sweep_budget_hits += 1;
         }
         more
+    }
+
+    fn log_mut(&mut self, log: Log) -> &mut SweepLog {
+        match log {
+            Log::Replay => &mut self.replay_log,
+            Log::Dedupe => &mut self.dedupe_log,
+            Log::Idle => &mut self.idle_log,
+        }
+    }
+
+    /// Applies one entry that reached its age.
+    fn age_out(&mut self, log: Log, e: Entry) {
+        match log {
+            Log::Replay if self.expire_replay(e) => self.stats.replay_aged += 1,
+            Log::Dedupe if self.expire_dedupe(e) => self.stats.dedupe_aged += 1,
+            Log::Idle if self.table.get(e.slot).is_some_and(|s| s.gen == e.gen) => self.release_if_quiet(e.slot),
+            _ => {}
+        }
     }
 
     /// Drops the oldest retained state, shard-wide, while over budget.

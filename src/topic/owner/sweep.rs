@@ -46,6 +46,16 @@ impl SweepLog {
         self.q.front().copied()
     }
 
+    /// Takes the oldest entry if it was added at or before `cutoff` (no
+    /// cutoff: nothing is old enough yet).
+    pub fn pop_older_than(&mut self, cutoff: Option<Instant>) -> Option<Entry> {
+        let c = cutoff?;
+        if self.q.front()?.at > c {
+            return None;
+        }
+        self.pop()
+    }
+
     /// Takes the oldest entry.
     pub fn pop(&mut self) -> Option<Entry> {
         let e = self.q.pop_front();

@@ -137,11 +137,6 @@ impl Table {
         self.slots.is_empty()
     }
 
-    /// Tenants with at least one topic here.
-    pub fn tenants(&self) -> usize {
-        self.tenants.len()
-    }
-
     /// Topics of `tenant` held here.
     pub fn tenant_topics(&self, tenant: &str) -> usize {
         self.tenant_index.get(tenant).map_or(0, |&t| self.tenants[t as usize].topics as usize)
@@ -252,16 +247,6 @@ impl Table {
             self.set_idle(idx, false);
             self.set_idle(idx, true);
         }
-    }
-
-    /// Whether the topic is on the idle lists.
-    pub fn is_idle(&self, idx: u32) -> bool {
-        self.slots.get(idx as usize).is_some_and(|s| s.idle)
-    }
-
-    /// The least recently used idle topic, shard-wide.
-    pub fn idle_head(&self) -> Option<u32> {
-        (self.idle.head != NIL).then_some(self.idle.head)
     }
 }
 

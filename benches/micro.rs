@@ -169,6 +169,7 @@ fn owner(c: &mut Criterion) {
     use shardcast::topic::publication::Publication;
     let cfg = shardcast::Config::default();
     let policy = shardcast::conn::core::Policy {
+        ack: Default::default(),
         replay: cfg.replay.clone(),
         rates: cfg.rates.clone(),
         liveness: cfg.liveness.clone(),

@@ -108,6 +108,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
             limits: cfg.limits.clone(),
             control,
             policy: crate::conn::core::Policy {
+                ack: Default::default(),
                 replay: cfg.replay.clone(),
                 rates: cfg.rates.clone(),
                 liveness: cfg.liveness.clone(),

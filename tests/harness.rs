@@ -395,6 +395,44 @@ fn answers_owed_to_a_stalled_shard_are_bounded() {
     sim.assert_clean();
 }
 
+/// The held-ack seam (`AckMode::AfterConfirm`, what durability and the
+/// cluster plug into): subscribers get publications at once, the publisher's
+/// ack waits for `confirm`, acks go out in seq order, and a retried
+/// `msg_id` of an unconfirmed publication waits with it.
+#[test]
+fn acks_can_wait_for_a_confirmation() {
+    let mut sim = Sim::new(2, 1024, |_, p| p.ack = shardcast::conn::core::AckMode::AfterConfirm);
+    let topic = sim.topic_on(0, "durable");
+    let s = sim.connect(1);
+    sim.sub(s, &topic);
+    let p = sim.connect(1);
+    sim.settle();
+    for i in 1..=3 {
+        sim.send(p, &format!(r#"{{"op":"pub","id":{i},"topic":"{topic}","data":{i},"msg_id":"m{i}"}}"#));
+    }
+    // A retry of m2 before it is confirmed.
+    sim.send(p, &format!(r#"{{"op":"pub","id":22,"topic":"{topic}","data":2,"msg_id":"m2"}}"#));
+    sim.settle();
+    sim.read_all();
+    assert_eq!(sim.seqs(s, &topic), vec![1, 2, 3], "delivery does not wait");
+    assert_eq!(sim.ops(p, "ack").count(), 0, "no ack before the confirmation");
+    sim.cores[0].confirm(&topic, 2);
+    sim.settle();
+    sim.read_all();
+    let acks: Vec<(u64, u64, bool)> =
+        sim.ops(p, "ack").map(|a| (a["id"].as_u64().unwrap(), a["seq"].as_u64().unwrap(), a["dup"] == true)).collect();
+    assert_eq!(acks, vec![(1, 1, false), (2, 2, false), (22, 2, true)]);
+    sim.cores[0].confirm(&topic, 3);
+    // Confirmed seqs are acked at once from now on.
+    sim.send(p, &format!(r#"{{"op":"pub","id":5,"topic":"{topic}","data":5,"msg_id":"m1"}}"#));
+    sim.settle();
+    sim.read_all();
+    let ids: Vec<u64> = sim.ops(p, "ack").map(|a| a["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![1, 2, 22, 3, 5]);
+    assert_eq!(sim.cores[0].counters.acks_held, 4);
+    sim.assert_clean();
+}
+
 /// Drain: every publication acked before the drain reaches each subscriber
 /// before its `drain` notice and close 1012, on every shard.
 #[test]

@@ -72,11 +72,27 @@ pub struct ShardCore {
     pub(crate) parked: std::collections::VecDeque<super::deliver::Parked>,
     /// Deliveries the current slice may still make (reset by `tick`).
     pub(crate) fanout_left: usize,
+    /// Acks held until their seq is confirmed ([`AckMode::AfterConfirm`]).
+    pub(crate) held: super::routing::HeldAcks,
+}
+
+/// When the owner answers a publisher.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// As soon as the publication is sequenced (in memory). The default.
+    #[default]
+    Immediate,
+    /// Only once [`ShardCore::confirm`] says the seq is confirmed (stored
+    /// durably, or accepted by a broker): the seam durability and the
+    /// cluster plug into. Delivery to subscribers does not wait.
+    AfterConfirm,
 }
 
 /// The config sections a shard applies beyond `limits`.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// When publishers are acked.
+    pub ack: AckMode,
     /// `[replay]`.
     pub replay: ReplayConfig,
     /// `[rates]`.
@@ -146,6 +162,7 @@ impl ShardCore {
             now: Instant::now(),
             parked: Default::default(),
             fanout_left: 0,
+            held: Default::default(),
         }
     }
 

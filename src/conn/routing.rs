@@ -17,6 +17,10 @@ use crate::topic::owner::{PublishIn, PublishOutcome, Recovery, SubscribeOutcome}
 use crate::topic::publication::Publication;
 use crate::topic::OwnerRef;
 
+/// Most acks a shard holds for confirmation; past it publishes are refused
+/// `overloaded` (counter `publishes_rejected{reason="confirm_backlog"}`).
+pub const MAX_HELD_ACKS: usize = 65_536;
+
 impl ShardCore {
     /// Sends a topic request to the topic's owner, or handles it here.
     pub(crate) fn route_to_owner(&mut self, msg: MeshMsg) {
@@ -138,6 +142,16 @@ impl ShardCore {
     /// interested shard. A repeated `msg_id` inside the window is acked with
     /// its original seq and not delivered again.
     fn owner_publish(&mut self, from: usize, req: PublishReq) {
+        if self.held.len() >= MAX_HELD_ACKS {
+            // Confirmations lag: sequencing more would only hold more.
+            *self.counters.publishes_rejected.entry("confirm_backlog").or_default() += 1;
+            let reply = PubReply::Refused {
+                code: ErrorCode::Overloaded,
+                message: "engine overloaded (confirmations lag); retry later",
+                retry_after_ms: Some(OVERLOADED_RETRY_MS),
+            };
+            return self.answer(from, req.to, reply);
+        }
         let now = self.now;
         let p = PublishIn { topic: &req.topic, data: &req.data, msg_id: req.msg_id.as_deref(), prio: req.prio };
         let mut targets = std::mem::take(&mut self.targets);
@@ -168,18 +182,39 @@ impl ShardCore {
             }
             PublishOutcome::Duplicate { topic, seq, epoch } => {
                 self.counters.dedupe_hits += 1;
-                self.answer(from, req.to, PubReply::Ack { topic, seq, epoch, dup: true });
+                self.ack(from, req.to, PubReply::Ack { topic, seq, epoch, dup: true });
             }
             PublishOutcome::Accepted(publ) => {
                 self.counters.frames_encoded += 1;
                 self.counters.publishes_accepted += 1;
                 let reply = PubReply::Ack { topic: publ.topic.clone(), seq: publ.seq, epoch: publ.epoch, dup: false };
-                self.answer(from, req.to, reply);
+                self.ack(from, req.to, reply);
                 self.counters.record_ack(req.received_at);
                 self.deliver_to(&targets, &publ, req.received_at);
             }
         }
         self.targets = targets;
+    }
+
+    /// Answers an ack now, or holds it until its seq is confirmed.
+    fn ack(&mut self, from: usize, to: Requester, reply: PubReply) {
+        let PubReply::Ack { topic, seq, .. } = &reply else {
+            return self.answer(from, to, reply);
+        };
+        if self.policy.ack == super::core::AckMode::Immediate || self.held.confirmed(topic) >= *seq {
+            return self.answer(from, to, reply);
+        }
+        self.counters.acks_held += 1;
+        let topic = topic.clone();
+        self.held.hold(topic, *seq, HeldAck { from, to, reply });
+    }
+
+    /// The publications of `topic` up to `seq` are confirmed (durable, or
+    /// accepted by the broker): their held acks go out, in seq order.
+    pub fn confirm(&mut self, topic: &str, seq: u64) {
+        for h in self.held.confirm(topic, seq) {
+            self.answer(h.from, h.to, h.reply);
+        }
     }
 
     /// Hands a publication to every target shard (itself included).
@@ -191,5 +226,59 @@ impl ShardCore {
                 out.push(MeshMsg::Deliver { publ: publ.clone(), received_at });
             }
         }
+    }
+}
+
+/// An ack waiting for its confirmation.
+#[derive(Debug)]
+pub struct HeldAck {
+    from: usize,
+    to: Requester,
+    reply: PubReply,
+}
+
+/// Held acks per topic, in seq order, and each topic's confirmed seq.
+#[derive(Debug, Default)]
+pub struct HeldAcks {
+    topics: std::collections::HashMap<std::sync::Arc<str>, (u64, std::collections::VecDeque<(u64, HeldAck)>)>,
+    held: usize,
+}
+
+impl HeldAcks {
+    /// The confirmed seq of `topic` (0: none yet).
+    pub fn confirmed(&self, topic: &str) -> u64 {
+        self.topics.get(topic).map_or(0, |t| t.0)
+    }
+
+    fn hold(&mut self, topic: std::sync::Arc<str>, seq: u64, h: HeldAck) {
+        let q = &mut self.topics.entry(topic).or_default().1;
+        // Duplicates of a held seq join it; seqs arrive in order otherwise.
+        let at = q.iter().rposition(|(s, _)| *s <= seq).map_or(0, |i| i + 1);
+        q.insert(at, (seq, h));
+        self.held += 1;
+    }
+
+    /// Marks `topic` confirmed through `seq` and takes the acks it frees.
+    fn confirm(&mut self, topic: &str, seq: u64) -> Vec<HeldAck> {
+        let Some(t) = self.topics.get_mut(topic) else { return Vec::new() };
+        t.0 = t.0.max(seq);
+        let mut out = Vec::new();
+        while t.1.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, h)) = t.1.pop_front() {
+                out.push(h);
+            }
+        }
+        self.held -= out.len();
+        out
+    }
+
+    /// Acks held now.
+    pub fn len(&self) -> usize {
+        self.held
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
     }
 }

@@ -87,6 +87,8 @@ pub struct Counters {
     /// Fanouts that ran out of a slice's budget and were parked to continue
     /// after the reactor ran.
     pub fanout_parked: u64,
+    /// Acks held for a confirmation (`AckMode::AfterConfirm`).
+    pub acks_held: u64,
     /// `send` calls made by connection writers.
     pub sends: u64,
     /// Bytes those sends wrote.
@@ -140,6 +142,7 @@ impl Counters {
             close_linger_expired: 0,
             peer_eofs: 0,
             fanout_parked: 0,
+            acks_held: 0,
             sends: 0,
             bytes_sent: 0,
             internal_errors: 0,

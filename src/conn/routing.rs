@@ -237,10 +237,13 @@ pub struct HeldAck {
     reply: PubReply,
 }
 
+/// One topic's confirmed seq and the acks waiting beyond it, in seq order.
+type TopicHeld = (u64, std::collections::VecDeque<(u64, HeldAck)>);
+
 /// Held acks per topic, in seq order, and each topic's confirmed seq.
 #[derive(Debug, Default)]
 pub struct HeldAcks {
-    topics: std::collections::HashMap<std::sync::Arc<str>, (u64, std::collections::VecDeque<(u64, HeldAck)>)>,
+    topics: std::collections::HashMap<std::sync::Arc<str>, TopicHeld>,
     held: usize,
 }
 

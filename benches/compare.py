@@ -54,6 +54,14 @@ SYSTEMS = {
                                          "--mode", "per-message"]),
 }
 
+# A before/after comparison of shardcast itself: SHARDCAST_BEFORE_BIN names
+# an older build of the binary, run as system "shardcast-before" with the
+# same bench config, interleaved with the others in the same rounds.
+if os.environ.get("SHARDCAST_BEFORE_BIN"):
+    SYSTEMS["shardcast-before"] = ("ws", lambda p: [os.environ["SHARDCAST_BEFORE_BIN"], "serve", "--config",
+                                                    os.path.join(ROOT, "tuning", "bench.toml"),
+                                                    "--listen", f"127.0.0.1:{p}"])
+
 
 def wait_port(port, proc, timeout=10.0):
     end = time.time() + timeout

@@ -160,6 +160,10 @@ struct RoomsArgs {
     /// Approximate publish payload size, bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Every this many seconds, every subscriber drops its connection at
+    /// once and resumes with `since` (periodic reconnect storms; a soak).
+    #[arg(long)]
+    reconnect_every: Option<f64>,
 }
 
 #[derive(Args, Clone)]
@@ -335,6 +339,14 @@ fn rooms(a: &RoomsArgs, noisy: Option<(usize, usize)>) -> anyhow::Result<()> {
     }
     let subs = topics.len() * a.per_room;
     let mut plans = split(&a.common, subs, a.publishers, topics.clone(), a.rate, noisy_inflight, a.payload, 0)?;
+    if let Some(every) = a.reconnect_every {
+        if !(every >= 1.0 && every < a.common.duration) {
+            bail!("--reconnect-every must be at least 1 s and shorter than the run");
+        }
+        for p in &mut plans {
+            p.reconnect_every = Some(Duration::from_secs_f64(every));
+        }
+    }
     if noisy.is_some() {
         for p in &mut plans {
             p.noisy_topic = Some(topics.len() - 1);
@@ -342,7 +354,7 @@ fn rooms(a: &RoomsArgs, noisy: Option<(usize, usize)>) -> anyhow::Result<()> {
         plans[0].noisy_publishers = noisy_pubs;
     }
     let scenario = if noisy.is_some() { "noisy-tenant" } else { "rooms" };
-    let extra = serde_json::json!({"scenario":scenario,"rooms":a.rooms,"per_room":a.per_room,"publishers":a.publishers,"rate":a.rate,"payload":a.payload,"noisy_publishers":noisy_pubs,"noisy_inflight":noisy_inflight});
+    let extra = serde_json::json!({"scenario":scenario,"rooms":a.rooms,"per_room":a.per_room,"publishers":a.publishers,"rate":a.rate,"payload":a.payload,"noisy_publishers":noisy_pubs,"noisy_inflight":noisy_inflight,"reconnect_every":a.reconnect_every});
     orchestrate(&a.common, plans, extra)
 }
 
@@ -390,6 +402,7 @@ fn split(
                 pin: (!c.pin.is_empty()).then(|| c.pin[w % c.pin.len()]),
                 slow_every,
                 reconnect_at: None,
+                reconnect_every: None,
                 proto: c.proto,
                 window: 0,
                 slots: None,

@@ -187,6 +187,7 @@ impl Report {
                 "resumed_ok": sum(&|r| r.resumed_ok),
                 "resumed_failed": sum(&|r| r.resumed_failed),
                 "recovery_secs": results.iter().map(|r| r.recovery_secs).fold(0.0, f64::max),
+                "storms": results.iter().map(|r| r.storms).max().unwrap_or(0),
             },
             "verify": {
                 "expected": expected,

@@ -53,6 +53,9 @@ pub struct Plan {
     /// Reconnect storm: this long into the run every subscriber drops its
     /// connection and resumes with `since` on a new one.
     pub reconnect_at: Option<Duration>,
+    /// Repeat the reconnect storm at this period (the soak's churn).
+    #[serde(default)]
+    pub reconnect_every: Option<Duration>,
     /// The wire protocol (shardcast's, Redis's or NATS's).
     pub proto: Proto,
     /// Closed loop bounded per subscriber: at most this many publications
@@ -183,6 +186,9 @@ pub struct WorkerResult {
     pub resumed_failed: u64,
     /// Storm start → every subscriber resumed, seconds (0: no storm).
     pub recovery_secs: f64,
+    /// Reconnect storms run (`--reconnect-every`).
+    #[serde(default)]
+    pub storms: u64,
     /// Deliveries on the noisy tenant's topic (left out of the latency).
     pub noisy_received: u64,
     pub run_secs: f64,
@@ -721,11 +727,20 @@ impl Worker {
         let mut next_send = start;
         let mut rr = 0usize;
         let mut storm: Option<Instant> = None;
+        let mut next_storm = start + self.plan.reconnect_every.unwrap_or(Duration::MAX / 4);
         while Instant::now() < end {
             if let Some(at) = self.plan.reconnect_at {
                 if storm.is_none() && start.elapsed() >= at {
                     self.reconnect_all()?;
                     storm = Some(Instant::now());
+                }
+            }
+            if let Some(every) = self.plan.reconnect_every {
+                if Instant::now() >= next_storm {
+                    self.reconnect_all()?;
+                    self.result.storms += 1;
+                    storm.get_or_insert_with(Instant::now);
+                    next_storm += every;
                 }
             }
             if let Some(t0) = storm {

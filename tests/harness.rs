@@ -88,23 +88,23 @@ impl Sim {
         self.cores[s].on_bytes_at(idx, &mut frame, self.now);
     }
 
-    /// Shard `s` takes one entry: its parked fanouts, then up to `max`
-    /// messages from its rings, then it retries its overflow queues.
+    /// Shard `s` takes one entry as its mesh task does: its parked
+    /// fanouts, or else a batch of up to `max` messages from its rings; then
+    /// it retries its overflow queues.
     fn step(&mut self, s: usize, max: usize) -> usize {
         let core = &mut self.cores[s];
         core.tick(self.now);
         let mut n = 0;
         if !core.run_fanout() {
-            'rings: for (from, cons) in self.inboxes[s].iter_mut() {
+            core.begin_batch();
+            for (from, cons) in self.inboxes[s].iter_mut() {
                 while n < max {
                     let Ok(m) = cons.pop() else { break };
                     core.on_mesh(*from, m);
                     n += 1;
-                    if core.fanout_pending() {
-                        break 'rings;
-                    }
                 }
             }
+            core.end_batch();
         }
         for o in core.outboxes.iter_mut().flatten() {
             o.flush_overflow();

@@ -72,6 +72,13 @@ pub struct ShardCore {
     pub(crate) parked: std::collections::VecDeque<super::deliver::Parked>,
     /// Deliveries the current slice may still make (reset by `tick`).
     pub(crate) fanout_left: usize,
+    /// Connections given frames by a parked fanout, woken once no fanout is
+    /// parked: a slice boundary lets the reactor run (reads, timers) without
+    /// making every writer flush a small batch (one send per few frames).
+    pub(crate) wake_later: Vec<u32>,
+    /// Inside a batch of mesh messages: wakes are deferred to its end too,
+    /// since the writers could not run before the batch yields anyway.
+    pub(crate) batching: bool,
     /// Acks held until their seq is confirmed ([`AckMode::AfterConfirm`]).
     pub(crate) held: super::routing::HeldAcks,
 }
@@ -162,6 +169,8 @@ impl ShardCore {
             now: Instant::now(),
             parked: Default::default(),
             fanout_left: 0,
+            wake_later: Vec::new(),
+            batching: false,
             held: Default::default(),
         }
     }

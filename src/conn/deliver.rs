@@ -182,7 +182,44 @@ impl ShardCore {
                 self.counters.record_deliver(p.received_at);
             }
         }
+        if !self.batching {
+            self.wake_deferred();
+        }
         false
+    }
+
+    /// A batch of mesh messages begins: deliveries wake their writers at
+    /// its end ([`ShardCore::end_batch`]), or once its parked fanouts are
+    /// done, so one send carries the whole batch's frames.
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// The batch ends (see [`ShardCore::begin_batch`]).
+    pub fn end_batch(&mut self) {
+        self.batching = false;
+        if self.parked.is_empty() {
+            self.wake_deferred();
+        }
+    }
+
+    fn wake_deferred(&mut self) {
+        for c in self.wake_later.drain(..) {
+            if let Some(conn) = self.conns.get_mut(c as usize) {
+                conn.fanout_wait = false;
+                conn.wake();
+            }
+        }
+    }
+
+    /// Wakes connection `idx` once no fanout is parked (a reader pushed
+    /// back while its publish's fanout finishes).
+    pub fn wake_after_fanout(&mut self, idx: usize) {
+        if let Some(c) = self.conns.get_mut(idx) {
+            if !std::mem::replace(&mut c.fanout_wait, true) {
+                self.wake_later.push(idx as u32);
+            }
+        }
     }
 
     /// Whether fanouts are parked.
@@ -211,6 +248,7 @@ impl ShardCore {
             return;
         };
         let (soft, hard) = (self.limits.outbound_soft_bytes, self.limits.outbound_hard_bytes);
+        let defer = self.batching || !self.parked.is_empty();
         let mut slow = Vec::new();
         for &c in &lt.subs[from..to] {
             let Some(conn) = self.conns.get_mut(c as usize) else {
@@ -224,7 +262,9 @@ impl ShardCore {
             match conn.out.push_frame(frame, prio, soft, hard) {
                 Push::Queued => {
                     self.counters.deliveries += 1;
-                    if was_empty {
+                    if was_empty && defer {
+                        self.wake_later.push(c);
+                    } else if was_empty {
                         conn.wake();
                     }
                 }

@@ -66,6 +66,9 @@ pub struct Conn {
     /// The peer shut its write side (EOF): nothing more is read; the
     /// connection lives until what it is owed is answered and flushed.
     pub peer_eof: bool,
+    /// Its reader waits for the shard's parked fanouts to finish (it is on
+    /// the wake-after-fanout list once).
+    pub fanout_wait: bool,
     /// Wakes the connection's task when something is queued.
     pub waker: Option<Waker>,
     /// When the peer last sent anything (liveness).
@@ -95,6 +98,7 @@ impl Conn {
             pending_subs: 0,
             awaiting: 0,
             peer_eof: false,
+            fanout_wait: false,
             waker: None,
             last_seen: now,
             ping_out: false,

@@ -132,7 +132,12 @@ impl Task {
         }
         for _ in 0..READ_ROUNDS {
             {
-                let core = ctx.core.borrow();
+                let mut core = ctx.core.borrow_mut();
+                if core.fanout_pending() {
+                    // Pushed back until the parked fanouts are done.
+                    core.wake_after_fanout(self.idx);
+                    return Poll::Pending;
+                }
                 let max_body = core.limits.max_message_bytes;
                 if core.conns.get(self.idx).is_some_and(|c| c.input_paused(max_body)) {
                     // Woken again once the answer is queued or the writer drains.
@@ -156,11 +161,13 @@ impl Task {
                     core.on_bytes(self.idx, &mut rbuf[..n]);
                     if core.fanout_pending() {
                         // A publish here fanned out past the slice's budget:
-                        // the mesh task continues it after the reactor ran.
+                        // the mesh task continues it after the reactor ran,
+                        // and this reader waits until it is done (pushed
+                        // back, woken by `run_fanout`). Re-waking ourselves
+                        // instead would keep the task queue busy and hide
+                        // io_uring from the reactor (docs/GLOMMIO-NOTES.md).
                         ctx.bell.notify();
-                        drop(core);
-                        drop(rbuf);
-                        cx.waker().wake_by_ref();
+                        core.wake_after_fanout(self.idx);
                         return Poll::Pending;
                     }
                 }

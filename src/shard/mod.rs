@@ -278,11 +278,15 @@ impl MeshTask {
         core.tick(std::time::Instant::now());
         // Parked fanouts first: what was sequenced earlier goes out first,
         // and nothing more is taken from the rings until they are done (the
-        // rings then push back on the publishers).
+        // rings then push back on the publishers). A batch is taken whole:
+        // its fanouts park behind each other and go out over as many slices
+        // as the budget needs, and the writers they fed are woken once the
+        // batch is done, so slicing does not shrink what one send carries.
         if core.run_fanout() {
             return 0;
         }
         let mut handled = 0;
+        core.begin_batch();
         for (from, cons) in self.inboxes.iter_mut() {
             let n = cons.slots().min(RING_BATCH);
             for _ in 0..n {
@@ -291,11 +295,9 @@ impl MeshTask {
                     Err(_) => break,
                 }
                 handled += 1;
-                if core.fanout_pending() {
-                    return handled;
-                }
             }
         }
+        core.end_batch();
         handled
     }
 

@@ -55,6 +55,11 @@ fn parse(c: &mut Criterion) {
     g.bench_function("pub_command", |b| b.iter(|| black_box(message::parse_command(black_box(&pubs)).is_ok())));
     let sub = r#"{"op":"sub","id":1,"topic":"acme/room-1","since":{"seq":41,"epoch":"9f2c41d07ab3"}}"#;
     g.bench_function("sub_command", |b| b.iter(|| black_box(message::parse_command(black_box(sub)).is_ok())));
+    // Issue 9 defect 8: the extra pass over `data` on the publish path
+    // (nesting depth, lone surrogate escapes), next to the parse it follows.
+    g.bench_function("check_data_100b", |b| {
+        b.iter(|| black_box(shardcast::proto::json_check::check_data(black_box(DATA), 64).is_ok()))
+    });
     g.finish();
 }
 

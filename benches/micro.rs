@@ -32,6 +32,7 @@ fn encode(c: &mut Criterion) {
                 epoch: "9f2c41d07ab3",
                 msg_id: Some("gen-77:3"),
                 prio: None,
+                from: None,
                 data: DATA,
             };
             message::msg(&mut out, &f);
@@ -175,6 +176,7 @@ fn owner(c: &mut Criterion) {
     let cfg = shardcast::Config::default();
     let policy = shardcast::conn::core::Policy {
         ack: Default::default(),
+        access: Default::default(),
         replay: cfg.replay.clone(),
         rates: cfg.rates.clone(),
         liveness: cfg.liveness.clone(),
@@ -186,7 +188,7 @@ fn owner(c: &mut Criterion) {
     let mut targets = Vec::new();
     let mut scratch = Vec::new();
     let mut publish = |o: &mut Owner, topic: &str| {
-        let p = PublishIn { topic, data: "1", msg_id: None, prio: None };
+        let p = PublishIn { topic, data: "1", msg_id: None, prio: None, from: None };
         o.publish(&p, now, &mut targets, |_| true, |n, m| Publication::native(n, m, &mut scratch))
     };
     let t0 = std::time::Instant::now();

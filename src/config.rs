@@ -65,6 +65,93 @@ pub struct Config {
     /// The admin listener.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Tokens, tenants and browser origins.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: JWT identity (PROTOCOL-EXTENSIONS §1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Every `/ws` upgrade and HTTP publish needs a valid token.
+    pub required: bool,
+    /// HMAC secrets (HS256/384/512); any one verifies. No `kid`.
+    pub hs256_secrets: Vec<String>,
+    /// PEM public key files (RSA, EC P-256/P-384, Ed25519); each answers to
+    /// the `kid` of its file name without extension.
+    pub public_keys: Vec<std::path::PathBuf>,
+    /// Keys with an explicit `kid`: `[[auth.keys]] kid = "..."` and either
+    /// `secret = "..."` or `pem_file = "..."`.
+    pub keys: Vec<AuthKey>,
+    /// Allowed `alg`s; empty: every algorithm the keys can verify.
+    pub algorithms: Vec<String>,
+    /// Required `aud` ("" = not checked).
+    pub audience: String,
+    /// Required `iss` ("" = not checked).
+    pub issuer: String,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway_secs: u64,
+    /// Browser origins allowed to upgrade (empty = any); others get 403.
+    pub origins: Vec<String>,
+    /// Serve a non-loopback address without tokens (refused otherwise).
+    pub allow_anonymous_public: bool,
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthKey {
+    /// The `kid` tokens name it by.
+    pub kid: String,
+    /// An HMAC secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A PEM public key file.
+    #[serde(default)]
+    pub pem_file: Option<std::path::PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            required: false,
+            hs256_secrets: Vec::new(),
+            public_keys: Vec::new(),
+            keys: Vec::new(),
+            algorithms: Vec::new(),
+            audience: String::new(),
+            issuer: String::new(),
+            leeway_secs: 5,
+            origins: Vec::new(),
+            allow_anonymous_public: false,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The verifier's view of this section.
+    pub fn verifier_config(&self) -> crate::auth::VerifierConfig {
+        use crate::auth::KeySource;
+        let mut keys: Vec<KeySource> =
+            self.hs256_secrets.iter().map(|s| KeySource::Secret { kid: None, secret: s.clone() }).collect();
+        keys.extend(self.public_keys.iter().map(|p| KeySource::Pem { kid: None, path: p.clone() }));
+        for k in &self.keys {
+            if let Some(s) = &k.secret {
+                keys.push(KeySource::Secret { kid: Some(k.kid.clone()), secret: s.clone() });
+            }
+            if let Some(p) = &k.pem_file {
+                keys.push(KeySource::Pem { kid: Some(k.kid.clone()), path: p.clone() });
+            }
+        }
+        crate::auth::VerifierConfig {
+            keys,
+            algorithms: self.algorithms.clone(),
+            audience: (!self.audience.is_empty()).then(|| self.audience.clone()),
+            issuer: (!self.issuer.is_empty()).then(|| self.issuer.clone()),
+            leeway_secs: self.leeway_secs,
+        }
+    }
 }
 
 /// `[admin]`: metrics and health endpoints.
@@ -156,6 +243,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Accept backlog per shard listener.
     pub backlog: u32,
+    /// WebSocket subprotocols the server speaks; the first one a client
+    /// offers in `Sec-WebSocket-Protocol` is echoed.
+    pub subprotocols: Vec<String>,
 }
 
 /// Which CPUs run shards.
@@ -224,6 +314,7 @@ fn embedded() -> Config {
             rates: d.rates,
             liveness: d.liveness,
             admin: d.admin,
+            auth: d.auth,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -240,6 +331,7 @@ struct EmbeddedDefault {
     rates: RateConfig,
     liveness: LivenessConfig,
     admin: AdminConfig,
+    auth: AuthConfig,
 }
 
 impl Default for ReplayConfig {
@@ -283,7 +375,11 @@ impl Default for LivenessConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), backlog: 4096 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backlog: 4096,
+            subprotocols: vec!["shardcast.v1".into(), "shardcast".into()],
+        }
     }
 }
 
@@ -340,6 +436,27 @@ impl Config {
     /// Checks ranges and consistency (not the host: see [`Config::shard_cpus`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, problem: &str| Err(ConfigError::Invalid { field, problem: problem.into() });
+        let a = &self.auth;
+        if a.required && a.hs256_secrets.is_empty() && a.public_keys.is_empty() && a.keys.is_empty() {
+            return invalid("auth.required", "needs at least one key (hs256_secrets, public_keys or [[auth.keys]])");
+        }
+        if a.keys.iter().any(|k| k.secret.is_some() == k.pem_file.is_some()) {
+            return invalid("auth.keys", "each [[auth.keys]] entry needs exactly one of secret or pem_file");
+        }
+        if !a.required && !a.allow_anonymous_public && !self.server.listen.ip().is_loopback() {
+            return invalid(
+                "auth.required",
+                &format!(
+                    "server.listen {} is not a loopback address and [auth] required = false: anyone who can reach \
+                     it could read and publish every tenant's topics. Configure keys and set required = true, \
+                     or set auth.allow_anonymous_public = true to serve it anonymously on purpose",
+                    self.server.listen
+                ),
+            );
+        }
+        if let Err(e) = crate::auth::Verifier::new(&a.verifier_config()) {
+            return invalid("auth", &e);
+        }
         if self.admin.max_connections == 0 || self.admin.max_connections > 4096 {
             return invalid("admin.max_connections", "must be between 1 and 4096");
         }

@@ -13,6 +13,7 @@
 //! Each folder uses only the ones before it (checked by `tests/layering.rs`).
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod host;

@@ -87,6 +87,13 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
+    let access = Arc::new(crate::auth::Access {
+        verifier: crate::auth::Verifier::new(&cfg.auth.verifier_config())
+            .map_err(|problem| ConfigError::Invalid { field: "auth", problem })?,
+        required: cfg.auth.required,
+        origins: cfg.auth.origins.clone(),
+        subprotocols: cfg.server.subprotocols.clone(),
+    });
     let n = cpus.len();
     let map = PartitionMap { partitions: cfg.shards.partitions, shards: n };
     let (listeners, addr) = bind_listeners(cfg.server.listen, cfg.server.backlog, n)?;
@@ -109,6 +116,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
             control,
             policy: crate::conn::core::Policy {
                 ack: Default::default(),
+                access: access.clone(),
                 replay: cfg.replay.clone(),
                 rates: cfg.rates.clone(),
                 liveness: cfg.liveness.clone(),

@@ -1,5 +1,5 @@
 //! The folders of `src/` form layers: each may use only the ones below it.
-//! `proto` ← `topic` ← `mesh` ← `conn` ← `shard` ← `admin` ← `server`.
+//! `proto` ← `topic` ← `auth` ← `mesh` ← `conn` ← `shard` ← `admin` ← `server`.
 //! A `use crate::x` that points up (an import cycle between folders) fails
 //! here, naming the file and the line.
 
@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Lower index = lower layer. Top-level files not listed (lib.rs, main.rs)
 /// may use anything; `config` and `host` are leaves every layer may read.
-const LAYERS: &[&str] = &["proto", "topic", "mesh", "conn", "shard", "admin", "server"];
+const LAYERS: &[&str] = &["proto", "topic", "auth", "mesh", "conn", "shard", "admin", "server"];
 const SHARED: &[&str] = &["config", "host"];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -232,6 +232,22 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "fanout_slices_parked_total", "counter", "Fanouts continued in a later slice.", |s| {
         s.counters.fanout_parked
     });
+    o.per_shard(t, "tokens_expired_total", "counter", "Connections closed 4001 at their token's expiry.", |s| {
+        s.counters.tokens_expired
+    });
+    o.per_shard(t, "origin_refused_total", "counter", "Upgrades refused 403 for their Origin.", |s| {
+        s.counters.origin_refused
+    });
+    o.per_shard(t, "forbidden_total", "counter", "Commands refused forbidden (outside tenant or caps).", |s| {
+        s.counters.forbidden
+    });
+    o.per_shard_labelled(
+        t,
+        "auth_refused_total",
+        "Upgrades and HTTP requests refused 401, by reason.",
+        "reason",
+        |s| map_pairs(&s.counters.auth_refused),
+    );
     o.per_shard(t, "sends_total", "counter", "send calls by connection writers.", |s| s.counters.sends);
     o.per_shard(t, "bytes_sent_total", "counter", "Bytes sent by connection writers.", |s| s.counters.bytes_sent);
     o.per_shard(t, "outbound_queue_bytes", "gauge", "Bytes queued on all connections.", |s| s.outbound_bytes);

@@ -81,6 +81,12 @@ pub struct ShardCore {
     pub(crate) batching: bool,
     /// Acks held until their seq is confirmed ([`AckMode::AfterConfirm`]).
     pub(crate) held: super::routing::HeldAcks,
+    /// `now` as Unix seconds is `unix0 + (now - instant0)` (token times).
+    clock0: (Instant, u64),
+    /// Token expiries of this shard's connections, soonest first:
+    /// (exp + leeway, slot, generation). One heap per shard, swept by one
+    /// timer; refreshed or gone connections leave stale entries, skipped.
+    pub(crate) expiries: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32, u32)>>,
 }
 
 /// When the owner answers a publisher.
@@ -100,6 +106,8 @@ pub enum AckMode {
 pub struct Policy {
     /// When publishers are acked.
     pub ack: AckMode,
+    /// Tokens, origins, subprotocols.
+    pub access: Arc<crate::auth::Access>,
     /// `[replay]`.
     pub replay: ReplayConfig,
     /// `[rates]`.
@@ -172,6 +180,8 @@ impl ShardCore {
             wake_later: Vec::new(),
             batching: false,
             held: Default::default(),
+            clock0: (Instant::now(), unix_secs()),
+            expiries: Default::default(),
         }
     }
 
@@ -185,6 +195,46 @@ impl ShardCore {
             self.now = now;
         }
         self.fanout_left = self.limits.fanout_budget;
+    }
+
+    /// The core's `now` in Unix seconds.
+    pub fn unix_now(&self) -> u64 {
+        self.clock0.1 + self.now.saturating_duration_since(self.clock0.0).as_secs()
+    }
+
+    /// Closes (4001) every connection whose token has expired by `now`
+    /// (a refresh with `auth` moves a connection's expiry; its old entry is
+    /// skipped). Returns how many were closed.
+    pub fn sweep_expiry(&mut self, now: Instant) -> usize {
+        self.tick(now);
+        let unix = self.unix_now();
+        let leeway = self.policy.access.verifier.leeway();
+        let mut closed = 0;
+        while let Some(&std::cmp::Reverse((at, idx, gen))) = self.expiries.peek() {
+            if at >= unix {
+                break;
+            }
+            self.expiries.pop();
+            let live = self.conns.get(idx as usize).is_some_and(|c| {
+                c.gen == gen && c.identity.as_ref().and_then(|i| i.exp).is_some_and(|e| e.saturating_add(leeway) == at)
+            });
+            if live {
+                self.counters.tokens_expired += 1;
+                self.close(idx as usize, CloseCode::TOKEN_EXPIRED, "token expired");
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Sets the identity of connection `idx` and schedules its expiry.
+    pub(crate) fn set_identity(&mut self, idx: usize, id: crate::auth::Identity) {
+        let leeway = self.policy.access.verifier.leeway();
+        let Some(c) = self.conns.get_mut(idx) else { return };
+        if let Some(exp) = id.exp {
+            self.expiries.push(std::cmp::Reverse((exp.saturating_add(leeway), idx as u32, c.gen)));
+        }
+        c.identity = Some(Box::new(id));
     }
 
     /// Registers a new connection, or `None` at the connection limit.
@@ -316,4 +366,9 @@ impl ShardCore {
         self.hits.hit(self.id, super::logs::Hit::SlowConsumer, "closing a slow consumer (4000)");
         self.close(idx, CloseCode::SLOW_CONSUMER, "slow consumer");
     }
+}
+
+/// The wall clock as Unix seconds (read once per shard, at start).
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -31,6 +31,9 @@ pub struct HttpState {
     pub batch_pending: usize,
     /// When the unfinished request now in `inbuf` began (its deadline).
     pub partial_since: Option<std::time::Instant>,
+    /// The token the connection's identity was verified from: a keep-alive
+    /// client repeating it on every request is verified once.
+    pub token: Option<String>,
 }
 
 /// How the owner answers one publication.
@@ -64,6 +67,7 @@ pub fn status_of(code: ErrorCode) -> (u16, &'static str) {
         ErrorCode::RateLimited => (429, "Too Many Requests"),
         ErrorCode::Overloaded => (503, "Service Unavailable"),
         ErrorCode::Forbidden => (403, "Forbidden"),
+        ErrorCode::Unauthorized => (401, "Unauthorized"),
         ErrorCode::Internal => (500, "Internal Server Error"),
         _ => (400, "Bad Request"),
     }
@@ -134,6 +138,9 @@ impl ShardCore {
             }
             _ => return self.http_reply(idx, 404, "Not Found", &error_body("bad_request", "no such path"), None),
         };
+        if !self.http_authenticate(idx, req.token.as_deref()) {
+            return;
+        }
         let json = req
             .content_type
             .as_deref()
@@ -148,6 +155,41 @@ impl ShardCore {
         match route {
             Route::One => self.http_publish_one(idx, text),
             Route::Batch => self.http_publish_batch(idx, text),
+        }
+    }
+
+    /// Establishes who sends this request (401 and false if it cannot be):
+    /// the same token as the previous request keeps the identity verified
+    /// then, unless it has expired since.
+    fn http_authenticate(&mut self, idx: usize, token: Option<&str>) -> bool {
+        let now = self.unix_now();
+        let leeway = self.policy.access.verifier.leeway();
+        let conn = &mut self.conns[idx];
+        let same = conn.http.as_ref().is_some_and(|h| h.token.as_deref() == token && token.is_some());
+        let fresh = conn.identity.as_ref().is_some_and(|i| i.exp.is_none_or(|e| now <= e.saturating_add(leeway)));
+        if same && fresh {
+            return true;
+        }
+        match self.policy.access.clone().authenticate(token, now) {
+            Ok(id) => {
+                let conn = &mut self.conns[idx];
+                conn.identity = id.map(Box::new);
+                if let Some(h) = conn.http.as_mut() {
+                    h.token = token.map(str::to_owned);
+                }
+                true
+            }
+            Err(e) => {
+                *self.counters.auth_refused.entry(e.label()).or_default() += 1;
+                let conn = &mut self.conns[idx];
+                conn.identity = None;
+                if let Some(h) = conn.http.as_mut() {
+                    h.token = None;
+                }
+                let body = error_body("unauthorized", &e.to_string());
+                self.http_reply(idx, 401, "Unauthorized", &body, None);
+                false
+            }
         }
     }
 

@@ -113,17 +113,36 @@ impl ShardCore {
     /// request is not complete yet.
     fn process_request(&mut self, idx: usize, buf: &[u8]) -> Option<usize> {
         let first = self.conns[idx].phase == Phase::Handshake;
-        match handshake::parse(buf, self.id) {
+        let access = self.policy.access.clone();
+        match handshake::parse(buf, &access.subprotocols) {
             HandshakeOutcome::Incomplete => None,
-            HandshakeOutcome::Upgrade { response, head_len } if first => {
+            HandshakeOutcome::Upgrade(u) if first => {
+                if !access.origin_allowed(u.origin.as_deref()) {
+                    self.counters.origin_refused += 1;
+                    self.counters.handshakes_failed += 1;
+                    let body = r#"{"error":{"code":"forbidden","message":"origin not allowed"}}"#;
+                    self.close_http(idx, &crate::conn::http::json_response(403, "Forbidden", body, None, true));
+                    return Some(buf.len());
+                }
+                let identity = match access.authenticate(u.token.as_deref(), self.unix_now()) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        self.refuse_unauthorized(idx, &e);
+                        return Some(buf.len());
+                    }
+                };
+                if let Some(id) = identity {
+                    self.set_identity(idx, id);
+                }
+                let response = handshake::upgrade_response(&u, self.id);
                 let conn = &mut self.conns[idx];
                 conn.out.push_control(usize::MAX, |o| o.extend_from_slice(&response));
                 conn.phase = Phase::Open;
                 conn.wake();
                 self.counters.handshakes += 1;
-                Some(head_len)
+                Some(u.head_len)
             }
-            HandshakeOutcome::Upgrade { .. } => {
+            HandshakeOutcome::Upgrade(_) => {
                 self.close_http(idx, &handshake::reject_response(400, "Bad Request"));
                 Some(buf.len())
             }
@@ -157,6 +176,15 @@ impl ShardCore {
                 Some(buf.len())
             }
         }
+    }
+
+    /// Answers 401 (`unauthorized`, the reason in the message) and closes.
+    pub(crate) fn refuse_unauthorized(&mut self, idx: usize, e: &crate::auth::AuthError) {
+        *self.counters.auth_refused.entry(e.label()).or_default() += 1;
+        self.counters.handshakes_failed += 1;
+        let body =
+            format!(r#"{{"error":{{"code":"unauthorized","message":{}}}}}"#, serde_json::Value::from(e.to_string()));
+        self.close_http(idx, &crate::conn::http::json_response(401, "Unauthorized", &body, None, true));
     }
 
     /// Handles input that waited in `inbuf` (a pipelined HTTP request held
@@ -265,6 +293,11 @@ impl ShardCore {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
+                if self.conns[idx].identity.as_ref().is_some_and(|i| !i.may_sub(&topic)) {
+                    self.counters.forbidden += 1;
+                    let msg = "topic outside the token's tenant or caps";
+                    return self.reply_error(idx, id, ErrorCode::Forbidden, msg, None);
+                }
                 let c = &mut self.conns[idx];
                 let held = c.subs.len() + c.pending_subs as usize;
                 if held >= self.limits.max_subscriptions_per_connection && c.sub_index(&topic).is_none() {
@@ -290,6 +323,7 @@ impl ShardCore {
                 }
                 self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
             }
+            Command::Auth { id, token } => self.refresh_token(idx, id, &token),
             Command::Pub { id, topic, data, msg_id, prio } => {
                 let args = PubArgs {
                     id,
@@ -304,5 +338,25 @@ impl ShardCore {
                 }
             }
         }
+    }
+
+    /// `auth`: a fresh token for the same `sub` and `tenant` replaces the
+    /// connection's identity and moves its expiry.
+    fn refresh_token(&mut self, idx: usize, id: Option<u64>, token: &str) {
+        let new = match self.policy.access.verifier.verify(token, self.unix_now()) {
+            Ok(n) => n,
+            Err(e) => {
+                *self.counters.auth_refused.entry(e.label()).or_default() += 1;
+                return self.reply_error(idx, id, ErrorCode::Unauthorized, &e.to_string(), None);
+            }
+        };
+        let same = self.conns[idx].identity.as_ref().is_none_or(|old| old.sub == new.sub && old.tenant == new.tenant);
+        if !same {
+            self.counters.forbidden += 1;
+            return self.reply_error(idx, id, ErrorCode::Forbidden, "a refresh must keep sub and tenant", None);
+        }
+        let exp = new.exp;
+        self.set_identity(idx, new);
+        self.reply(idx, |o| message::authed(o, id, exp));
     }
 }

@@ -20,7 +20,10 @@ impl ShardCore {
         let bucket = c.bucket.get_or_insert_with(|| TokenBucket::new(r.connection_burst, now));
         bucket.take(r.connection_per_sec, r.connection_burst, now).map_err(|ms| ("connection", ms))?;
         let n = self.map.shards as f64;
-        let tenant = topic.split('/').next().unwrap_or(topic);
+        // The token's tenant when there is one (never the text a client
+        // chose); for anonymous clients, the topic's first segment.
+        let identity = c.identity.as_ref().map(|i| i.tenant.clone());
+        let tenant = identity.as_deref().unwrap_or_else(|| topic.split('/').next().unwrap_or(topic));
         let (rate, burst) = (r.tenant_per_sec / n, (r.tenant_burst / n).max(1.0));
         self.tenants.take(tenant, rate, burst, now).map_err(|ms| ("tenant", ms))
     }
@@ -31,6 +34,12 @@ impl ShardCore {
     pub(crate) fn submit_publish(&mut self, idx: usize, p: PubArgs<'_>) -> Result<(), Refusal> {
         if let Err(e) = name::validate(p.topic) {
             return Err(Refusal { code: ErrorCode::BadTopic, message: e.to_string(), retry_after_ms: None });
+        }
+        if self.conns[idx].identity.as_ref().is_some_and(|i| !i.may_pub(p.topic)) {
+            self.counters.forbidden += 1;
+            *self.counters.publishes_rejected.entry("forbidden").or_default() += 1;
+            let message = "topic outside the token's tenant or caps".into();
+            return Err(Refusal { code: ErrorCode::Forbidden, message, retry_after_ms: None });
         }
         if let Err(e) = crate::proto::json_check::check_data(p.data, self.limits.max_data_depth) {
             *self.counters.publishes_rejected.entry("bad_data").or_default() += 1;
@@ -66,6 +75,7 @@ impl ShardCore {
             data: p.data.into(),
             msg_id: p.msg_id.map(Into::into),
             prio: p.prio,
+            from: self.conns[idx].identity.as_ref().map(|i| i.sub.clone()),
             received_at: self.now,
         };
         self.conns[idx].awaiting += 1;

@@ -153,7 +153,13 @@ impl ShardCore {
             return self.answer(from, req.to, reply);
         }
         let now = self.now;
-        let p = PublishIn { topic: &req.topic, data: &req.data, msg_id: req.msg_id.as_deref(), prio: req.prio };
+        let p = PublishIn {
+            topic: &req.topic,
+            data: &req.data,
+            msg_id: req.msg_id.as_deref(),
+            prio: req.prio,
+            from: req.from.as_ref(),
+        };
         let mut targets = std::mem::take(&mut self.targets);
         let (me, outboxes) = (self.id, &mut self.outboxes);
         let room = |s: usize| {

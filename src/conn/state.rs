@@ -83,6 +83,8 @@ pub struct Conn {
     pub control_bucket: Option<TokenBucket>,
     /// The close code sent, once closing (for metrics).
     pub close_code: Option<u16>,
+    /// Who the client is, from its token (None: anonymous).
+    pub identity: Option<Box<crate::auth::Identity>>,
 }
 
 impl Conn {
@@ -106,6 +108,7 @@ impl Conn {
             control_bucket: None,
             http: None,
             close_code: None,
+            identity: None,
         }
     }
 

@@ -89,6 +89,14 @@ pub struct Counters {
     pub fanout_parked: u64,
     /// Acks held for a confirmation (`AckMode::AfterConfirm`).
     pub acks_held: u64,
+    /// Connections closed 4001 at their token's expiry.
+    pub tokens_expired: u64,
+    /// Upgrades and HTTP requests refused 401, by reason.
+    pub auth_refused: BTreeMap<&'static str, u64>,
+    /// Upgrades refused 403 for their `Origin`.
+    pub origin_refused: u64,
+    /// Commands refused `forbidden` (outside the tenant or caps).
+    pub forbidden: u64,
     /// `send` calls made by connection writers.
     pub sends: u64,
     /// Bytes those sends wrote.
@@ -143,6 +151,10 @@ impl Counters {
             peer_eofs: 0,
             fanout_parked: 0,
             acks_held: 0,
+            tokens_expired: 0,
+            auth_refused: BTreeMap::new(),
+            origin_refused: 0,
+            forbidden: 0,
             sends: 0,
             bytes_sent: 0,
             internal_errors: 0,

@@ -51,6 +51,8 @@ pub struct PublishReq {
     pub msg_id: Option<Box<str>>,
     /// Priority as the publisher gave it (None: not given, i.e. normal).
     pub prio: Option<Prio>,
+    /// The authenticated publisher's `sub`.
+    pub from: Option<std::sync::Arc<str>>,
     /// When the publish was read off the socket.
     pub received_at: Instant,
 }

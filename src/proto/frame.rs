@@ -35,6 +35,8 @@ impl CloseCode {
     pub const RESTART: Self = Self(1012);
     /// Slow consumer: critical or control frames could not be delivered.
     pub const SLOW_CONSUMER: Self = Self(4000);
+    /// The connection's token expired without a refresh (4001).
+    pub const TOKEN_EXPIRED: Self = Self(4001);
 }
 
 /// Why a connection's inbound byte stream must be closed.

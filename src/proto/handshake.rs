@@ -17,8 +17,10 @@ const MAX_HEADERS: usize = 32;
 pub struct HttpRequest {
     /// Request method, e.g. `GET`.
     pub method: String,
-    /// Request target, e.g. `/ws`.
+    /// Request path without the query, e.g. `/v1/publish`.
     pub path: String,
+    /// A token from `Authorization: Bearer` or the `token` query parameter.
+    pub token: Option<String>,
     /// Length of the head in bytes (the body, if any, starts here).
     pub head_len: usize,
     /// `Content-Length`, if given.
@@ -34,23 +36,57 @@ pub struct HttpRequest {
 pub enum HandshakeOutcome {
     /// The head is not complete yet; read more.
     Incomplete,
-    /// A valid upgrade: send `response` and switch to WebSocket framing.
+    /// A valid upgrade at `/ws`: the caller checks the token and origin,
+    /// then sends [`upgrade_response`] and switches to WebSocket framing.
     /// Bytes after `head_len` are already WebSocket frames.
-    Upgrade {
-        /// The `101 Switching Protocols` response to send.
-        response: Vec<u8>,
-        /// Length of the request head.
-        head_len: usize,
-    },
+    Upgrade(Upgrade),
     /// A well-formed HTTP request that is not an upgrade to `/ws`.
     Http(HttpRequest),
     /// Answer with this status and reason, then close.
     Reject(u16, &'static str),
 }
 
+/// A well-formed upgrade request, before identity and origin are judged.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    /// `Sec-WebSocket-Accept` for the response.
+    pub accept: String,
+    /// Length of the request head.
+    pub head_len: usize,
+    /// A token from `Authorization: Bearer` or the `token` query parameter.
+    pub token: Option<String>,
+    /// `Origin`, if the client (a browser) sent one.
+    pub origin: Option<String>,
+    /// The first protocol in `Sec-WebSocket-Protocol` that `supported` lists.
+    pub protocol: Option<String>,
+}
+
+/// The `101 Switching Protocols` response; `shard` goes into an
+/// informational `X-Shardcast-Shard` header.
+pub fn upgrade_response(u: &Upgrade, shard: usize) -> Vec<u8> {
+    let proto = u.protocol.as_deref().map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n{proto}X-Shardcast-Shard: {shard}\r\n\r\n",
+        u.accept
+    )
+    .into_bytes()
+}
+
+/// The token of a request: `Authorization: Bearer <t>`, else `?token=<t>`.
+fn token_of(auth: Option<&[u8]>, query: Option<&str>) -> Option<String> {
+    if let Some(v) = auth {
+        let v = trim(v);
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+            return std::str::from_utf8(trim(&v[7..])).ok().map(str::to_owned);
+        }
+    }
+    query?.split('&').find_map(|kv| kv.strip_prefix("token=")).filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
 /// Parses the request head at the front of `buf`. `shard` goes into an
 /// informational `X-Shardcast-Shard` response header.
-pub fn parse(buf: &[u8], shard: usize) -> HandshakeOutcome {
+pub fn parse(buf: &[u8], supported: &[String]) -> HandshakeOutcome {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -68,8 +104,13 @@ pub fn parse(buf: &[u8], shard: usize) -> HandshakeOutcome {
         return HandshakeOutcome::Reject(431, "Request Header Fields Too Large");
     }
     let method = req.method.unwrap_or_default();
-    let path = req.path.unwrap_or_default();
+    let target = req.path.unwrap_or_default();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
     let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let token = token_of(header("authorization"), query);
     // Repeated header lines of a list-valued field are one list (RFC 9110
     // §5.3): `Connection: keep-alive` + `Connection: Upgrade` is an upgrade.
     let has_token = |name: &str, token: &str| {
@@ -102,13 +143,14 @@ pub fn parse(buf: &[u8], shard: usize) -> HandshakeOutcome {
         return HandshakeOutcome::Http(HttpRequest {
             method: method.to_owned(),
             path: path.to_owned(),
+            token,
             head_len,
             content_length,
             content_type: header("content-type").map(|v| String::from_utf8_lossy(v).into_owned()),
             close: has_token("connection", "close"),
         });
     }
-    if path != "/ws" && !path.starts_with("/ws?") {
+    if path != "/ws" {
         return HandshakeOutcome::Reject(404, "Not Found");
     }
     if method != "GET" || req.version != Some(1) || !has_token("connection", "upgrade") {
@@ -121,12 +163,28 @@ pub fn parse(buf: &[u8], shard: usize) -> HandshakeOutcome {
     let Some(key) = header("sec-websocket-key").map(trim).filter(|k| valid_key(k)) else {
         return HandshakeOutcome::Reject(400, "Bad Request");
     };
-    let accept = derive_accept_key(key);
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\nX-Shardcast-Shard: {shard}\r\n\r\n"
-    );
-    HandshakeOutcome::Upgrade { response: response.into_bytes(), head_len }
+    // RFC 6455 §4.2.2: answer with one of the offered protocols we speak
+    // (a browser fails a connection whose offer goes unanswered).
+    let offered = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .filter_map(|p| std::str::from_utf8(trim(p)).ok());
+    let mut protocol = None;
+    for p in offered {
+        if supported.iter().any(|s| s == p) {
+            protocol = Some(p.to_owned());
+            break;
+        }
+    }
+    HandshakeOutcome::Upgrade(Upgrade {
+        accept: derive_accept_key(key),
+        head_len,
+        token,
+        origin: header("origin").and_then(|o| std::str::from_utf8(trim(o)).ok()).map(str::to_owned),
+        protocol,
+    })
 }
 
 /// A complete HTTP/1.1 response with a small body; `extra` is zero or more
@@ -181,11 +239,11 @@ mod tests {
 
     #[test]
     fn rfc_sample_key_upgrades() {
-        let HandshakeOutcome::Upgrade { response, head_len } = parse(UPGRADE, 3) else {
+        let HandshakeOutcome::Upgrade(u) = parse(UPGRADE, &[]) else {
             panic!("expected upgrade");
         };
-        assert_eq!(head_len, UPGRADE.len());
-        let text = String::from_utf8(response).unwrap();
+        assert_eq!(u.head_len, UPGRADE.len());
+        let text = String::from_utf8(upgrade_response(&u, 3)).unwrap();
         assert!(text.starts_with("HTTP/1.1 101 "));
         // The accept value from RFC 6455 §1.3.
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -195,13 +253,13 @@ mod tests {
     #[test]
     fn every_prefix_is_incomplete() {
         for n in 0..UPGRADE.len() {
-            assert_eq!(parse(&UPGRADE[..n], 0), HandshakeOutcome::Incomplete, "prefix {n}");
+            assert_eq!(parse(&UPGRADE[..n], &[]), HandshakeOutcome::Incomplete, "prefix {n}");
         }
     }
 
     #[test]
     fn garbage_is_bad_request() {
-        assert_eq!(parse(b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 0), HandshakeOutcome::Reject(400, "Bad Request"));
+        assert_eq!(parse(b"\x16\x03\x01\x02\x00garbage\r\n\r\n", &[]), HandshakeOutcome::Reject(400, "Bad Request"));
     }
 
     #[test]
@@ -210,38 +268,38 @@ mod tests {
         while req.len() <= MAX_REQUEST_HEAD {
             req.extend_from_slice(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
-        assert!(matches!(parse(&req, 0), HandshakeOutcome::Reject(431, _)));
+        assert!(matches!(parse(&req, &[]), HandshakeOutcome::Reject(431, _)));
     }
 
     #[test]
     fn wrong_version_and_missing_key() {
         let v8 = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("Version: 13", "Version: 8");
-        assert_eq!(parse(v8.as_bytes(), 0), HandshakeOutcome::Reject(426, "Upgrade Required"));
+        assert_eq!(parse(v8.as_bytes(), &[]), HandshakeOutcome::Reject(426, "Upgrade Required"));
         let nokey = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("Sec-WebSocket-Key", "X-Key");
-        assert_eq!(parse(nokey.as_bytes(), 0), HandshakeOutcome::Reject(400, "Bad Request"));
+        assert_eq!(parse(nokey.as_bytes(), &[]), HandshakeOutcome::Reject(400, "Bad Request"));
         let post = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("GET", "POST");
-        assert_eq!(parse(post.as_bytes(), 0), HandshakeOutcome::Reject(400, "Bad Request"));
+        assert_eq!(parse(post.as_bytes(), &[]), HandshakeOutcome::Reject(400, "Bad Request"));
         let path = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("/ws", "/other");
-        assert_eq!(parse(path.as_bytes(), 0), HandshakeOutcome::Reject(404, "Not Found"));
+        assert_eq!(parse(path.as_bytes(), &[]), HandshakeOutcome::Reject(404, "Not Found"));
     }
 
     #[test]
     fn plain_http_is_routed() {
         let req =
             b"POST /v1/publish HTTP/1.1\r\nContent-Length: 12\r\nContent-Type: application/json\r\n\r\n{\"topic\":1}";
-        let HandshakeOutcome::Http(r) = parse(req, 0) else { panic!() };
+        let HandshakeOutcome::Http(r) = parse(req, &[]) else { panic!() };
         assert_eq!((r.method.as_str(), r.path.as_str(), r.content_length), ("POST", "/v1/publish", Some(12)));
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
         assert!(!r.close);
         let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
-        assert_eq!(parse(bad, 0), HandshakeOutcome::Reject(400, "Bad Request"));
+        assert_eq!(parse(bad, &[]), HandshakeOutcome::Reject(400, "Bad Request"));
     }
 
     /// Issue 9 defect 4: each of these was served (CL+TE by Content-Length,
     /// so a request hidden in a chunked body ran).
     #[test]
     fn ambiguous_body_framing_is_refused() {
-        let bad = |h: &str| parse(format!("POST /v1/publish HTTP/1.1\r\n{h}\r\n\r\n").as_bytes(), 0);
+        let bad = |h: &str| parse(format!("POST /v1/publish HTTP/1.1\r\n{h}\r\n\r\n").as_bytes(), &[]);
         let r400 = HandshakeOutcome::Reject(400, "Bad Request");
         assert_eq!(bad("Content-Length: 5\r\nTransfer-Encoding: chunked"), r400);
         assert_eq!(bad("Transfer-Encoding: chunked\r\nContent-Length: 5"), r400);
@@ -262,14 +320,43 @@ mod tests {
         for bad_key in ["", "not base64!", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZR==", "dGhlIHNhbXBsZSBub25j"]
         {
             let r = up.replace(key, bad_key);
-            assert_eq!(parse(r.as_bytes(), 0), HandshakeOutcome::Reject(400, "Bad Request"), "key {bad_key:?}");
+            assert_eq!(parse(r.as_bytes(), &[]), HandshakeOutcome::Reject(400, "Bad Request"), "key {bad_key:?}");
         }
         let text = String::from_utf8(reject_response(426, "Upgrade Required")).unwrap();
         assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
         let split =
             up.replace("Connection: keep-alive, Upgrade\r\n", "Connection: keep-alive\r\nConnection: Upgrade\r\n");
-        assert!(matches!(parse(split.as_bytes(), 0), HandshakeOutcome::Upgrade { .. }), "split Connection lines");
+        assert!(matches!(parse(split.as_bytes(), &[]), HandshakeOutcome::Upgrade(_)), "split Connection lines");
         let split = up.replace("Upgrade: websocket\r\n", "Upgrade: h2c\r\nUpgrade: websocket\r\n");
-        assert!(matches!(parse(split.as_bytes(), 0), HandshakeOutcome::Upgrade { .. }), "split Upgrade lines");
+        assert!(matches!(parse(split.as_bytes(), &[]), HandshakeOutcome::Upgrade(_)), "split Upgrade lines");
+    }
+
+    #[test]
+    fn tokens_origin_and_protocols_are_read() {
+        let up = |extra: &str, target: &str| {
+            let r = format!(
+                "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+            );
+            let supported = ["shardcast.v1".to_string(), "json".to_string()];
+            match parse(r.as_bytes(), &supported) {
+                HandshakeOutcome::Upgrade(u) => u,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(up("Authorization: Bearer abc.def.ghi\r\n", "/ws").token.as_deref(), Some("abc.def.ghi"));
+        assert_eq!(up("", "/ws?x=1&token=q.r.s").token.as_deref(), Some("q.r.s"));
+        assert_eq!(up("", "/ws").token, None);
+        assert_eq!(up("Origin: https://a.example\r\n", "/ws").origin.as_deref(), Some("https://a.example"));
+        let u = up("Sec-WebSocket-Protocol: chat, json, shardcast.v1\r\n", "/ws");
+        assert_eq!(u.protocol.as_deref(), Some("json"), "the client's first offer we speak");
+        assert!(String::from_utf8(upgrade_response(&u, 0)).unwrap().contains("Sec-WebSocket-Protocol: json\r\n"));
+        assert_eq!(up("Sec-WebSocket-Protocol: chat\r\n", "/ws").protocol, None);
+        let HandshakeOutcome::Http(r) =
+            parse(b"POST /v1/publish?token=t.u.v HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &[])
+        else {
+            panic!()
+        };
+        assert_eq!((r.path.as_str(), r.token.as_deref()), ("/v1/publish", Some("t.u.v")));
     }
 }

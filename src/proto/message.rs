@@ -30,8 +30,10 @@ pub enum ErrorCode {
     Overloaded,
     /// Over the per-connection subscription limit.
     TooManySubscriptions,
-    /// Not allowed.
+    /// Outside the token's tenant or caps.
     Forbidden,
+    /// A token that does not verify (on `auth`).
+    Unauthorized,
     /// A bug or an unexpected state on the server.
     Internal,
 }
@@ -48,6 +50,7 @@ impl ErrorCode {
             Self::Overloaded => "overloaded",
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
             Self::Internal => "internal",
         }
     }
@@ -109,6 +112,13 @@ pub enum Command<'a> {
         /// Echoed in the reply.
         id: Option<u64>,
     },
+    /// Token refresh.
+    Auth {
+        /// Echoed in the reply.
+        id: Option<u64>,
+        /// The new JWT.
+        token: Cow<'a, str>,
+    },
 }
 
 /// A command that cannot be executed, with the reply to send.
@@ -149,6 +159,8 @@ struct Wire<'a> {
     prio: Option<Cow<'a, str>>,
     #[serde(default)]
     since: Option<Since>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Present-but-null `data` is a value (`null`), not a missing field.
@@ -180,6 +192,10 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
         "sub" => Ok(Command::Sub { id, topic: need_topic(wire.topic, id)?, since: wire.since }),
         "unsub" => Ok(Command::Unsub { id, topic: need_topic(wire.topic, id)? }),
         "ping" => Ok(Command::Ping { id }),
+        "auth" => match wire.token {
+            Some(token) => Ok(Command::Auth { id, token }),
+            None => Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `token`")),
+        },
         "pub" => {
             let topic = need_topic(wire.topic, id)?;
             let Some(data) = wire.data else {
@@ -334,6 +350,9 @@ pub struct MsgFields<'a> {
     pub msg_id: Option<&'a str>,
     /// Priority, if the publisher gave one.
     pub prio: Option<Prio>,
+    /// The authenticated publisher's `sub` (set by the server, never by the
+    /// client).
+    pub from: Option<&'a str>,
     /// Verbatim JSON payload.
     pub data: &'a str,
 }
@@ -351,6 +370,10 @@ pub fn msg(out: &mut Vec<u8>, m: &MsgFields<'_>) {
             Some(Prio::Critical) => o.extend_from_slice(b",\"prio\":\"critical\""),
             Some(Prio::Normal) => o.extend_from_slice(b",\"prio\":\"normal\""),
             None => {}
+        }
+        if let Some(from) = m.from {
+            o.extend_from_slice(b",\"from\":");
+            json_str(o, from);
         }
         o.extend_from_slice(b",\"data\":");
         o.extend_from_slice(m.data.as_bytes());
@@ -412,6 +435,18 @@ pub fn unsubscribed(out: &mut Vec<u8>, id: Option<u64>, topic: &str) {
         o.extend_from_slice(b"{\"op\":\"unsubscribed\"");
         id_field(o, id);
         let _ = write!(o, ",\"topic\":\"{topic}\"}}");
+    });
+}
+
+/// Appends an `authed` reply (`exp`: the new token's, if it has one).
+pub fn authed(out: &mut Vec<u8>, id: Option<u64>, exp: Option<u64>) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"authed\"");
+        id_field(o, id);
+        if let Some(exp) = exp {
+            let _ = write!(o, ",\"exp\":{exp}");
+        }
+        o.push(b'}');
     });
 }
 

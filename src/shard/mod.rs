@@ -132,6 +132,7 @@ async fn run(spec: ShardSpec) {
     let accept = glommio::spawn_local(self::io::accept_loop(ctx.clone(), listener));
     let sweeper = glommio::spawn_local(sweep_liveness(ctx.clone()));
     let owner_sweep = glommio::spawn_local(sweep_owner(ctx.clone()));
+    let token_sweep = glommio::spawn_local(sweep_tokens(ctx.clone()));
     // SAFETY: the read end of the doorbell pair, owned by this shard alone.
     let bell_rx = unsafe { glommio::net::UnixStream::from_raw_fd(bell_rx.into_raw_fd()) };
     let mesh = MeshTask { ctx: ctx.clone(), inboxes, bell, bell_rx, control, accept: Some(accept) };
@@ -139,6 +140,7 @@ async fn run(spec: ShardSpec) {
     ctx.stopping.set(true);
     drop(sweeper);
     drop(owner_sweep);
+    drop(token_sweep);
 }
 
 /// Steps of owner sweep work done per timer tick before yielding.
@@ -168,6 +170,24 @@ async fn sweep_owner(ctx: Rc<ShardCtx>) {
             }
             glommio::yield_if_needed().await;
             futures_lite::future::yield_now().await;
+        }
+    }
+}
+
+/// How often a shard closes connections whose token expired.
+const TOKEN_SWEEP: Duration = Duration::from_millis(250);
+
+/// Closes (4001) connections whose token expired: one timer per shard over
+/// one heap of expiries, not a timer per connection.
+async fn sweep_tokens(ctx: Rc<ShardCtx>) {
+    loop {
+        glommio::timer::Timer::new(TOKEN_SWEEP).await;
+        if ctx.stopping.get() {
+            return;
+        }
+        let mut core = ctx.core.borrow_mut();
+        if !core.expiries.is_empty() {
+            core.sweep_expiry(std::time::Instant::now());
         }
     }
 }

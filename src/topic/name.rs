@@ -34,6 +34,13 @@ pub enum BadTopic {
     BadChar,
 }
 
+/// Whether `seg` is a valid topic segment (1–64 bytes of `[A-Za-z0-9_.:-]`).
+pub fn valid_segment(seg: &str) -> bool {
+    !seg.is_empty()
+        && seg.len() <= MAX_SEGMENT_LEN
+        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
 /// Checks a topic name against the naming rules.
 pub fn validate(topic: &str) -> Result<(), BadTopic> {
     if topic.len() > MAX_TOPIC_LEN {

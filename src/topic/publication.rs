@@ -27,6 +27,8 @@ pub struct Publication {
     pub prio_given: bool,
     /// Idempotency key, if the publisher gave one.
     pub msg_id: Option<Box<str>>,
+    /// The authenticated publisher's `sub` (stamped by the server).
+    pub from: Option<Arc<str>>,
     /// The encoded native `msg` frame, shared byte for byte by every
     /// subscriber of the native protocol.
     pub frame: Box<[u8]>,
@@ -50,6 +52,8 @@ pub struct PubMeta<'a> {
     pub prio: Option<Prio>,
     /// Idempotency key.
     pub msg_id: Option<&'a str>,
+    /// The authenticated publisher's `sub`.
+    pub from: Option<&'a Arc<str>>,
     /// Verbatim JSON payload.
     pub data: &'a str,
 }
@@ -66,6 +70,7 @@ impl Publication {
             prio: meta.prio.unwrap_or_default(),
             prio_given: meta.prio.is_some(),
             msg_id: meta.msg_id.map(Into::into),
+            from: meta.from.cloned(),
             frame,
             data_at: (data_at.0 as u32, data_at.1 as u32),
         }
@@ -80,6 +85,7 @@ impl Publication {
             epoch: meta.epoch.as_str(),
             msg_id: meta.msg_id,
             prio: meta.prio,
+            from: meta.from.map(|f| &**f),
             data: meta.data,
         };
         let (frame, at) = crate::proto::message::msg_frame(scratch, &fields);
@@ -90,7 +96,7 @@ impl Publication {
     /// for tests, benchmarks and tools that need one without an owner.
     pub fn sample(topic: &str, seq: u64, data: &str) -> SharedPub {
         let epoch = super::owned::EpochSource::new(0).next_epoch();
-        let meta = PubMeta { topic, seq, epoch, prio: None, msg_id: None, data };
+        let meta = PubMeta { topic, seq, epoch, prio: None, msg_id: None, from: None, data };
         Arc::new(Self::native(Arc::from(topic), &meta, &mut Vec::new()))
     }
 

@@ -201,7 +201,7 @@ pub fn topic_owned_by(server: &ServerHandle, shard: usize, prefix: &str) -> Stri
 /// A minimal HTTP/1.1 client over one keep-alive connection.
 pub struct Http {
     pub stream: TcpStream,
-    buf: Vec<u8>,
+    pub buf: Vec<u8>,
 }
 
 /// One parsed HTTP response.

@@ -76,13 +76,14 @@ fn encoders_produce_protocol_json() {
             epoch: "9f2c41d07ab3",
             msg_id: Some("gen-77:3\"q"),
             prio: None,
+            from: Some("agent \"7\""),
             data: r#"{"token":"Hel"}"#,
         },
     );
     let v = payload(&out);
     assert_eq!(
         v,
-        serde_json::json!({"op":"msg","topic":"acme/room-1","seq":58,"epoch":"9f2c41d07ab3","msg_id":"gen-77:3\"q","data":{"token":"Hel"}})
+        serde_json::json!({"op":"msg","topic":"acme/room-1","seq":58,"epoch":"9f2c41d07ab3","msg_id":"gen-77:3\"q","from":"agent \"7\"","data":{"token":"Hel"}})
     );
 
     type Encoder = Box<dyn Fn(&mut Vec<u8>)>;

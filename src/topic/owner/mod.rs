@@ -70,6 +70,8 @@ pub struct PublishIn<'a> {
     pub msg_id: Option<&'a str>,
     /// Priority as given.
     pub prio: Option<Prio>,
+    /// The authenticated publisher's `sub`, stamped into the frame.
+    pub from: Option<&'a Arc<str>>,
 }
 
 /// Why the owner refused a command.
@@ -301,7 +303,15 @@ impl Owner {
             return PublishOutcome::Refused(Refused::RingFull);
         }
         t.seq += 1;
-        let meta = PubMeta { topic: &t.name, seq: t.seq, epoch: t.epoch, prio: p.prio, msg_id: p.msg_id, data: p.data };
+        let meta = PubMeta {
+            topic: &t.name,
+            seq: t.seq,
+            epoch: t.epoch,
+            prio: p.prio,
+            msg_id: p.msg_id,
+            from: p.from,
+            data: p.data,
+        };
         let publ: SharedPub = Arc::new(encode(t.name.clone(), &meta));
         let (dropped, freed) = t.replay.push(publ.clone(), now, &self.lim.replay);
         self.bytes = self.bytes + publ.bytes() - freed;

@@ -166,6 +166,9 @@ pub struct AdminConfig {
     pub max_connections: usize,
     /// A whole admin request (head) must arrive within this, ms; else 408.
     pub request_timeout_ms: u64,
+    /// When set, every endpoint but `/healthz` needs `Authorization:
+    /// Bearer <token>` (401 otherwise).
+    pub token: String,
 }
 
 impl Default for AdminConfig {
@@ -175,6 +178,7 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_connections: 64,
             request_timeout_ms: 2000,
+            token: String::new(),
         }
     }
 }

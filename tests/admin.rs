@@ -215,3 +215,30 @@ fn admin_connections_are_bounded() {
     drop(held);
     server.shutdown();
 }
+
+/// `admin.token`: every endpoint but `/healthz` needs the bearer token.
+#[test]
+fn admin_token_guards_the_figures() {
+    let server = server_with(|c| c.admin.token = "admin-test-token".into());
+    let admin = server.admin_addr().unwrap();
+    let get = |path: &str, token: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        use std::io::{Read, Write};
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    assert!(get("/healthz", None).starts_with("HTTP/1.1 200 "));
+    for path in ["/metrics", "/v1/stats", "/readyz"] {
+        assert!(get(path, None).starts_with("HTTP/1.1 401 "), "{path}");
+        assert!(get(path, Some("wrong-token-xxxx")).starts_with("HTTP/1.1 401 "), "{path}");
+        assert!(get(path, Some("admin-test-token")).starts_with("HTTP/1.1 200 "), "{path}");
+    }
+    let m = get("/metrics", Some("admin-test-token"));
+    let body = m.split("\r\n\r\n").nth(1).unwrap();
+    assert_eq!(metric(body, "shardcast_admin_unauthorized_total", &[]), 6.0);
+    server.shutdown();
+}

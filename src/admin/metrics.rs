@@ -108,6 +108,8 @@ pub fn render_admin(text: &mut String, c: &super::AdminCounters) {
     o.sample("admin_connections_refused_total", &[], c.refused.load(Relaxed) as f64);
     o.family("admin_request_timeouts_total", "counter", "Admin requests cut off at the whole-request deadline.");
     o.sample("admin_request_timeouts_total", &[], c.timeouts.load(Relaxed) as f64);
+    o.family("admin_unauthorized_total", "counter", "Admin requests refused 401 (admin.token).");
+    o.sample("admin_unauthorized_total", &[], c.unauthorized.load(Relaxed) as f64);
     o.family("admin_connections_active", "gauge", "Admin connections being served.");
     o.sample("admin_connections_active", &[], c.active.load(Relaxed) as f64);
     *text = o.text;

@@ -37,6 +37,8 @@ pub struct AdminCounters {
     pub timeouts: AtomicU64,
     /// Connections being served now.
     pub active: AtomicUsize,
+    /// Requests refused 401 for a missing or wrong `admin.token`.
+    pub unauthorized: AtomicU64,
 }
 
 /// A running admin listener.
@@ -56,11 +58,15 @@ impl AdminServer {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(AdminCounters::default());
         let (flag, c) = (stop.clone(), counters.clone());
-        let (max, deadline) = (cfg.max_connections, Duration::from_millis(cfg.request_timeout_ms));
+        let set = Settings {
+            max: cfg.max_connections,
+            deadline: Duration::from_millis(cfg.request_timeout_ms),
+            token: cfg.token.as_str().into(),
+        };
         let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((stream, _)) => dispatch(stream, &control, &c, max, deadline),
+                    Ok((stream, _)) => dispatch(stream, &control, &c, &set),
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
@@ -88,7 +94,17 @@ impl AdminServer {
 
 /// Serves `stream` on a thread of its own, or answers 503 when every slot
 /// is busy (or no thread can be made).
-fn dispatch(stream: TcpStream, control: &ControlHandle, c: &Arc<AdminCounters>, max: usize, deadline: Duration) {
+/// The listener's settings, from `[admin]`.
+#[derive(Clone)]
+struct Settings {
+    max: usize,
+    deadline: Duration,
+    /// `admin.token` ("" = none).
+    token: Arc<str>,
+}
+
+fn dispatch(stream: TcpStream, control: &ControlHandle, c: &Arc<AdminCounters>, set: &Settings) {
+    let (max, deadline, token) = (set.max, set.deadline, set.token.clone());
     let busy = || {
         c.refused.fetch_add(1, Ordering::Relaxed);
         let mut s = &stream;
@@ -110,7 +126,7 @@ fn dispatch(stream: TcpStream, control: &ControlHandle, c: &Arc<AdminCounters>, 
         return busy();
     };
     let spawned = std::thread::Builder::new().name("admin-conn".into()).stack_size(256 * 1024).spawn(move || {
-        serve(clone, &control, &counters, deadline);
+        serve(clone, &control, &counters, deadline, &token);
         counters.active.fetch_sub(1, Ordering::SeqCst);
     });
     if spawned.is_err() {
@@ -120,7 +136,13 @@ fn dispatch(stream: TcpStream, control: &ControlHandle, c: &Arc<AdminCounters>, 
 }
 
 /// Reads one request head under a whole-request deadline, then answers.
-fn serve(mut stream: TcpStream, control: &ControlHandle, counters: &AdminCounters, deadline: Duration) {
+/// Compares a presented token with the configured one in time that does
+/// not depend on where they differ (lengths aside).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn serve(mut stream: TcpStream, control: &ControlHandle, counters: &AdminCounters, deadline: Duration, token: &str) {
     let _ = stream.set_nonblocking(false);
     let end = Instant::now() + deadline;
     let mut buf = Vec::with_capacity(1024);
@@ -145,7 +167,20 @@ fn serve(mut stream: TcpStream, control: &ControlHandle, counters: &AdminCounter
                 if req.method != Some("GET") {
                     return respond(&mut stream, 405, "text/plain", b"only GET\n");
                 }
-                break req.path.unwrap_or("/").to_string();
+                let path = req.path.unwrap_or("/").to_string();
+                if !token.is_empty() && path != "/healthz" {
+                    let given = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                        .and_then(|h| h.value.strip_prefix(b"Bearer "))
+                        .unwrap_or_default();
+                    if !same_secret(given, token.as_bytes()) {
+                        counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+                        return unauthorized(&mut stream);
+                    }
+                }
+                break path;
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
             _ => return respond(&mut stream, 400, "text/plain", b"bad request\n"),
@@ -180,6 +215,13 @@ fn serve(mut stream: TcpStream, control: &ControlHandle, counters: &AdminCounter
         },
         _ => respond(&mut stream, 404, "text/plain", b"not found\n"),
     }
+}
+
+/// 401 with the challenge RFC 6750 asks for.
+fn unauthorized(stream: &mut TcpStream) {
+    let extra = "Connection: close\r\nWWW-Authenticate: Bearer\r\n";
+    let resp = crate::proto::handshake::response(401, "Unauthorized", extra, "text/plain", b"admin token required\n");
+    let _ = stream.write_all(&resp);
 }
 
 fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) {

@@ -177,6 +177,7 @@ fn owner(c: &mut Criterion) {
     let policy = shardcast::conn::core::Policy {
         ack: Default::default(),
         access: Default::default(),
+        echo_path: None,
         replay: cfg.replay.clone(),
         rates: cfg.rates.clone(),
         liveness: cfg.liveness.clone(),

@@ -250,6 +250,9 @@ pub struct ServerConfig {
     /// WebSocket subprotocols the server speaks; the first one a client
     /// offers in `Sec-WebSocket-Protocol` is echoed.
     pub subprotocols: Vec<String>,
+    /// A WebSocket endpoint that echoes every message through the `/ws`
+    /// read loop and writer, for RFC 6455 suites ("" = off).
+    pub echo_path: String,
 }
 
 /// Which CPUs run shards.
@@ -383,6 +386,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             backlog: 4096,
             subprotocols: vec!["shardcast.v1".into(), "shardcast".into()],
+            echo_path: String::new(),
         }
     }
 }

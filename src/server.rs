@@ -117,6 +117,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
             policy: crate::conn::core::Policy {
                 ack: Default::default(),
                 access: access.clone(),
+                echo_path: (!cfg.server.echo_path.is_empty()).then(|| cfg.server.echo_path.as_str().into()),
                 replay: cfg.replay.clone(),
                 rates: cfg.rates.clone(),
                 liveness: cfg.liveness.clone(),

@@ -108,6 +108,8 @@ pub struct Policy {
     pub ack: AckMode,
     /// Tokens, origins, subprotocols.
     pub access: Arc<crate::auth::Access>,
+    /// `[server] echo_path`: the RFC 6455 conformance endpoint (None: off).
+    pub echo_path: Option<Arc<str>>,
     /// `[replay]`.
     pub replay: ReplayConfig,
     /// `[rates]`.

@@ -114,7 +114,7 @@ impl ShardCore {
     fn process_request(&mut self, idx: usize, buf: &[u8]) -> Option<usize> {
         let first = self.conns[idx].phase == Phase::Handshake;
         let access = self.policy.access.clone();
-        match handshake::parse(buf, &access.subprotocols) {
+        match handshake::parse(buf, &access.subprotocols, self.policy.echo_path.as_deref()) {
             HandshakeOutcome::Incomplete => None,
             HandshakeOutcome::Upgrade(u) if first => {
                 if !access.origin_allowed(u.origin.as_deref()) {
@@ -136,6 +136,7 @@ impl ShardCore {
                 }
                 let response = handshake::upgrade_response(&u, self.id);
                 let conn = &mut self.conns[idx];
+                conn.echo = u.echo;
                 conn.out.push_control(usize::MAX, |o| o.extend_from_slice(&response));
                 conn.phase = Phase::Open;
                 conn.wake();
@@ -236,6 +237,12 @@ impl ShardCore {
 
     fn on_event(&mut self, idx: usize, event: Decoded<'_>) {
         match event {
+            Decoded::Text(text) if self.conns[idx].echo => {
+                self.reply(idx, |o| frame::write_frame(ServerOp::Text, text.as_bytes(), o))
+            }
+            Decoded::Binary(data) if self.conns[idx].echo => {
+                self.reply(idx, |o| frame::write_frame(ServerOp::Binary, data, o))
+            }
             Decoded::Text(text) => {
                 self.counters.commands += 1;
                 match message::parse_command(text) {
@@ -243,7 +250,7 @@ impl ShardCore {
                     Err(e) => self.reply_error(idx, e.id, e.code, &e.message, None),
                 }
             }
-            Decoded::Binary => self.reply_error(
+            Decoded::Binary(_) => self.reply_error(
                 idx,
                 None,
                 ErrorCode::BadRequest,

@@ -83,6 +83,8 @@ pub struct Conn {
     pub control_bucket: Option<TokenBucket>,
     /// The close code sent, once closing (for metrics).
     pub close_code: Option<u16>,
+    /// Upgraded at `[server] echo_path`: messages are echoed, not parsed.
+    pub echo: bool,
     /// Who the client is, from its token (None: anonymous).
     pub identity: Option<Box<crate::auth::Identity>>,
 }
@@ -109,6 +111,7 @@ impl Conn {
             http: None,
             close_code: None,
             identity: None,
+            echo: false,
         }
     }
 

@@ -60,8 +60,9 @@ impl FrameError {
 pub enum Decoded<'a> {
     /// A complete text message, already checked to be valid UTF-8.
     Text(&'a str),
-    /// A complete binary message (the protocol rejects these with an error).
-    Binary,
+    /// A complete binary message (the protocol rejects these with an
+    /// error; the echo endpoint sends it back).
+    Binary(&'a [u8]),
     /// A ping; answer with a pong carrying the same payload.
     Ping(&'a [u8]),
     /// A pong (liveness only).
@@ -158,7 +159,7 @@ impl MessageAssembler {
                 f.done = true;
                 let f: &'a Fragmented = f;
                 Ok(Some(match f.kind {
-                    FragKind::Binary => Decoded::Binary,
+                    FragKind::Binary => Decoded::Binary(&f.buf),
                     FragKind::Text => Decoded::Text(utf8(&f.buf)?),
                 }))
             }
@@ -174,7 +175,7 @@ impl MessageAssembler {
                 }
                 Ok(Some(match kind {
                     FragKind::Text => Decoded::Text(utf8(payload)?),
-                    FragKind::Binary => Decoded::Binary,
+                    FragKind::Binary => Decoded::Binary(payload),
                 }))
             }
         }
@@ -248,6 +249,8 @@ pub fn unmask(buf: &mut [u8], mask: [u8; 4]) {
 pub enum ServerOp {
     /// A text data frame.
     Text,
+    /// A binary data frame.
+    Binary,
     /// A pong control frame.
     Pong,
     /// A ping control frame.
@@ -260,6 +263,7 @@ pub enum ServerOp {
 pub fn write_header(op: ServerOp, len: usize, out: &mut Vec<u8>) {
     let opcode = match op {
         ServerOp::Text => OpCode::Data(Data::Text),
+        ServerOp::Binary => OpCode::Data(Data::Binary),
         ServerOp::Pong => OpCode::Control(Control::Pong),
         ServerOp::Ping => OpCode::Control(Control::Ping),
         ServerOp::Close => OpCode::Control(Control::Close),

@@ -59,6 +59,8 @@ pub struct Upgrade {
     pub origin: Option<String>,
     /// The first protocol in `Sec-WebSocket-Protocol` that `supported` lists.
     pub protocol: Option<String>,
+    /// The upgrade is to `[server] echo_path`, not `/ws`.
+    pub echo: bool,
 }
 
 /// The `101 Switching Protocols` response; `shard` goes into an
@@ -86,7 +88,7 @@ fn token_of(auth: Option<&[u8]>, query: Option<&str>) -> Option<String> {
 
 /// Parses the request head at the front of `buf`. `shard` goes into an
 /// informational `X-Shardcast-Shard` response header.
-pub fn parse(buf: &[u8], supported: &[String]) -> HandshakeOutcome {
+pub fn parse(buf: &[u8], supported: &[String], echo_path: Option<&str>) -> HandshakeOutcome {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -150,7 +152,8 @@ pub fn parse(buf: &[u8], supported: &[String]) -> HandshakeOutcome {
             close: has_token("connection", "close"),
         });
     }
-    if path != "/ws" {
+    let echo = echo_path.is_some_and(|e| e == path);
+    if path != "/ws" && !echo {
         return HandshakeOutcome::Reject(404, "Not Found");
     }
     if method != "GET" || req.version != Some(1) || !has_token("connection", "upgrade") {
@@ -184,6 +187,7 @@ pub fn parse(buf: &[u8], supported: &[String]) -> HandshakeOutcome {
         token,
         origin: header("origin").and_then(|o| std::str::from_utf8(trim(o)).ok()).map(str::to_owned),
         protocol,
+        echo,
     })
 }
 
@@ -239,7 +243,7 @@ mod tests {
 
     #[test]
     fn rfc_sample_key_upgrades() {
-        let HandshakeOutcome::Upgrade(u) = parse(UPGRADE, &[]) else {
+        let HandshakeOutcome::Upgrade(u) = parse(UPGRADE, &[], None) else {
             panic!("expected upgrade");
         };
         assert_eq!(u.head_len, UPGRADE.len());
@@ -253,13 +257,16 @@ mod tests {
     #[test]
     fn every_prefix_is_incomplete() {
         for n in 0..UPGRADE.len() {
-            assert_eq!(parse(&UPGRADE[..n], &[]), HandshakeOutcome::Incomplete, "prefix {n}");
+            assert_eq!(parse(&UPGRADE[..n], &[], None), HandshakeOutcome::Incomplete, "prefix {n}");
         }
     }
 
     #[test]
     fn garbage_is_bad_request() {
-        assert_eq!(parse(b"\x16\x03\x01\x02\x00garbage\r\n\r\n", &[]), HandshakeOutcome::Reject(400, "Bad Request"));
+        assert_eq!(
+            parse(b"\x16\x03\x01\x02\x00garbage\r\n\r\n", &[], None),
+            HandshakeOutcome::Reject(400, "Bad Request")
+        );
     }
 
     #[test]
@@ -268,38 +275,38 @@ mod tests {
         while req.len() <= MAX_REQUEST_HEAD {
             req.extend_from_slice(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
-        assert!(matches!(parse(&req, &[]), HandshakeOutcome::Reject(431, _)));
+        assert!(matches!(parse(&req, &[], None), HandshakeOutcome::Reject(431, _)));
     }
 
     #[test]
     fn wrong_version_and_missing_key() {
         let v8 = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("Version: 13", "Version: 8");
-        assert_eq!(parse(v8.as_bytes(), &[]), HandshakeOutcome::Reject(426, "Upgrade Required"));
+        assert_eq!(parse(v8.as_bytes(), &[], None), HandshakeOutcome::Reject(426, "Upgrade Required"));
         let nokey = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("Sec-WebSocket-Key", "X-Key");
-        assert_eq!(parse(nokey.as_bytes(), &[]), HandshakeOutcome::Reject(400, "Bad Request"));
+        assert_eq!(parse(nokey.as_bytes(), &[], None), HandshakeOutcome::Reject(400, "Bad Request"));
         let post = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("GET", "POST");
-        assert_eq!(parse(post.as_bytes(), &[]), HandshakeOutcome::Reject(400, "Bad Request"));
+        assert_eq!(parse(post.as_bytes(), &[], None), HandshakeOutcome::Reject(400, "Bad Request"));
         let path = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("/ws", "/other");
-        assert_eq!(parse(path.as_bytes(), &[]), HandshakeOutcome::Reject(404, "Not Found"));
+        assert_eq!(parse(path.as_bytes(), &[], None), HandshakeOutcome::Reject(404, "Not Found"));
     }
 
     #[test]
     fn plain_http_is_routed() {
         let req =
             b"POST /v1/publish HTTP/1.1\r\nContent-Length: 12\r\nContent-Type: application/json\r\n\r\n{\"topic\":1}";
-        let HandshakeOutcome::Http(r) = parse(req, &[]) else { panic!() };
+        let HandshakeOutcome::Http(r) = parse(req, &[], None) else { panic!() };
         assert_eq!((r.method.as_str(), r.path.as_str(), r.content_length), ("POST", "/v1/publish", Some(12)));
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
         assert!(!r.close);
         let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
-        assert_eq!(parse(bad, &[]), HandshakeOutcome::Reject(400, "Bad Request"));
+        assert_eq!(parse(bad, &[], None), HandshakeOutcome::Reject(400, "Bad Request"));
     }
 
     /// Issue 9 defect 4: each of these was served (CL+TE by Content-Length,
     /// so a request hidden in a chunked body ran).
     #[test]
     fn ambiguous_body_framing_is_refused() {
-        let bad = |h: &str| parse(format!("POST /v1/publish HTTP/1.1\r\n{h}\r\n\r\n").as_bytes(), &[]);
+        let bad = |h: &str| parse(format!("POST /v1/publish HTTP/1.1\r\n{h}\r\n\r\n").as_bytes(), &[], None);
         let r400 = HandshakeOutcome::Reject(400, "Bad Request");
         assert_eq!(bad("Content-Length: 5\r\nTransfer-Encoding: chunked"), r400);
         assert_eq!(bad("Transfer-Encoding: chunked\r\nContent-Length: 5"), r400);
@@ -320,15 +327,15 @@ mod tests {
         for bad_key in ["", "not base64!", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZR==", "dGhlIHNhbXBsZSBub25j"]
         {
             let r = up.replace(key, bad_key);
-            assert_eq!(parse(r.as_bytes(), &[]), HandshakeOutcome::Reject(400, "Bad Request"), "key {bad_key:?}");
+            assert_eq!(parse(r.as_bytes(), &[], None), HandshakeOutcome::Reject(400, "Bad Request"), "key {bad_key:?}");
         }
         let text = String::from_utf8(reject_response(426, "Upgrade Required")).unwrap();
         assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
         let split =
             up.replace("Connection: keep-alive, Upgrade\r\n", "Connection: keep-alive\r\nConnection: Upgrade\r\n");
-        assert!(matches!(parse(split.as_bytes(), &[]), HandshakeOutcome::Upgrade(_)), "split Connection lines");
+        assert!(matches!(parse(split.as_bytes(), &[], None), HandshakeOutcome::Upgrade(_)), "split Connection lines");
         let split = up.replace("Upgrade: websocket\r\n", "Upgrade: h2c\r\nUpgrade: websocket\r\n");
-        assert!(matches!(parse(split.as_bytes(), &[]), HandshakeOutcome::Upgrade(_)), "split Upgrade lines");
+        assert!(matches!(parse(split.as_bytes(), &[], None), HandshakeOutcome::Upgrade(_)), "split Upgrade lines");
     }
 
     #[test]
@@ -339,7 +346,7 @@ mod tests {
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
             );
             let supported = ["shardcast.v1".to_string(), "json".to_string()];
-            match parse(r.as_bytes(), &supported) {
+            match parse(r.as_bytes(), &supported, Some("/echo")) {
                 HandshakeOutcome::Upgrade(u) => u,
                 other => panic!("{other:?}"),
             }
@@ -353,7 +360,7 @@ mod tests {
         assert!(String::from_utf8(upgrade_response(&u, 0)).unwrap().contains("Sec-WebSocket-Protocol: json\r\n"));
         assert_eq!(up("Sec-WebSocket-Protocol: chat\r\n", "/ws").protocol, None);
         let HandshakeOutcome::Http(r) =
-            parse(b"POST /v1/publish?token=t.u.v HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &[])
+            parse(b"POST /v1/publish?token=t.u.v HTTP/1.1\r\nContent-Length: 0\r\n\r\n", &[], None)
         else {
             panic!()
         };

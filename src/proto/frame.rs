@@ -85,6 +85,10 @@ struct Fragmented {
     kind: FragKind,
     /// Payload so far (bounded by the message size limit).
     buf: Vec<u8>,
+    /// Text: bytes of `buf` already known to be valid UTF-8 (each fragment
+    /// is checked as it arrives, so invalid text fails fast, RFC 6455 §8.1,
+    /// without re-reading what came before).
+    checked: usize,
     /// The final fragment arrived and the message was handed out; the buffer
     /// is released at the next `decode`.
     done: bool,
@@ -153,6 +157,9 @@ impl MessageAssembler {
                     return Err(FrameError::new(CloseCode::TOO_BIG, "message too big"));
                 }
                 f.buf.extend_from_slice(payload);
+                if f.kind == FragKind::Text {
+                    check_partial_utf8(f)?;
+                }
                 if !header.is_final {
                     return Ok(None);
                 }
@@ -170,7 +177,11 @@ impl MessageAssembler {
                 let kind = if kind == Data::Text { FragKind::Text } else { FragKind::Binary };
                 if !header.is_final {
                     let buf = payload.to_vec();
-                    self.frag = Some(Fragmented { kind, buf, done: false });
+                    let mut f = Fragmented { kind, buf, checked: 0, done: false };
+                    if kind == FragKind::Text {
+                        check_partial_utf8(&mut f)?;
+                    }
+                    self.frag = Some(f);
                     return Ok(None);
                 }
                 Ok(Some(match kind {
@@ -180,6 +191,17 @@ impl MessageAssembler {
             }
         }
     }
+}
+
+/// Checks the unchecked tail of a text message in progress: an invalid
+/// sequence fails now (1007); a sequence cut at the fragment's end waits.
+fn check_partial_utf8(f: &mut Fragmented) -> Result<(), FrameError> {
+    match std::str::from_utf8(&f.buf[f.checked..]) {
+        Ok(_) => f.checked = f.buf.len(),
+        Err(e) if e.error_len().is_none() => f.checked += e.valid_up_to(),
+        Err(_) => return Err(FrameError::new(CloseCode::INVALID_UTF8, "invalid UTF-8")),
+    }
+    Ok(())
 }
 
 fn check_header(h: &FrameHeader, len: u64, max_message: usize) -> Result<(), FrameError> {

@@ -114,10 +114,28 @@ fn close_frames() {
 }
 
 #[test]
-fn binary_is_reported_not_decoded() {
+fn binary_is_reassembled_with_its_payload() {
     let mut bytes = client(2, false, b"ab");
     bytes.extend(client(0, true, b"cd"));
-    assert_eq!(decode_all(&bytes, 64).unwrap(), vec!["Binary"]);
+    assert_eq!(decode_all(&bytes, 64).unwrap(), vec!["Binary([97, 98, 99, 100])"]);
+}
+
+/// RFC 6455 §8.1 fail-fast: invalid UTF-8 in a text fragment closes 1007
+/// at that fragment, before the message ends; a code point split across
+/// fragments is fine.
+#[test]
+fn invalid_text_fails_at_the_fragment() {
+    let mut asm = MessageAssembler::default();
+    let mut first = client(1, false, "ok \u{00fc}".as_bytes());
+    let (n, ev) = asm.decode(&mut first, 64).unwrap().unwrap();
+    assert_eq!((n, ev.is_none()), (first.len(), true));
+    let mut bad = client(0, false, &[0xce, 0xba, 0xff]);
+    assert_eq!(asm.decode(&mut bad, 64).unwrap_err().code, CloseCode::INVALID_UTF8);
+    // "κ" (ce ba) split over two fragments.
+    let mut bytes = client(1, false, &[b'x', 0xce]);
+    bytes.extend(client(0, false, &[0xba]));
+    bytes.extend(client(0, true, b"!"));
+    assert_eq!(decode_all(&bytes, 64).unwrap(), vec!["Text(\"x\u{3ba}!\")"]);
 }
 
 #[test]

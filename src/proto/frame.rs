@@ -109,6 +109,12 @@ pub struct MessageAssembler {
 pub type Step<'a> = (usize, Option<Decoded<'a>>);
 
 impl MessageAssembler {
+    /// Bytes held for a fragmented message in progress (bounded by the
+    /// message size limit; 0 when none is).
+    pub fn buffered(&self) -> usize {
+        self.frag.as_ref().map_or(0, |f| f.buf.capacity())
+    }
+
     /// Decodes at most one frame from the front of `buf`.
     ///
     /// Returns `Ok(None)` when `buf` does not yet hold a whole frame (nothing

@@ -68,6 +68,22 @@ pub struct Config {
     /// Tokens, tenants and browser origins.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Per-tenant quotas (token tenants).
+    #[serde(default)]
+    pub quotas: QuotasConfig,
+}
+
+/// `[quotas]`: what one tenant (the token's `tenant`) may use; `default`
+/// applies to every tenant, `[quotas.tenants.NAME]` overrides it field by
+/// field. 0 means "not set here": a tenant's 0 falls back to the default,
+/// the default's 0 to the global limit (or none).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Every tenant's quota.
+    pub default: crate::auth::TenantQuota,
+    /// Overrides by tenant.
+    pub tenants: std::collections::BTreeMap<String, crate::auth::TenantQuota>,
 }
 
 /// `[auth]`: JWT identity (PROTOCOL-EXTENSIONS §1).
@@ -322,6 +338,7 @@ fn embedded() -> Config {
             liveness: d.liveness,
             admin: d.admin,
             auth: d.auth,
+            quotas: d.quotas,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -339,6 +356,7 @@ struct EmbeddedDefault {
     liveness: LivenessConfig,
     admin: AdminConfig,
     auth: AuthConfig,
+    quotas: QuotasConfig,
 }
 
 impl Default for ReplayConfig {

@@ -93,6 +93,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
         required: cfg.auth.required,
         origins: cfg.auth.origins.clone(),
         subprotocols: cfg.server.subprotocols.clone(),
+        quotas: crate::auth::Quotas::new(cfg.quotas.default, &cfg.quotas.tenants),
     });
     let n = cpus.len();
     let map = PartitionMap { partitions: cfg.shards.partitions, shards: n };

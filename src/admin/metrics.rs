@@ -250,6 +250,13 @@ pub fn render(t: &Totals, draining: bool) -> String {
         "reason",
         |s| map_pairs(&s.counters.auth_refused),
     );
+    o.family("quota_refused_total", "counter", "Refusals by a tenant's quota, by tenant and kind.");
+    for s in &t.shards {
+        for ((tenant, kind), n) in &s.counters.quota_refused {
+            let labels = [("shard", s.shard.to_string()), ("tenant", tenant.clone()), ("kind", kind.to_string())];
+            o.sample("quota_refused_total", &labels, *n as f64);
+        }
+    }
     o.per_shard(t, "sends_total", "counter", "send calls by connection writers.", |s| s.counters.sends);
     o.per_shard(t, "bytes_sent_total", "counter", "Bytes sent by connection writers.", |s| s.counters.bytes_sent);
     o.per_shard(t, "outbound_queue_bytes", "gauge", "Bytes queued on all connections.", |s| s.outbound_bytes);

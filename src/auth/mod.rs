@@ -82,7 +82,7 @@ pub struct Caps {
 }
 
 /// Who a connection is, from its verified token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     /// `sub`: stamped as `from` on every publication it makes.
     pub sub: Arc<str>,
@@ -93,6 +93,8 @@ pub struct Identity {
     pub exp: Option<u64>,
     /// What it may do inside its tenant.
     pub caps: Caps,
+    /// Its tenant's quota (resolved when the token is accepted).
+    pub quota: TenantQuota,
 }
 
 impl Identity {
@@ -367,7 +369,7 @@ impl Verifier {
                 Caps { sub: check(k.sub)?, publ: check(k.publ)? }
             }
         };
-        Ok(Identity { sub: sub.into(), tenant: tenant.into(), exp: c.exp, caps })
+        Ok(Identity { sub: sub.into(), tenant: tenant.into(), exp: c.exp, caps, quota: TenantQuota::default() })
     }
 
     /// The leeway on `exp`, seconds (a connection is closed 4001 once its
@@ -406,6 +408,8 @@ pub struct Access {
     pub origins: Vec<String>,
     /// WebSocket subprotocols spoken.
     pub subprotocols: Vec<String>,
+    /// Per-tenant quotas.
+    pub quotas: Quotas,
 }
 
 impl Default for Access {
@@ -416,6 +420,7 @@ impl Default for Access {
             required: false,
             origins: Vec::new(),
             subprotocols: vec!["shardcast.v1".into(), "shardcast".into()],
+            quotas: Quotas::default(),
         }
     }
 }
@@ -433,7 +438,72 @@ impl Access {
         match token {
             None if self.required => Err(AuthError::Missing),
             None => Ok(None),
-            Some(t) => self.verifier.verify(t, now).map(Some),
+            Some(t) => self.verify(t, now).map(Some),
         }
+    }
+
+    /// Verifies a token and attaches its tenant's quota.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthError> {
+        let mut id = self.verifier.verify(token, now)?;
+        id.quota = self.quotas.of(&id.tenant);
+        Ok(id)
+    }
+}
+
+/// One tenant's quota as configured (`[quotas.default]`,
+/// `[quotas.tenants.NAME]`); 0 means "not set here".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantQuota {
+    /// Connections in the whole process.
+    pub connections: u64,
+    /// Subscriptions in the whole process.
+    pub subscriptions: u64,
+    /// Topics owned per shard.
+    pub topics: u64,
+    /// Publishes per second in the whole process.
+    pub publish_per_sec: f64,
+    /// Publish burst in the whole process.
+    pub publish_burst: f64,
+}
+
+impl TenantQuota {
+    /// `self`, with every unset field taken from `base`.
+    pub fn over(self, base: TenantQuota) -> TenantQuota {
+        let u = |a: u64, b: u64| if a == 0 { b } else { a };
+        let f = |a: f64, b: f64| if a == 0.0 { b } else { a };
+        TenantQuota {
+            connections: u(self.connections, base.connections),
+            subscriptions: u(self.subscriptions, base.subscriptions),
+            topics: u(self.topics, base.topics),
+            publish_per_sec: f(self.publish_per_sec, base.publish_per_sec),
+            publish_burst: f(self.publish_burst, base.publish_burst),
+        }
+    }
+}
+
+/// The configured quotas, resolved per tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Quotas {
+    /// `[quotas.default]`.
+    pub default: TenantQuota,
+    /// Overrides, already resolved over the default.
+    pub tenants: std::collections::HashMap<Box<str>, TenantQuota>,
+}
+
+impl Quotas {
+    /// From the config sections.
+    pub fn new(default: TenantQuota, tenants: &std::collections::BTreeMap<String, TenantQuota>) -> Self {
+        Self { default, tenants: tenants.iter().map(|(k, v)| (k.as_str().into(), v.over(default))).collect() }
+    }
+
+    /// The quota of `tenant`.
+    pub fn of(&self, tenant: &str) -> TenantQuota {
+        self.tenants.get(tenant).copied().unwrap_or(self.default)
+    }
+
+    /// Per-tenant topic quotas that differ from the default (for the owner).
+    pub fn topic_overrides(&self) -> std::collections::HashMap<Box<str>, usize> {
+        self.tenants.iter().filter(|(_, q)| q.topics > 0).map(|(k, q)| (k.clone(), q.topics as usize)).collect()
     }
 }

@@ -87,6 +87,27 @@ pub struct ShardCore {
     /// (exp + leeway, slot, generation). One heap per shard, swept by one
     /// timer; refreshed or gone connections leave stale entries, skipped.
     pub(crate) expiries: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32, u32)>>,
+    /// What each token tenant holds on this shard (entries leave at zero,
+    /// so the map is bounded by the tenants connected here).
+    pub(crate) tenant_usage: std::collections::HashMap<Arc<str>, TenantUsage>,
+}
+
+/// One tenant's holdings on one shard.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TenantUsage {
+    /// Connections.
+    pub connections: u64,
+    /// Subscriptions held or asked for.
+    pub subscriptions: u64,
+}
+
+/// This shard's share of a process-wide quota `q` over `shards` (0: none).
+pub fn share(q: u64, shards: usize) -> u64 {
+    if q == 0 {
+        u64::MAX
+    } else {
+        q.div_ceil(shards as u64).max(1)
+    }
 }
 
 /// When the owner answers a publisher.
@@ -133,8 +154,12 @@ impl Policy {
         OwnerLimits {
             table: TableLimits {
                 max_topics: limits.max_topics_per_shard,
-                max_per_tenant: limits.max_topics_per_tenant,
+                max_per_tenant: match self.access.quotas.default.topics {
+                    0 => limits.max_topics_per_tenant,
+                    q => q as usize,
+                },
             },
+            tenant_topics: Arc::new(self.access.quotas.topic_overrides()),
             replay: self.replay_limits(),
             dedupe_count: self.replay.dedupe_count,
             dedupe_age: Duration::from_millis(self.replay.dedupe_age_ms),
@@ -184,6 +209,7 @@ impl ShardCore {
             held: Default::default(),
             clock0: (Instant::now(), unix_secs()),
             expiries: Default::default(),
+            tenant_usage: Default::default(),
         }
     }
 
@@ -229,6 +255,28 @@ impl ShardCore {
         closed
     }
 
+    /// Moves a tenant's holdings on this shard by the given amounts.
+    pub(crate) fn tenant_add(&mut self, tenant: &Arc<str>, connections: i64, subscriptions: i64) {
+        let u = self.tenant_usage.entry(tenant.clone()).or_default();
+        u.connections = u.connections.saturating_add_signed(connections);
+        u.subscriptions = u.subscriptions.saturating_add_signed(subscriptions);
+        if u.connections == 0 && u.subscriptions == 0 {
+            self.tenant_usage.remove(tenant);
+        }
+    }
+
+    /// Counts a refusal by a tenant's quota (per tenant and kind; past 1,024
+    /// distinct series they are counted as tenant "other").
+    pub(crate) fn quota_refused(&mut self, tenant: &str, kind: &'static str) {
+        let key = (tenant.to_owned(), kind);
+        let m = &mut self.counters.quota_refused;
+        if m.len() >= 1024 && !m.contains_key(&key) {
+            *m.entry(("other".into(), kind)).or_default() += 1;
+        } else {
+            *m.entry(key).or_default() += 1;
+        }
+    }
+
     /// Sets the identity of connection `idx` and schedules its expiry.
     pub(crate) fn set_identity(&mut self, idx: usize, id: crate::auth::Identity) {
         let leeway = self.policy.access.verifier.leeway();
@@ -268,6 +316,10 @@ impl ShardCore {
         let Some(conn) = self.conns.try_remove(idx) else {
             return;
         };
+        if let Some(id) = &conn.identity {
+            let held = conn.subs.len() as u64 + u64::from(conn.pending_subs);
+            self.tenant_add(&id.tenant, -1, -(held as i64));
+        }
         for sub in conn.subs {
             self.unlink(idx as u32, &sub.topic, sub.pos);
             self.release(sub.topic);

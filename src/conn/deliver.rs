@@ -74,6 +74,13 @@ impl ShardCore {
             return self.release(a.topic);
         };
         c.pending_subs = c.pending_subs.saturating_sub(1);
+        let tenant = c.identity.as_ref().map(|i| i.tenant.clone());
+        let kept = c.phase != Phase::Closing && c.sub_index(&a.topic).is_none();
+        if let (Some(t), false) = (&tenant, kept) {
+            // Counted when asked; no new subscription came of it.
+            self.tenant_add(t, 0, -1);
+        }
+        let Some(c) = self.conns.get_mut(idx) else { return };
         if c.phase == Phase::Closing {
             return self.release(a.topic);
         }
@@ -121,6 +128,10 @@ impl ShardCore {
             return self.reply_error(idx, id, ErrorCode::NotSubscribed, "not subscribed to this topic", None);
         };
         let sub = c.subs.swap_remove(i);
+        if let Some(t) = c.identity.as_ref().map(|i| i.tenant.clone()) {
+            self.tenant_add(&t, 0, -1);
+        }
+        let Some(c) = self.conns.get_mut(idx) else { return };
         // `unsubscribed` means no more `msg` for the topic; the reply goes
         // out on the control lane, ahead of anything still queued, so what
         // is queued for the topic is dropped (PROTOCOL.md, server messages).

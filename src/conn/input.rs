@@ -132,6 +132,20 @@ impl ShardCore {
                     }
                 };
                 if let Some(id) = identity {
+                    let used = self.tenant_usage.get(&id.tenant).map_or(0, |u| u.connections);
+                    let allowed = crate::conn::core::share(id.quota.connections, self.map.shards);
+                    if used >= allowed {
+                        self.quota_refused(&id.tenant, "connections");
+                        self.counters.handshakes_failed += 1;
+                        let body = format!(
+                            r#"{{"error":{{"code":"rate_limited","message":"tenant connection quota ({}) reached"}}}}"#,
+                            id.quota.connections
+                        );
+                        let resp = crate::conn::http::json_response(429, "Too Many Requests", &body, Some(1000), true);
+                        self.close_http(idx, &resp);
+                        return Some(buf.len());
+                    }
+                    self.tenant_add(&id.tenant, 1, 0);
                     self.set_identity(idx, id);
                 }
                 let response = handshake::upgrade_response(&u, self.id);
@@ -305,6 +319,16 @@ impl ShardCore {
                     let msg = "topic outside the token's tenant or caps";
                     return self.reply_error(idx, id, ErrorCode::Forbidden, msg, None);
                 }
+                let tenant = self.conns[idx].identity.as_ref().map(|i| (i.tenant.clone(), i.quota.subscriptions));
+                if let Some((tenant, quota)) = &tenant {
+                    let used = self.tenant_usage.get(tenant).map_or(0, |u| u.subscriptions);
+                    let resub = self.conns[idx].sub_index(&topic).is_some();
+                    if !resub && used >= crate::conn::core::share(*quota, self.map.shards) {
+                        self.quota_refused(tenant, "subscriptions");
+                        let msg = format!("tenant subscription quota ({quota}) reached");
+                        return self.reply_error(idx, id, ErrorCode::TooManySubscriptions, &msg, None);
+                    }
+                }
                 let c = &mut self.conns[idx];
                 let held = c.subs.len() + c.pending_subs as usize;
                 if held >= self.limits.max_subscriptions_per_connection && c.sub_index(&topic).is_none() {
@@ -318,6 +342,9 @@ impl ShardCore {
                     return self.reply_error(idx, id, code, msg, Some(retry));
                 }
                 self.conns[idx].pending_subs += 1;
+                if let Some((tenant, _)) = &tenant {
+                    self.tenant_add(tenant, 0, 1);
+                }
                 let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since };
                 self.route_to_owner(msg);
             }
@@ -350,7 +377,7 @@ impl ShardCore {
     /// `auth`: a fresh token for the same `sub` and `tenant` replaces the
     /// connection's identity and moves its expiry.
     fn refresh_token(&mut self, idx: usize, id: Option<u64>, token: &str) {
-        let new = match self.policy.access.verifier.verify(token, self.unix_now()) {
+        let new = match self.policy.access.verify(token, self.unix_now()) {
             Ok(n) => n,
             Err(e) => {
                 *self.counters.auth_refused.entry(e.label()).or_default() += 1;

@@ -22,10 +22,18 @@ impl ShardCore {
         let n = self.map.shards as f64;
         // The token's tenant when there is one (never the text a client
         // chose); for anonymous clients, the topic's first segment.
-        let identity = c.identity.as_ref().map(|i| i.tenant.clone());
-        let tenant = identity.as_deref().unwrap_or_else(|| topic.split('/').next().unwrap_or(topic));
-        let (rate, burst) = (r.tenant_per_sec / n, (r.tenant_burst / n).max(1.0));
-        self.tenants.take(tenant, rate, burst, now).map_err(|ms| ("tenant", ms))
+        let identity = c.identity.as_ref().map(|i| (i.tenant.clone(), i.quota));
+        let tenant = identity.as_ref().map_or_else(|| topic.split('/').next().unwrap_or(topic), |(t, _)| &**t);
+        // The tenant's own quota when configured, else the global budget.
+        let q = identity.as_ref().map(|(_, q)| *q).unwrap_or_default();
+        let per_sec = if q.publish_per_sec > 0.0 { q.publish_per_sec } else { r.tenant_per_sec };
+        let burst = if q.publish_burst > 0.0 { q.publish_burst } else { r.tenant_burst };
+        let (rate, burst) = (per_sec / n, (burst / n).max(1.0));
+        let r = self.tenants.take(tenant, rate, burst, now).map_err(|ms| ("tenant", ms));
+        if r.is_err() && identity.is_some() {
+            self.quota_refused(tenant, "publish_rate");
+        }
+        r
     }
 
     /// Checks a publication on the shard that read it (topic, drain, rate

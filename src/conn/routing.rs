@@ -89,6 +89,9 @@ impl ShardCore {
             MeshMsg::SubscribeRefused { conn, id, code, message } => {
                 if let Some(c) = self.conn_mut(conn) {
                     c.pending_subs = c.pending_subs.saturating_sub(1);
+                    if let Some(t) = c.identity.as_ref().map(|i| i.tenant.clone()) {
+                        self.tenant_add(&t, 0, -1);
+                    }
                     self.reply_error(conn.idx as usize, id, code, message, Some(OVERLOADED_RETRY_MS));
                 }
             }

@@ -97,6 +97,8 @@ pub struct Counters {
     pub origin_refused: u64,
     /// Commands refused `forbidden` (outside the tenant or caps).
     pub forbidden: u64,
+    /// Refusals by a tenant's quota, by (tenant, kind).
+    pub quota_refused: BTreeMap<(String, &'static str), u64>,
     /// `send` calls made by connection writers.
     pub sends: u64,
     /// Bytes those sends wrote.
@@ -155,6 +157,7 @@ impl Counters {
             auth_refused: BTreeMap::new(),
             origin_refused: 0,
             forbidden: 0,
+            quota_refused: BTreeMap::new(),
             sends: 0,
             bytes_sent: 0,
             internal_errors: 0,

@@ -45,10 +45,13 @@ enum Log {
 }
 
 /// The owner's bounds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OwnerLimits {
     /// Topic table bounds.
     pub table: TableLimits,
+    /// Per-tenant topic quotas that differ from `table.max_per_tenant`
+    /// (`[quotas.tenants.NAME] topics`), consulted only when a topic is created.
+    pub tenant_topics: Arc<std::collections::HashMap<Box<str>, usize>>,
     /// Per-topic replay bounds.
     pub replay: ReplayLimits,
     /// `msg_id`s remembered per topic.
@@ -240,7 +243,12 @@ impl Owner {
             return Ok(i);
         }
         let (shards, epoch) = (self.shards, self.epochs.next_epoch());
-        let created = self.table.create(topic, tenant_of(topic), self.lim.table, |n| OwnedTopic::new(n, epoch, shards));
+        let tenant = tenant_of(topic);
+        let mut lim = self.lim.table;
+        if let Some(&q) = self.lim.tenant_topics.get(tenant) {
+            lim.max_per_tenant = q;
+        }
+        let created = self.table.create(topic, tenant, lim, |n| OwnedTopic::new(n, epoch, shards));
         match created {
             Ok((idx, ev, gone)) => {
                 self.stats.topics_created += 1;

@@ -9,6 +9,7 @@ use crate::topic::publication::{PubMeta, Publication};
 fn limits() -> OwnerLimits {
     OwnerLimits {
         table: TableLimits { max_topics: 1000, max_per_tenant: 1000 },
+        tenant_topics: Default::default(),
         replay: ReplayLimits { max_count: 100, max_bytes: 1 << 20, max_age: Duration::from_secs(10) },
         dedupe_count: 100,
         dedupe_age: Duration::from_secs(20),
@@ -133,12 +134,12 @@ fn shard_budget_drops_oldest_first_across_topics() {
     let t0 = Instant::now();
     let mut lim = limits();
     let one = {
-        let mut o = Owner::new(0, 1, lim);
+        let mut o = Owner::new(0, 1, lim.clone());
         publish(&mut o, "a/b", None, t0);
         o.bytes()
     };
     lim.budget_bytes = one * 10;
-    let mut o = Owner::new(0, 1, lim);
+    let mut o = Owner::new(0, 1, lim.clone());
     for i in 0..30u64 {
         o.subscribe(0, &format!("a/r{}", i % 3), None, usize::MAX);
         publish(&mut o, &format!("a/r{}", i % 3), None, t0 + Duration::from_millis(i));

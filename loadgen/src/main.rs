@@ -96,6 +96,10 @@ struct Common {
     /// Connection attempts in flight per worker.
     #[arg(long, default_value_t = 256)]
     connect_window: usize,
+    /// Sign an HS256 token with this secret for the topics' tenant and
+    /// present it on every connection (servers with `[auth] required`).
+    #[arg(long)]
+    hs256_secret: Option<String>,
     /// Label for this run in the report.
     #[arg(long, default_value = "shardcast")]
     label: String,
@@ -379,6 +383,17 @@ fn split(
     if !(c.duration > 0.0 && c.duration <= MAX_SECONDS && c.drain >= 0.0 && c.drain <= 120.0) {
         bail!("--duration must be in (0, {MAX_SECONDS}] and --drain in [0, 120]");
     }
+    let token = match &c.hs256_secret {
+        None => None,
+        Some(secret) => {
+            let tenant = |t: &String| t.split('/').next().unwrap_or_default().to_owned();
+            let first = topics.first().map(tenant).unwrap_or_default();
+            if topics.iter().any(|t| tenant(t) != first) {
+                bail!("--hs256-secret: one token covers one tenant, and these topics span several");
+            }
+            Some(ws::mint_token(secret, &first)?)
+        }
+    };
     let k = c.processes.max(1);
     let per = subscribers.div_ceil(k);
     Ok((0..k)
@@ -403,6 +418,7 @@ fn split(
                 slow_every,
                 reconnect_at: None,
                 reconnect_every: None,
+                token: token.clone(),
                 proto: c.proto,
                 window: 0,
                 slots: None,

@@ -56,6 +56,9 @@ pub struct Plan {
     /// Repeat the reconnect storm at this period (the soak's churn).
     #[serde(default)]
     pub reconnect_every: Option<Duration>,
+    /// A JWT every WebSocket connection presents (`?token=`).
+    #[serde(default)]
+    pub token: Option<String>,
     /// The wire protocol (shardcast's, Redis's or NATS's).
     pub proto: Proto,
     /// Closed loop bounded per subscriber: at most this many publications
@@ -383,7 +386,9 @@ impl Worker {
     fn hello(&self, publisher: bool, topic: usize) -> (Vec<u8>, State) {
         let mut wbuf = Vec::new();
         match self.plan.proto {
-            Proto::Ws => (ws::upgrade_request(&self.plan.target.to_string()), State::Upgrading),
+            Proto::Ws => {
+                (ws::upgrade_request(&self.plan.target.to_string(), self.plan.token.as_deref()), State::Upgrading)
+            }
             _ if publisher => {
                 let wait = peers::hello_publisher(self.plan.proto, &mut wbuf);
                 (wbuf, if wait { State::Subscribing } else { State::Ready })
@@ -861,7 +866,7 @@ impl Worker {
             c.state = State::Connecting;
             c.resume = true;
             c.rbuf.clear();
-            c.wbuf = ws::upgrade_request(&self.plan.target.to_string());
+            c.wbuf = ws::upgrade_request(&self.plan.target.to_string(), self.plan.token.as_deref());
         }
         Ok(())
     }

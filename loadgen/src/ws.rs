@@ -4,12 +4,22 @@
 //! parse on the hot path).
 
 /// The upgrade request for `/ws` (a fixed key; the loadgen checks the 101).
-pub fn upgrade_request(host: &str) -> Vec<u8> {
+pub fn upgrade_request(host: &str, token: Option<&str>) -> Vec<u8> {
+    let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
     format!(
-        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws{query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// An HS256 JWT for `tenant` (sub `loadgen`, valid for an hour), signed by
+/// jsonwebtoken: what `--hs256-secret` makes every connection present.
+pub fn mint_token(secret: &str, tenant: &str) -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
+    let claims = serde_json::json!({"sub": "loadgen", "tenant": tenant, "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    Ok(jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)?)
 }
 
 /// If `buf` holds a complete HTTP response head: (bytes used, status).

@@ -345,3 +345,22 @@ fn a_public_address_without_tokens_refuses_to_start() {
     shardcast::Config::default().validate().unwrap();
     let _ = Duration::ZERO;
 }
+
+/// With `required = false`: anonymous clients work as in v1, a given token
+/// must still be valid, and an anonymous connection cannot become someone
+/// with `auth` (it reconnects with a token instead).
+#[test]
+fn optional_tokens() {
+    let server = secure_server(|c| c.auth.required = false);
+    let addr = server.local_addr();
+    let mut anon = ws(addr, None, false, &[]).expect("anonymous allowed");
+    assert_eq!(ask(&mut anon, json!({"op":"pub","id":1,"topic":"any/room","data":1}))["op"], "ack");
+    let r = ask(&mut anon, json!({"op":"auth","id":2,"token":hs(&claims("gina", "acme"))}));
+    assert_eq!(r["code"], "forbidden", "{r}");
+    assert_eq!(ws(addr, Some("bad.token.here"), false, &[]).err().map(|e| e.0), Some(401));
+    let mut id = ws(addr, Some(&hs(&claims("gina", "acme"))), false, &[]).unwrap();
+    assert_eq!(ask(&mut id, json!({"op":"pub","id":3,"topic":"any/room","data":1}))["code"], "forbidden");
+    let (status, _) = http_pub(addr, None, "any/room");
+    assert_eq!(status, 200, "anonymous HTTP publish");
+    server.shutdown();
+}

@@ -384,7 +384,9 @@ impl ShardCore {
                 return self.reply_error(idx, id, ErrorCode::Unauthorized, &e.to_string(), None);
             }
         };
-        let same = self.conns[idx].identity.as_ref().is_none_or(|old| old.sub == new.sub && old.tenant == new.tenant);
+        // An anonymous connection has no sub to keep: it reconnects with a
+        // token instead (its subscriptions were never counted for a tenant).
+        let same = self.conns[idx].identity.as_ref().is_some_and(|old| old.sub == new.sub && old.tenant == new.tenant);
         if !same {
             self.counters.forbidden += 1;
             return self.reply_error(idx, id, ErrorCode::Forbidden, "a refresh must keep sub and tenant", None);

@@ -111,17 +111,6 @@ fn http_pub(addr: SocketAddr, token: Option<&str>, topic: &str) -> (u16, Value) 
     (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
 }
 
-/// Sends one command and returns the first reply that is not a `msg`.
-fn ask(c: &mut Client, cmd: Value) -> Value {
-    c.send(cmd);
-    loop {
-        let v = c.recv();
-        if v["op"] != "msg" {
-            return v;
-        }
-    }
-}
-
 #[test]
 fn isolation_matrix() {
     let server = secure_server(|_| {});
@@ -157,7 +146,7 @@ fn isolation_matrix() {
         } else {
             json!({"op":"pub","id":2,"topic":topic,"data":1})
         };
-        let r = ask(c, cmd);
+        let r = c.ask(cmd);
         let want = if !allowed {
             "error"
         } else if op == "sub" {
@@ -241,7 +230,7 @@ fn bad_tokens_get_401_before_the_upgrade() {
         (Algorithm::EdDSA, Some("ed-k3")),
     ] {
         let mut c = ws(addr, Some(&mint(alg, kid, &good)), false, &[]).unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
-        assert_eq!(ask(&mut c, json!({"op":"pub","id":1,"topic":"acme/r","data":1}))["op"], "ack");
+        assert_eq!(c.ask(json!({"op":"pub","id":1,"topic":"acme/r","data":1}))["op"], "ack");
     }
     server.shutdown();
 }
@@ -285,14 +274,14 @@ fn refresh_keeps_identity_and_expiry_closes_4001() {
     short["exp"] = json!(now() + 2);
     let mut c = ws(addr, Some(&hs(&short)), false, &[]).unwrap();
     // A refresh for someone else is refused; a bad token too.
-    let r = ask(&mut c, json!({"op":"auth","id":5,"token":hs(&claims("eve", "acme"))}));
+    let r = c.ask(json!({"op":"auth","id":5,"token":hs(&claims("eve", "acme"))}));
     assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("error"), Some("forbidden")), "{r}");
-    let r = ask(&mut c, json!({"op":"auth","id":6,"token":"garbage"}));
+    let r = c.ask(json!({"op":"auth","id":6,"token":"garbage"}));
     assert_eq!(r["code"], "unauthorized", "{r}");
     // Another connection refreshes in time and stays.
     let mut d = ws(addr, Some(&hs(&short)), false, &[]).unwrap();
     let fresh = claims("dave", "acme");
-    let r = ask(&mut d, json!({"op":"auth","id":7,"token":hs(&fresh)}));
+    let r = d.ask(json!({"op":"auth","id":7,"token":hs(&fresh)}));
     assert_eq!(r["op"], "authed", "{r}");
     assert_eq!(r["exp"], fresh["exp"]);
     // The first is closed 4001 once its exp passes.
@@ -354,12 +343,12 @@ fn optional_tokens() {
     let server = secure_server(|c| c.auth.required = false);
     let addr = server.local_addr();
     let mut anon = ws(addr, None, false, &[]).expect("anonymous allowed");
-    assert_eq!(ask(&mut anon, json!({"op":"pub","id":1,"topic":"any/room","data":1}))["op"], "ack");
-    let r = ask(&mut anon, json!({"op":"auth","id":2,"token":hs(&claims("gina", "acme"))}));
+    assert_eq!(anon.ask(json!({"op":"pub","id":1,"topic":"any/room","data":1}))["op"], "ack");
+    let r = anon.ask(json!({"op":"auth","id":2,"token":hs(&claims("gina", "acme"))}));
     assert_eq!(r["code"], "forbidden", "{r}");
     assert_eq!(ws(addr, Some("bad.token.here"), false, &[]).err().map(|e| e.0), Some(401));
     let mut id = ws(addr, Some(&hs(&claims("gina", "acme"))), false, &[]).unwrap();
-    assert_eq!(ask(&mut id, json!({"op":"pub","id":3,"topic":"any/room","data":1}))["code"], "forbidden");
+    assert_eq!(id.ask(json!({"op":"pub","id":3,"topic":"any/room","data":1}))["code"], "forbidden");
     let (status, _) = http_pub(addr, None, "any/room");
     assert_eq!(status, 200, "anonymous HTTP publish");
     server.shutdown();

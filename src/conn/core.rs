@@ -426,3 +426,15 @@ impl ShardCore {
 fn unix_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_process_wide_quota_is_split_over_the_shards() {
+        use super::share;
+        assert_eq!(share(0, 4), u64::MAX, "0: no quota");
+        assert_eq!(share(10, 1), 10);
+        assert_eq!(share(10, 4), 3, "rounded up");
+        assert_eq!(share(2, 4), 1, "never 0");
+    }
+}

@@ -113,6 +113,17 @@ impl Client {
         self.expect_op("ack")
     }
 
+    /// Sends one command and returns the first reply that is not a `msg`.
+    pub fn ask(&mut self, cmd: Value) -> Value {
+        self.send(cmd);
+        loop {
+            let v = self.recv();
+            if v["op"] != "msg" {
+                return v;
+            }
+        }
+    }
+
     /// A round trip: everything sent before this has been handled.
     pub fn sync(&mut self) {
         self.send(json!({"op":"ping","id":424242}));

@@ -4,7 +4,7 @@
 //! as for 5,000.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,19 +17,32 @@ use shardcast::topic::publication::Publication;
 use shardcast::topic::PartitionMap;
 
 struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Allocations made by this thread (tests run on threads of their own,
+    /// so one test's count is not another's).
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
 
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         unsafe { System.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         unsafe { System.realloc(p, l, n) }
     }
 }
@@ -79,11 +92,11 @@ fn allocs_per_publish(n: usize) -> u64 {
     for seq in 1..=3 {
         round(&mut core, seq);
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     for seq in 4..=13 {
         round(&mut core, seq);
     }
-    (ALLOCS.load(Ordering::Relaxed) - before) / 10
+    (allocs() - before) / 10
 }
 
 #[test]
@@ -93,4 +106,33 @@ fn fanout_allocations_do_not_grow_with_subscribers() {
     let large = allocs_per_publish(5_000);
     assert_eq!(small, large, "allocations per publish must not depend on the subscriber count");
     assert!(large <= 4, "a handful per publish at most (the shard's Rc), got {large}");
+}
+
+/// Issue 11: an authenticated client's `sub`/`pub` checks (tenant prefix
+/// and caps patterns) allocate nothing.
+#[test]
+fn capability_checks_allocate_nothing() {
+    use shardcast::auth::{Caps, Identity, TenantQuota};
+    let id = Identity {
+        sub: Arc::from("agent-7"),
+        tenant: Arc::from("acme"),
+        exp: None,
+        caps: Caps {
+            sub: vec!["acme/public/#".into(), "acme/*/in".into()],
+            publ: vec!["acme/r1/*".into(), "acme/jobs/#".into()],
+        },
+        quota: TenantQuota::default(),
+    };
+    let topics = ["acme/public/news/x", "acme/r1/in", "acme/jobs/a/b/c", "beta/r1/in", "acme/other"];
+    let before = allocs();
+    let mut allowed = 0;
+    for _ in 0..1000 {
+        for t in topics {
+            allowed += id.may_sub(t) as u32 + id.may_pub(t) as u32;
+        }
+    }
+    assert_eq!(allocs() - before, 0, "caps checks allocated");
+    // acme/public/news/x: sub; acme/r1/in: sub and pub; acme/jobs/a/b/c:
+    // pub; beta/r1/in: other tenant; acme/other: neither.
+    assert_eq!(allowed, 1000 * 4);
 }

@@ -228,21 +228,17 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "close_linger_expired_total", "counter", "Closing connections dropped at the linger bound.", |s| {
         s.counters.close_linger_expired
     });
-    o.per_shard(t, "peer_eofs_total", "counter", "Peers that half-closed; owed answers still sent.", |s| {
-        s.counters.peer_eofs
-    });
-    o.per_shard(t, "fanout_slices_parked_total", "counter", "Fanouts continued in a later slice.", |s| {
-        s.counters.fanout_parked
-    });
-    o.per_shard(t, "tokens_expired_total", "counter", "Connections closed 4001 at their token's expiry.", |s| {
-        s.counters.tokens_expired
-    });
-    o.per_shard(t, "origin_refused_total", "counter", "Upgrades refused 403 for their Origin.", |s| {
-        s.counters.origin_refused
-    });
-    o.per_shard(t, "forbidden_total", "counter", "Commands refused forbidden (outside tenant or caps).", |s| {
-        s.counters.forbidden
-    });
+    type Field = fn(&ShardStats) -> u64;
+    let counters: [(&str, &str, Field); 5] = [
+        ("peer_eofs_total", "Peers that half-closed; owed answers still sent.", |s| s.counters.peer_eofs),
+        ("fanout_slices_parked_total", "Fanouts continued in a later slice.", |s| s.counters.fanout_parked),
+        ("tokens_expired_total", "Connections closed 4001 at their token's expiry.", |s| s.counters.tokens_expired),
+        ("origin_refused_total", "Upgrades refused 403 for their Origin.", |s| s.counters.origin_refused),
+        ("forbidden_total", "Commands refused forbidden (outside tenant or caps).", |s| s.counters.forbidden),
+    ];
+    for (name, help, f) in counters {
+        o.per_shard(t, name, "counter", help, f);
+    }
     o.per_shard_labelled(
         t,
         "auth_refused_total",

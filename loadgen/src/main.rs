@@ -336,7 +336,17 @@ fn rooms(a: &RoomsArgs, noisy: Option<(usize, usize)>) -> anyhow::Result<()> {
         bail!("rooms and noisy-tenant speak shardcast's protocol only (several publishers per topic need its seq)");
     }
     let run_id = worker::mono_ns() % 1_000_000_007;
-    let mut topics: Vec<String> = (0..a.rooms.max(1)).map(|r| format!("t{}-{run_id}/room-{r}", r % 16)).collect();
+    // Without tokens the rooms spread over 16 tenants; with tokens
+    // (--hs256-secret) they belong to one quiet tenant, since publishers
+    // rotate over every room and a token covers one tenant.
+    let tenant_of = |r: usize| {
+        if a.common.hs256_secret.is_some() {
+            format!("quiet-{run_id}")
+        } else {
+            format!("t{}-{run_id}", r % 16)
+        }
+    };
+    let mut topics: Vec<String> = (0..a.rooms.max(1)).map(|r| format!("{}/room-{r}", tenant_of(r))).collect();
     let (noisy_pubs, noisy_inflight) = noisy.unwrap_or((0, 0));
     if noisy.is_some() {
         topics.push(format!("noisy-{run_id}/room-0"));
@@ -383,17 +393,17 @@ fn split(
     if !(c.duration > 0.0 && c.duration <= MAX_SECONDS && c.drain >= 0.0 && c.drain <= 120.0) {
         bail!("--duration must be in (0, {MAX_SECONDS}] and --drain in [0, 120]");
     }
-    let token = match &c.hs256_secret {
-        None => None,
-        Some(secret) => {
-            let tenant = |t: &String| t.split('/').next().unwrap_or_default().to_owned();
-            let first = topics.first().map(tenant).unwrap_or_default();
-            if topics.iter().any(|t| tenant(t) != first) {
-                bail!("--hs256-secret: one token covers one tenant, and these topics span several");
+    // One token per tenant of the topics; a connection presents its topic's.
+    let mut tokens = std::collections::BTreeMap::new();
+    if let Some(secret) = &c.hs256_secret {
+        for t in &topics {
+            let tenant = t.split('/').next().unwrap_or_default().to_owned();
+            if !tokens.contains_key(&tenant) {
+                let token = ws::mint_token(secret, &tenant)?;
+                tokens.insert(tenant, token);
             }
-            Some(ws::mint_token(secret, &first)?)
         }
-    };
+    }
     let k = c.processes.max(1);
     let per = subscribers.div_ceil(k);
     Ok((0..k)
@@ -418,7 +428,7 @@ fn split(
                 slow_every,
                 reconnect_at: None,
                 reconnect_every: None,
-                token: token.clone(),
+                tokens: tokens.clone(),
                 proto: c.proto,
                 window: 0,
                 slots: None,

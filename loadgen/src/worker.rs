@@ -56,9 +56,10 @@ pub struct Plan {
     /// Repeat the reconnect storm at this period (the soak's churn).
     #[serde(default)]
     pub reconnect_every: Option<Duration>,
-    /// A JWT every WebSocket connection presents (`?token=`).
+    /// A JWT per tenant (the topics' first segments): each WebSocket
+    /// connection presents its topic's (`?token=`).
     #[serde(default)]
-    pub token: Option<String>,
+    pub tokens: std::collections::BTreeMap<String, String>,
     /// The wire protocol (shardcast's, Redis's or NATS's).
     pub proto: Proto,
     /// Closed loop bounded per subscriber: at most this many publications
@@ -381,14 +382,18 @@ impl Worker {
         Ok(())
     }
 
+    /// The token for a connection on topic `topic` (its tenant's), if any.
+    fn token_for(&self, topic: usize) -> Option<&str> {
+        let tenant = self.plan.topics.get(topic)?.split('/').next()?;
+        self.plan.tokens.get(tenant).map(String::as_str)
+    }
+
     /// The first bytes a new connection writes, and its state once TCP
     /// connects.
     fn hello(&self, publisher: bool, topic: usize) -> (Vec<u8>, State) {
         let mut wbuf = Vec::new();
         match self.plan.proto {
-            Proto::Ws => {
-                (ws::upgrade_request(&self.plan.target.to_string(), self.plan.token.as_deref()), State::Upgrading)
-            }
+            Proto::Ws => (ws::upgrade_request(&self.plan.target.to_string(), self.token_for(topic)), State::Upgrading),
             _ if publisher => {
                 let wait = peers::hello_publisher(self.plan.proto, &mut wbuf);
                 (wbuf, if wait { State::Subscribing } else { State::Ready })
@@ -866,7 +871,9 @@ impl Worker {
             c.state = State::Connecting;
             c.resume = true;
             c.rbuf.clear();
-            c.wbuf = ws::upgrade_request(&self.plan.target.to_string(), self.plan.token.as_deref());
+            let topic = c.topic;
+            let req = ws::upgrade_request(&self.plan.target.to_string(), self.token_for(topic));
+            self.conns[i].wbuf = req;
         }
         Ok(())
     }

@@ -398,9 +398,9 @@ fn split(
     if let Some(secret) = &c.hs256_secret {
         for t in &topics {
             let tenant = t.split('/').next().unwrap_or_default().to_owned();
-            if !tokens.contains_key(&tenant) {
-                let token = ws::mint_token(secret, &tenant)?;
-                tokens.insert(tenant, token);
+            if let std::collections::btree_map::Entry::Vacant(e) = tokens.entry(tenant) {
+                let token = ws::mint_token(secret, e.key())?;
+                e.insert(token);
             }
         }
     }

@@ -229,7 +229,8 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 5] = [
+    let counters: [(&str, &str, Field); 6] = [
+        ("reads_paused_total", "Connections left unread until their retry_after_ms.", |s| s.counters.reads_paused),
         ("peer_eofs_total", "Peers that half-closed; owed answers still sent.", |s| s.counters.peer_eofs),
         ("fanout_slices_parked_total", "Fanouts continued in a later slice.", |s| s.counters.fanout_parked),
         ("tokens_expired_total", "Connections closed 4001 at their token's expiry.", |s| s.counters.tokens_expired),

@@ -18,6 +18,12 @@ use crate::proto::handshake::{self, HandshakeOutcome};
 use crate::proto::message::{self, Command, ErrorCode};
 use crate::topic::name;
 
+/// Longest a connection refused `rate_limited` is left unread.
+pub const MAX_PUSHBACK_MS: u64 = 1000;
+/// Shortest: a tenant bucket at a high rate has a token again within
+/// microseconds, and a closed-loop client would be answered at once.
+pub const MIN_PUSHBACK_MS: u64 = 20;
+
 impl ShardCore {
     /// Handles bytes read from connection `idx`.
     pub fn on_bytes(&mut self, idx: usize, data: &mut [u8]) {
@@ -368,6 +374,18 @@ impl ShardCore {
                     reply: ReplyKind::Ws,
                 };
                 if let Err(r) = self.submit_publish(idx, args) {
+                    if let (ErrorCode::RateLimited, Some(ms)) = (r.code, r.retry_after_ms) {
+                        // Push back: this connection is not read again until
+                        // it may publish, so a client that retries at once
+                        // waits in TCP instead of being answered again and
+                        // again (a noisy tenant's refusals cost the others).
+                        // At most a second: a client told to wait longer is
+                        // still read (pings, other commands), just slowly.
+                        let until =
+                            self.now + std::time::Duration::from_millis(ms.clamp(MIN_PUSHBACK_MS, MAX_PUSHBACK_MS));
+                        let c = &mut self.conns[idx];
+                        c.read_paused_until = Some(c.read_paused_until.map_or(until, |u| u.max(until)));
+                    }
                     self.reply_error(idx, id, r.code, &r.message, r.retry_after_ms);
                 }
             }

@@ -83,6 +83,8 @@ pub struct Conn {
     pub control_bucket: Option<TokenBucket>,
     /// The close code sent, once closing (for metrics).
     pub close_code: Option<u16>,
+    /// Refused `rate_limited`: not read again before this instant.
+    pub read_paused_until: Option<Instant>,
     /// Upgraded at `[server] echo_path`: messages are echoed, not parsed.
     pub echo: bool,
     /// Who the client is, from its token (None: anonymous).
@@ -112,6 +114,7 @@ impl Conn {
             close_code: None,
             identity: None,
             echo: false,
+            read_paused_until: None,
         }
     }
 

@@ -89,6 +89,9 @@ pub struct Counters {
     pub fanout_parked: u64,
     /// Acks held for a confirmation (`AckMode::AfterConfirm`).
     pub acks_held: u64,
+    /// Times a connection refused `rate_limited` was left unread until its
+    /// `retry_after_ms` (push back instead of more refusals).
+    pub reads_paused: u64,
     /// Connections closed 4001 at their token's expiry.
     pub tokens_expired: u64,
     /// Upgrades and HTTP requests refused 401, by reason.
@@ -154,6 +157,7 @@ impl Counters {
             fanout_parked: 0,
             acks_held: 0,
             tokens_expired: 0,
+            reads_paused: 0,
             auth_refused: BTreeMap::new(),
             origin_refused: 0,
             forbidden: 0,

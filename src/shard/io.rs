@@ -80,6 +80,8 @@ struct Task {
     shut: bool,
     /// The peer's FIN was read: read no more, finish what is owed.
     eof: bool,
+    /// While the connection is pushed back after `rate_limited`.
+    pause: Option<Timer>,
 }
 
 /// Runs one connection to its end, then forgets it in the shard core.
@@ -92,6 +94,7 @@ async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, r: ConnRef) {
         linger: None,
         shut: false,
         eof: false,
+        pause: None,
     };
     poll_fn(|cx| task.poll(&ctx, cx)).await;
     ctx.core.borrow_mut().remove(task.idx);
@@ -130,9 +133,28 @@ impl Task {
         if self.eof {
             return Poll::Pending;
         }
+        if let Some(t) = self.pause.as_mut() {
+            if Pin::new(t).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
         for _ in 0..READ_ROUNDS {
             {
                 let mut core = ctx.core.borrow_mut();
+                let paused = core.conns.get_mut(self.idx).and_then(|c| c.read_paused_until.take());
+                if let Some(until) = paused {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        core.counters.reads_paused += 1;
+                        let mut t = Timer::new(left);
+                        // Registers the waker; it fires after `left`.
+                        if Pin::new(&mut t).poll(cx).is_pending() {
+                            self.pause = Some(t);
+                            return Poll::Pending;
+                        }
+                    }
+                }
                 if core.fanout_pending() {
                     // Pushed back until the parked fanouts are done.
                     core.wake_after_fanout(self.idx);

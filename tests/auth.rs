@@ -354,3 +354,47 @@ fn optional_tokens() {
     assert_eq!(status, 200, "anonymous HTTP publish");
     server.shutdown();
 }
+
+/// Repeated `auth` refreshes cannot grow the shard's expiry heap: the same
+/// exp schedules nothing new, and stale entries are compacted away.
+#[test]
+fn refresh_spam_is_bounded() {
+    let server = secure_server(|c| {
+        c.rates.control_per_sec = 1e6;
+        c.rates.control_burst = 1e6;
+    });
+    let addr = server.local_addr();
+    let c = claims("hank", "acme");
+    let mut conn = ws(addr, Some(&hs(&c)), false, &[]).unwrap();
+    for i in 0..3000u64 {
+        let mut fresh = c.clone();
+        // Half repeat the exp, half move it (new tokens, new heap entries).
+        fresh["exp"] = json!(now() + 600 + (i % 2) * i);
+        conn.send(json!({"op":"auth","id":i,"token":hs(&fresh)}));
+    }
+    for _ in 0..3000 {
+        assert_eq!(conn.expect_op("authed")["op"], "authed");
+    }
+    let t = server.stats();
+    assert!(t.sum(|s| s.counters.expiry_compactions) >= 1, "stale entries were compacted");
+    server.shutdown();
+}
+
+/// `auth` is metered like `sub`/`unsub` (each verifies a signature).
+#[test]
+fn refresh_is_rate_limited() {
+    let server = secure_server(|c| {
+        c.rates.control_per_sec = 1.0;
+        c.rates.control_burst = 2.0;
+    });
+    let t = hs(&claims("ivy", "acme"));
+    let mut conn = ws(server.local_addr(), Some(&t), false, &[]).unwrap();
+    let ops: Vec<String> = (0..4)
+        .map(|i| {
+            let r = conn.ask(json!({"op":"auth","id":i,"token":t}));
+            r["op"].as_str().unwrap().to_string() + ":" + r["code"].as_str().unwrap_or("")
+        })
+        .collect();
+    assert_eq!(ops, ["authed:", "authed:", "error:rate_limited", "error:rate_limited"]);
+    server.shutdown();
+}

@@ -136,10 +136,11 @@ fn dispatch(stream: TcpStream, control: &ControlHandle, c: &Arc<AdminCounters>, 
 }
 
 /// Reads one request head under a whole-request deadline, then answers.
-/// Compares a presented token with the configured one in time that does
-/// not depend on where they differ (lengths aside).
+/// Compares a presented token with the configured one in constant time
+/// (`subtle`; lengths aside).
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 fn serve(mut stream: TcpStream, control: &ControlHandle, counters: &AdminCounters, deadline: Duration, token: &str) {

@@ -281,10 +281,25 @@ impl ShardCore {
     pub(crate) fn set_identity(&mut self, idx: usize, id: crate::auth::Identity) {
         let leeway = self.policy.access.verifier.leeway();
         let Some(c) = self.conns.get_mut(idx) else { return };
-        if let Some(exp) = id.exp {
+        let old = c.identity.as_ref().and_then(|i| i.exp);
+        // A refresh to the same exp schedules nothing new: repeated `auth`
+        // commands cannot grow the heap.
+        if let Some(exp) = id.exp.filter(|e| old != Some(*e)) {
             self.expiries.push(std::cmp::Reverse((exp.saturating_add(leeway), idx as u32, c.gen)));
         }
         c.identity = Some(Box::new(id));
+        // Refreshes to new exps leave stale entries; past twice the live
+        // connections (plus slack) the heap keeps only the live ones.
+        if self.expiries.len() > 2 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.expiries.retain(|&std::cmp::Reverse((at, i, gen))| {
+                conns.get(i as usize).is_some_and(|c| {
+                    c.gen == gen
+                        && c.identity.as_ref().and_then(|id| id.exp).is_some_and(|e| e.saturating_add(leeway) == at)
+                })
+            });
+            self.counters.expiry_compactions += 1;
+        }
     }
 
     /// Registers a new connection, or `None` at the connection limit.

@@ -395,6 +395,19 @@ impl ShardCore {
     /// `auth`: a fresh token for the same `sub` and `tenant` replaces the
     /// connection's identity and moves its expiry.
     fn refresh_token(&mut self, idx: usize, id: Option<u64>, token: &str) {
+        // Each refresh verifies a signature: metered like sub/unsub.
+        let (now, rate, burst) = (self.now, self.policy.rates.control_per_sec, self.policy.rates.control_burst);
+        let bucket = self.conns[idx].control_bucket.get_or_insert_with(|| TokenBucket::new(burst, now));
+        if let Err(ms) = bucket.take(rate, burst, now) {
+            *self.counters.control_refused.entry("rate_limited").or_default() += 1;
+            return self.reply_error(
+                idx,
+                id,
+                ErrorCode::RateLimited,
+                "auth rate limit (connection) exceeded",
+                Some(ms),
+            );
+        }
         let new = match self.policy.access.verify(token, self.unix_now()) {
             Ok(n) => n,
             Err(e) => {

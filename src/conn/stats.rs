@@ -94,6 +94,8 @@ pub struct Counters {
     pub reads_paused: u64,
     /// Connections closed 4001 at their token's expiry.
     pub tokens_expired: u64,
+    /// Times the expiry heap dropped its stale entries (refreshes).
+    pub expiry_compactions: u64,
     /// Upgrades and HTTP requests refused 401, by reason.
     pub auth_refused: BTreeMap<&'static str, u64>,
     /// Upgrades refused 403 for their `Origin`.
@@ -157,6 +159,7 @@ impl Counters {
             fanout_parked: 0,
             acks_held: 0,
             tokens_expired: 0,
+            expiry_compactions: 0,
             reads_paused: 0,
             auth_refused: BTreeMap::new(),
             origin_refused: 0,

@@ -71,6 +71,29 @@ pub struct Config {
     /// Per-tenant quotas (token tenants).
     #[serde(default)]
     pub quotas: QuotasConfig,
+    /// TLS on the public listener.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: when both files are set the public listener speaks only TLS
+/// (`wss://…/ws`, `https://…/v1/publish`). SIGHUP re-reads both files;
+/// open connections keep their session, new ones get the new certificate.
+// Default: no TLS, as tuning/default.toml says (a test checks they agree).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first ("" = no TLS).
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
 }
 
 /// `[quotas]`: what one tenant (the token's `tenant`) may use; `default`
@@ -339,6 +362,7 @@ fn embedded() -> Config {
             admin: d.admin,
             auth: d.auth,
             quotas: d.quotas,
+            tls: d.tls,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -357,6 +381,7 @@ struct EmbeddedDefault {
     admin: AdminConfig,
     auth: AuthConfig,
     quotas: QuotasConfig,
+    tls: TlsConfig,
 }
 
 impl Default for ReplayConfig {
@@ -482,6 +507,15 @@ impl Config {
         }
         if let Err(e) = crate::auth::Verifier::new(&a.verifier_config()) {
             return invalid("auth", &e);
+        }
+        let t = &self.tls;
+        if t.cert_file.as_os_str().is_empty() != t.key_file.as_os_str().is_empty() {
+            return invalid("tls", "set both cert_file and key_file, or neither");
+        }
+        if t.enabled() {
+            if let Err(e) = crate::auth::tls::load(&t.cert_file, &t.key_file) {
+                return invalid("tls", &e);
+            }
         }
         if self.admin.max_connections == 0 || self.admin.max_connections > 4096 {
             return invalid("admin.max_connections", "must be between 1 and 4096");

@@ -130,11 +130,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Signal handlers go in before anything binds, so that a SIGTERM during
     // start-up is a drain, not the default kill.
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
+    let (hup_tx, hup_rx) = crossbeam_channel::bounded(4);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         let mut seen = 0;
         for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                // Reload, never stop (several queued HUPs are one reload).
+                let _ = hup_tx.try_send(());
+                continue;
+            }
             seen += 1;
             if seen > 1 {
                 // A second signal: no more patience.
@@ -148,7 +158,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })?;
     let drain_ms = cfg.liveness.drain_timeout_ms;
     let server = shardcast::start(cfg).context("starting the engine")?;
-    tracing::info!(addr = %server.local_addr(), shards = server.shards(), "shardcast serving WebSocket at ws://{}/ws", server.local_addr());
+    tracing::info!(addr = %server.local_addr(), shards = server.shards(), "shardcast serving WebSocket at {}://{}/ws", if server.tls_enabled() { "wss" } else { "ws" }, server.local_addr());
 
     let drain_timeout = std::time::Duration::from_millis(drain_ms);
     let mut watchdog = Watchdog::new(server.control());
@@ -167,6 +177,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 server.shutdown();
                 tracing::info!("stopped");
                 return Ok(ExitCode::SUCCESS);
+            }
+            recv(hup_rx) -> _ => {
+                match server.reload_tls() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded; new connections use it"),
+                    Err(e) if server.tls_enabled() => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate"),
+                    Err(_) => tracing::info!("SIGHUP: no [tls] configured; nothing to reload"),
+                }
             }
             recv(server.exits()) -> exit => {
                 let exit = exit.ok();

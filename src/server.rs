@@ -75,6 +75,8 @@ pub struct ServerHandle {
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     exits: Receiver<ShardExit>,
     admin: Option<crate::admin::AdminServer>,
+    /// `[tls]` cert and key files, re-read by [`ServerHandle::reload_tls`].
+    tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Starts a server with `cfg`; returns once every shard is running.
@@ -96,6 +98,12 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
         quotas: crate::auth::Quotas::new(cfg.quotas.default, &cfg.quotas.tenants),
     });
     let n = cpus.len();
+    let tls = match cfg.tls.enabled() {
+        true => crate::auth::tls::load(&cfg.tls.cert_file, &cfg.tls.key_file)
+            .map(|t| crate::auth::tls::per_shard(&t, n))
+            .map_err(|problem| ConfigError::Invalid { field: "tls", problem })?,
+        false => Vec::new(),
+    };
     let map = PartitionMap { partitions: cfg.shards.partitions, shards: n };
     let (listeners, addr) = bind_listeners(cfg.server.listen, cfg.server.backlog, n)?;
     let meshes = mesh::build(n, cfg.shards.ring_capacity).map_err(StartError::Mesh)?;
@@ -109,6 +117,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
         let spec = ShardSpec {
             id,
             progress,
+            tls: tls.get(id).cloned(),
             cpu,
             listener,
             mesh,
@@ -141,6 +150,9 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
         message: "a shard did not come up within 10 s".into(),
     })?;
     let mut handle = handle;
+    if cfg.tls.enabled() {
+        handle.tls_files = Some((cfg.tls.cert_file.clone(), cfg.tls.key_file.clone()));
+    }
     if cfg.admin.enabled {
         match crate::admin::AdminServer::start(&cfg.admin, handle.control()) {
             Ok(a) => handle.admin = Some(a),
@@ -219,7 +231,24 @@ impl ServerHandle {
         exits: Receiver<ShardExit>,
     ) -> Self {
         let control = ControlHandle::new(links, Arc::new(AtomicBool::new(false)));
-        Self { addr, map, control, threads, exits, admin: None }
+        Self { addr, map, control, threads, exits, admin: None, tls_files: None }
+    }
+
+    /// Whether the public listener speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_files.is_some()
+    }
+
+    /// Re-reads the `[tls]` files and hands every shard the new config
+    /// (what SIGHUP does). Open connections keep their sessions; new ones
+    /// get the new certificate. On an error nothing changes.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let Some((cert, key)) = &self.tls_files else {
+            return Err("no [tls] configured".into());
+        };
+        let template = crate::auth::tls::load(cert, key)?;
+        self.control.reload_tls(crate::auth::tls::per_shard(&template, self.control.shards()));
+        Ok(())
     }
 
     /// The public listener's address (with the real port if 0 was asked).

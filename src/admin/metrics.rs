@@ -229,7 +229,10 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 6] = [
+    let counters: [(&str, &str, Field); 9] = [
+        ("tls_handshakes_total", "TLS handshakes completed.", |s| s.counters.tls_handshakes),
+        ("tls_errors_total", "TLS connections dropped for a TLS error.", |s| s.counters.tls_errors),
+        ("tls_reloads_total", "TLS configs taken from a reload (SIGHUP), per shard.", |s| s.counters.tls_reloads),
         ("reads_paused_total", "Connections left unread until their retry_after_ms.", |s| s.counters.reads_paused),
         ("peer_eofs_total", "Peers that half-closed; owed answers still sent.", |s| s.counters.peer_eofs),
         ("fanout_slices_parked_total", "Fanouts continued in a later slice.", |s| s.counters.fanout_parked),

@@ -8,6 +8,7 @@
 //! later `sub`/`pub` is a pattern match that allocates nothing.
 
 pub mod pattern;
+pub mod tls;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -94,6 +94,13 @@ pub struct Counters {
     pub reads_paused: u64,
     /// Connections closed 4001 at their token's expiry.
     pub tokens_expired: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS connections dropped for a TLS error (bad handshake, bad record,
+    /// no common version or cipher suite, plaintext on a TLS listener).
+    pub tls_errors: u64,
+    /// TLS configs this shard took from a reload (SIGHUP).
+    pub tls_reloads: u64,
     /// Times the expiry heap dropped its stale entries (refreshes).
     pub expiry_compactions: u64,
     /// Upgrades and HTTP requests refused 401, by reason.
@@ -159,6 +166,9 @@ impl Counters {
             fanout_parked: 0,
             acks_held: 0,
             tokens_expired: 0,
+            tls_handshakes: 0,
+            tls_errors: 0,
+            tls_reloads: 0,
             expiry_compactions: 0,
             reads_paused: 0,
             auth_refused: BTreeMap::new(),

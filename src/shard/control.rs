@@ -23,6 +23,8 @@ pub enum Control {
     Drain,
     /// Stop: close the listener and end the executor (sockets close).
     Stop,
+    /// A reloaded TLS config for connections accepted from now on.
+    Tls(crate::auth::tls::ServerTls),
 }
 
 /// One shard's control inbox and its doorbell.
@@ -61,6 +63,13 @@ impl ControlHandle {
         self.draining.store(true, Ordering::SeqCst);
         for i in 0..self.links.len() {
             self.send(i, Control::Drain);
+        }
+    }
+
+    /// Hands each shard its new TLS config (one per shard, in order).
+    pub fn reload_tls(&self, configs: Vec<crate::auth::tls::ServerTls>) {
+        for (i, c) in configs.into_iter().enumerate().take(self.links.len()) {
+            self.send(i, Control::Tls(c));
         }
     }
 

@@ -14,6 +14,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::future::poll_fn;
+use std::io::{Read, Write};
+
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
@@ -52,7 +54,19 @@ pub async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
         match accepted {
             Some(r) => {
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(serve(ctx.clone(), stream, r)).detach();
+                let tls = ctx.tls.borrow().clone();
+                let tls = match tls.map(rustls::ServerConnection::new) {
+                    None => None,
+                    Some(Ok(conn)) => Some(Box::new(Tls::new(conn))),
+                    Some(Err(e)) => {
+                        tracing::warn!(shard = ctx.id, error = %e, "cannot start a TLS session");
+                        let mut core = ctx.core.borrow_mut();
+                        core.counters.tls_errors += 1;
+                        core.remove(r.idx as usize);
+                        continue;
+                    }
+                };
+                glommio::spawn_local(serve(ctx.clone(), stream, r, tls)).detach();
             }
             None => {
                 glommio::spawn_local(refuse(stream)).detach();
@@ -82,10 +96,61 @@ struct Task {
     eof: bool,
     /// While the connection is pushed back after `rate_limited`.
     pause: Option<Timer>,
+    /// The TLS session, when the listener speaks TLS (`[tls]`).
+    tls: Option<Box<Tls>>,
+}
+
+/// One connection's TLS session: rustls decrypts into the shard-wide
+/// `plain` buffer and encrypts into the shard-wide `cipher` buffer; only
+/// what a socket did not take stays here, so an idle TLS connection holds
+/// rustls's state and two empty vectors.
+struct Tls {
+    conn: rustls::ServerConnection,
+    /// Ciphertext read from the socket but not yet taken by rustls: only
+    /// when input stopped mid-read (a parked fanout, a full inbound
+    /// buffer), so nothing read is ever lost.
+    backlog: Vec<u8>,
+    /// Ciphertext the socket did not take, from `sent` on.
+    unsent: Vec<u8>,
+    sent: usize,
+    /// The handshake was counted.
+    handshaken: bool,
+    /// close_notify was queued.
+    notified: bool,
+}
+
+impl Tls {
+    fn new(conn: rustls::ServerConnection) -> Self {
+        Self { conn, backlog: Vec::new(), unsent: Vec::new(), sent: 0, handshaken: false, notified: false }
+    }
+
+    fn count_handshake(&mut self, ctx: &ShardCtx) {
+        if !self.handshaken && !self.conn.is_handshaking() {
+            self.handshaken = true;
+            ctx.core.borrow_mut().counters.tls_handshakes += 1;
+        }
+    }
+
+    /// No ciphertext is waiting to go out.
+    fn flushed(&self) -> bool {
+        self.sent >= self.unsent.len() && !self.conn.wants_write()
+    }
+}
+
+/// What draining rustls's plaintext came to.
+enum Plain {
+    /// Nothing decrypted is left.
+    Empty,
+    /// Input stops for now (pushed back, parked fanout, full buffer).
+    Paused,
+    /// The peer sent close_notify: an EOF.
+    Eof,
+    /// The stream is broken.
+    Broken,
 }
 
 /// Runs one connection to its end, then forgets it in the shard core.
-async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, r: ConnRef) {
+async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, r: ConnRef, tls: Option<Box<Tls>>) {
     let timeout = Duration::from_millis(ctx.core.borrow().limits.handshake_timeout_ms);
     let mut task = Task {
         idx: r.idx as usize,
@@ -95,6 +160,7 @@ async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream, r: ConnRef) {
         shut: false,
         eof: false,
         pause: None,
+        tls,
     };
     poll_fn(|cx| task.poll(&ctx, cx)).await;
     ctx.core.borrow_mut().remove(task.idx);
@@ -133,49 +199,16 @@ impl Task {
         if self.eof {
             return Poll::Pending;
         }
-        if let Some(t) = self.pause.as_mut() {
-            if Pin::new(t).poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.pause = None;
+        if self.tls.is_some() {
+            return self.read_tls(ctx, cx);
         }
         for _ in 0..READ_ROUNDS {
-            {
-                let mut core = ctx.core.borrow_mut();
-                let paused = core.conns.get_mut(self.idx).and_then(|c| c.read_paused_until.take());
-                if let Some(until) = paused {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if !left.is_zero() {
-                        core.counters.reads_paused += 1;
-                        let mut t = Timer::new(left);
-                        // Registers the waker; it fires after `left`.
-                        if Pin::new(&mut t).poll(cx).is_pending() {
-                            self.pause = Some(t);
-                            return Poll::Pending;
-                        }
-                    }
-                }
-                if core.fanout_pending() {
-                    // Pushed back until the parked fanouts are done.
-                    core.wake_after_fanout(self.idx);
-                    return Poll::Pending;
-                }
-                let max_body = core.limits.max_message_bytes;
-                if core.conns.get(self.idx).is_some_and(|c| c.input_paused(max_body)) {
-                    // Woken again once the answer is queued or the writer drains.
-                    return Poll::Pending;
-                }
+            if self.gated(ctx, cx) {
+                return Poll::Pending;
             }
             let mut rbuf = ctx.rbuf.borrow_mut();
             match Pin::new(&mut self.stream).poll_read(cx, &mut rbuf[..]) {
-                Poll::Ready(Ok(0)) => {
-                    // A half-close: answers already queued or still owed by
-                    // an owner are delivered before the socket closes.
-                    self.eof = true;
-                    let mut core = ctx.core.borrow_mut();
-                    core.counters.peer_eofs += 1;
-                    return if core.peer_eof(self.idx) { Poll::Ready(()) } else { Poll::Pending };
-                }
+                Poll::Ready(Ok(0)) => return self.on_eof(ctx),
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(n)) => {
                     ctx.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -201,8 +234,143 @@ impl Task {
         Poll::Pending
     }
 
+    /// Whether input must wait (and the wake-up that ends the wait is
+    /// arranged): a `rate_limited` push back, a parked fanout, or a full
+    /// inbound buffer.
+    fn gated(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> bool {
+        if let Some(t) = self.pause.as_mut() {
+            if Pin::new(t).poll(cx).is_pending() {
+                return true;
+            }
+            self.pause = None;
+        }
+        let mut core = ctx.core.borrow_mut();
+        let paused = core.conns.get_mut(self.idx).and_then(|c| c.read_paused_until.take());
+        if let Some(until) = paused {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                core.counters.reads_paused += 1;
+                let mut t = Timer::new(left);
+                // Registers the waker; it fires after `left`.
+                if Pin::new(&mut t).poll(cx).is_pending() {
+                    self.pause = Some(t);
+                    return true;
+                }
+            }
+        }
+        if core.fanout_pending() {
+            // Pushed back until the parked fanouts are done.
+            core.wake_after_fanout(self.idx);
+            return true;
+        }
+        let max_body = core.limits.max_message_bytes;
+        // Woken again once the answer is queued or the writer drains.
+        core.conns.get(self.idx).is_some_and(|c| c.input_paused(max_body))
+    }
+
+    /// The peer's FIN (or TLS close_notify): a half-close. Answers already
+    /// queued or still owed by an owner are delivered before the socket
+    /// closes.
+    fn on_eof(&mut self, ctx: &ShardCtx) -> Poll<()> {
+        self.eof = true;
+        let mut core = ctx.core.borrow_mut();
+        core.counters.peer_eofs += 1;
+        if core.peer_eof(self.idx) && self.tls.as_ref().is_none_or(|t| t.flushed()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// [`Task::read`] through TLS: first what rustls already decrypted, then
+    /// ciphertext held back, then the socket.
+    fn read_tls(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..READ_ROUNDS {
+            if self.gated(ctx, cx) {
+                return Poll::Pending;
+            }
+            let Some(tls) = self.tls.as_deref_mut() else {
+                return Poll::Ready(());
+            };
+            match drain_plain(tls, ctx, self.idx) {
+                Plain::Empty => {}
+                Plain::Paused => continue,
+                Plain::Eof => return self.on_eof(ctx),
+                Plain::Broken => return Poll::Ready(()),
+            }
+            if !tls.backlog.is_empty() {
+                let mut rd = &tls.backlog[..];
+                let took = tls.conn.read_tls(&mut rd).unwrap_or(0);
+                tls.backlog.drain(..took);
+                if tls.backlog.is_empty() {
+                    tls.backlog = Vec::new();
+                }
+                if let Err(e) = tls.conn.process_new_packets() {
+                    return self.tls_failed(ctx, cx, &e);
+                }
+                continue;
+            }
+            let mut rbuf = ctx.rbuf.borrow_mut();
+            let n = match Pin::new(&mut self.stream).poll_read(cx, &mut rbuf[..]) {
+                Poll::Ready(Ok(0)) => {
+                    drop(rbuf);
+                    return self.on_eof(ctx);
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Pending => return Poll::Pending,
+            };
+            ctx.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // rustls takes at most a few records per call; decrypt and hand
+            // on as it goes, and keep what input could not take yet.
+            let mut fed = 0;
+            while fed < n {
+                let mut rd = &rbuf[fed..n];
+                // An error: its plaintext buffer is full (input paused).
+                let took = tls.conn.read_tls(&mut rd).unwrap_or_default();
+                fed += took;
+                if let Err(e) = tls.conn.process_new_packets() {
+                    drop(rbuf);
+                    return self.tls_failed(ctx, cx, &e);
+                }
+                tls.count_handshake(ctx);
+                match drain_plain(tls, ctx, self.idx) {
+                    Plain::Empty if took > 0 => {}
+                    Plain::Empty | Plain::Paused => break,
+                    Plain::Eof => {
+                        drop(rbuf);
+                        return self.on_eof(ctx);
+                    }
+                    Plain::Broken => return Poll::Ready(()),
+                }
+            }
+            if fed < n {
+                tls.backlog.extend_from_slice(&rbuf[fed..n]);
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// A TLS error: counted, the alert rustls queued sent if the socket
+    /// takes it at once, and the connection ends.
+    fn tls_failed(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>, e: &rustls::Error) -> Poll<()> {
+        ctx.core.borrow_mut().counters.tls_errors += 1;
+        tracing::debug!(shard = ctx.id, error = %e, "TLS error");
+        if let Some(tls) = self.tls.as_deref_mut() {
+            let mut cbuf = ctx.cipher.borrow_mut();
+            cbuf.clear();
+            while tls.conn.wants_write() && tls.conn.write_tls(&mut *cbuf).unwrap_or(0) > 0 {}
+            let _ = Pin::new(&mut self.stream).poll_write(cx, &cbuf);
+        }
+        Poll::Ready(())
+    }
+
     /// Writes what is queued, one `send` per chunk; Ready on a socket error.
     fn write(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        if self.tls.is_some() {
+            return self.write_tls(ctx, cx);
+        }
         let mut core = ctx.core.borrow_mut();
         let core = &mut *core;
         let Some(conn) = core.conns.get_mut(self.idx) else {
@@ -250,6 +418,91 @@ impl Task {
         }
     }
 
+    /// [`Task::write`] through TLS: ciphertext the socket did not take
+    /// first, then records rustls has ready, then queued frames encrypted
+    /// (a chunk of plaintext at a time, so the outbound limits still see
+    /// nearly all of what is owed).
+    fn write_tls(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Poll::Ready(());
+        };
+        let mut core = ctx.core.borrow_mut();
+        let core = &mut *core;
+        let Some(conn) = core.conns.get_mut(self.idx) else {
+            return Poll::Ready(());
+        };
+        let counters = &mut core.counters;
+        loop {
+            if tls.sent < tls.unsent.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &tls.unsent[tls.sent..]) {
+                    Poll::Ready(Ok(n)) => {
+                        counters.sends += 1;
+                        counters.bytes_sent += n as u64;
+                        tls.sent += n;
+                        if tls.sent >= tls.unsent.len() {
+                            tls.unsent = Vec::new();
+                            tls.sent = 0;
+                        }
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            if tls.conn.wants_write() {
+                let mut cbuf = ctx.cipher.borrow_mut();
+                cbuf.clear();
+                while cbuf.len() < WRITE_CHUNK && tls.conn.wants_write() {
+                    // Writing into a Vec cannot fail.
+                    if tls.conn.write_tls(&mut *cbuf).unwrap_or(0) == 0 {
+                        break;
+                    }
+                }
+                match Pin::new(&mut self.stream).poll_write(cx, &cbuf) {
+                    Poll::Ready(Ok(n)) => {
+                        counters.sends += 1;
+                        counters.bytes_sent += n as u64;
+                        if n < cbuf.len() {
+                            tls.unsent.extend_from_slice(&cbuf[n..]);
+                        }
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending => {
+                        tls.unsent.extend_from_slice(&cbuf);
+                        return Poll::Pending;
+                    }
+                }
+                continue;
+            }
+            if !conn.out.pending().is_empty() {
+                let n = tls.conn.writer().write(conn.out.pending()).unwrap_or(0);
+                if n == 0 {
+                    // Not yet: the handshake is still running.
+                    return Poll::Pending;
+                }
+                conn.out.advance_pending(n);
+                continue;
+            }
+            let mut wbuf = ctx.wbuf.borrow_mut();
+            wbuf.clear();
+            conn.out.fill(&mut wbuf, WRITE_CHUNK);
+            if wbuf.is_empty() {
+                if conn.phase == Phase::Http && !conn.inbuf.is_empty() && !conn.http.as_ref().is_some_and(|h| h.busy) {
+                    drop(wbuf);
+                    core.tick(Instant::now());
+                    core.resume_input(self.idx);
+                    cx.waker().wake_by_ref();
+                }
+                return Poll::Pending;
+            }
+            let n = tls.conn.writer().write(&wbuf).unwrap_or(0);
+            conn.out.keep_unsent(&wbuf[n..]);
+            if n == 0 {
+                return Poll::Pending;
+            }
+        }
+    }
+
     fn poll_handshake_deadline(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
         let Some(timer) = self.handshake_timer.as_mut() else {
             return Poll::Pending;
@@ -272,7 +525,8 @@ impl Task {
     ///
     /// [`Conn::settled`]: crate::conn::Conn::settled
     fn poll_settle(&mut self, ctx: &ShardCtx, cx: &mut Context<'_>) -> Poll<()> {
-        if ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.settled()) {
+        let tls_flushed = self.tls.as_ref().is_none_or(|t| t.flushed());
+        if tls_flushed && ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.settled()) {
             return Poll::Ready(());
         }
         let linger = self.linger.get_or_insert_with(|| Timer::new(CLOSE_LINGER));
@@ -291,8 +545,16 @@ impl Task {
             ctx.core.borrow_mut().counters.close_linger_expired += 1;
             return Poll::Ready(());
         }
-        let flushed = ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.out.is_empty());
+        let flushed = ctx.core.borrow().conns.get(self.idx).is_none_or(|c| c.out.is_empty())
+            && self.tls.as_ref().is_none_or(|t| t.flushed());
         if flushed && !self.shut {
+            if let Some(t) = self.tls.as_deref_mut().filter(|t| !t.notified) {
+                // TLS closes with close_notify ahead of the FIN.
+                t.notified = true;
+                t.conn.send_close_notify();
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             self.shut = true;
             // The whole reply is out; FIN tells the peer, and reading on
             // until its FIN avoids a RST that could destroy the close frame.
@@ -300,6 +562,38 @@ impl Task {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+}
+
+/// Hands what rustls decrypted to the shard core, until nothing is left or
+/// input must wait.
+fn drain_plain(tls: &mut Tls, ctx: &ShardCtx, idx: usize) -> Plain {
+    let mut plain = ctx.plain.borrow_mut();
+    loop {
+        {
+            let core = ctx.core.borrow();
+            let max_body = core.limits.max_message_bytes;
+            let stop = core.fanout_pending()
+                || core.conns.get(idx).is_none_or(|c| c.read_paused_until.is_some() || c.input_paused(max_body));
+            if stop {
+                return Plain::Paused;
+            }
+        }
+        match tls.conn.reader().read(&mut plain[..]) {
+            Ok(0) => return Plain::Eof,
+            Ok(m) => {
+                let mut core = ctx.core.borrow_mut();
+                core.on_bytes(idx, &mut plain[..m]);
+                if core.fanout_pending() {
+                    // As in `Task::read`: the reader waits for the fanout.
+                    ctx.bell.notify();
+                    core.wake_after_fanout(idx);
+                    return Plain::Paused;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Plain::Empty,
+            Err(_) => return Plain::Broken,
+        }
     }
 }
 

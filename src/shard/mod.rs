@@ -53,6 +53,12 @@ pub struct ShardCtx {
     pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The shard is stopping: accept no more.
     pub stopping: Cell<bool>,
+    /// TLS for connections accepted from now on (`[tls]`), replaced on reload.
+    pub tls: RefCell<Option<crate::auth::tls::ServerTls>>,
+    /// Shard-wide buffer for decrypted TLS input.
+    pub plain: RefCell<Box<[u8]>>,
+    /// Shard-wide buffer for TLS records on their way out.
+    pub cipher: RefCell<Vec<u8>>,
 }
 
 /// Why a shard thread ended, for the supervisor.
@@ -96,6 +102,8 @@ pub struct ShardSpec {
     pub policy: crate::conn::core::Policy,
     /// Bumped by the shard as its tasks run; read by the supervisor.
     pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// TLS config, when `[tls]` is set.
+    pub tls: Option<crate::auth::tls::ServerTls>,
 }
 
 /// Starts a shard thread.
@@ -116,7 +124,7 @@ pub fn spawn(
 }
 
 async fn run(spec: ShardSpec) {
-    let ShardSpec { id, listener, mesh, map, limits, control, policy, progress, .. } = spec;
+    let ShardSpec { id, listener, mesh, map, limits, control, policy, progress, tls, .. } = spec;
     let MeshEnds { outboxes, inboxes, bell, bell_rx } = mesh;
     let ctx = Rc::new(ShardCtx {
         id,
@@ -126,6 +134,9 @@ async fn run(spec: ShardSpec) {
         bell: bell.clone(),
         progress,
         stopping: Cell::new(false),
+        plain: RefCell::new(vec![0u8; if tls.is_some() { READ_BUF } else { 0 }].into_boxed_slice()),
+        cipher: RefCell::new(Vec::new()),
+        tls: RefCell::new(tls),
     });
     // SAFETY: the fd is a listening TCP socket this thread now owns alone.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
@@ -279,6 +290,10 @@ impl MeshTask {
                 }
                 Control::Ping(reply) => {
                     let _ = reply.send(());
+                }
+                Control::Tls(cfg) => {
+                    *self.ctx.tls.borrow_mut() = Some(cfg);
+                    self.ctx.core.borrow_mut().counters.tls_reloads += 1;
                 }
                 Control::Drain => {
                     self.ctx.stopping.set(true);

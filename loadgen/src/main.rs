@@ -10,6 +10,7 @@
 
 mod html;
 mod http;
+mod link;
 mod peers;
 mod report;
 mod window;
@@ -100,6 +101,10 @@ struct Common {
     /// present it on every connection (servers with `[auth] required`).
     #[arg(long)]
     hs256_secret: Option<String>,
+    /// Speak TLS (wss://) to the server, trusting the certificates in this
+    /// PEM file; the server name checked is `localhost`.
+    #[arg(long)]
+    tls_ca: Option<String>,
     /// Label for this run in the report.
     #[arg(long, default_value = "shardcast")]
     label: String,
@@ -429,6 +434,7 @@ fn split(
                 reconnect_at: None,
                 reconnect_every: None,
                 tokens: tokens.clone(),
+                tls_ca: c.tls_ca.clone(),
                 proto: c.proto,
                 window: 0,
                 slots: None,

@@ -6,7 +6,7 @@
 //! its duration, drain, print one JSON result line and exit.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::peers::{self, Event, Proto};
 use crate::window::{MinTracker, Slots};
+use crate::link::Link;
 use crate::ws::{self, Masker};
 
 /// What this worker does (derived from the CLI by the parent).
@@ -60,6 +61,9 @@ pub struct Plan {
     /// connection presents its topic's (`?token=`).
     #[serde(default)]
     pub tokens: std::collections::BTreeMap<String, String>,
+    /// Speak TLS, trusting this PEM file (WebSocket only).
+    #[serde(default)]
+    pub tls_ca: Option<String>,
     /// The wire protocol (shardcast's, Redis's or NATS's).
     pub proto: Proto,
     /// Closed loop bounded per subscriber: at most this many publications
@@ -99,7 +103,7 @@ enum State {
 
 struct Conn {
     /// None when the connect call itself failed.
-    stream: Option<TcpStream>,
+    stream: Option<Link>,
     state: State,
     publisher: bool,
     topic: usize,
@@ -132,7 +136,7 @@ struct Conn {
 
 impl Conn {
     fn new(
-        stream: Option<TcpStream>,
+        stream: Option<Link>,
         (state, after_connect): (State, State),
         publisher: bool,
         topic: usize,
@@ -294,6 +298,10 @@ struct Worker {
     pbuf: Vec<u8>,
     /// Mono time of the current read.
     now: u64,
+    /// TLS client config (`--tls-ca`).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The first read error was printed.
+    reported_error: bool,
 }
 
 impl Worker {
@@ -302,6 +310,10 @@ impl Worker {
         let result = WorkerResult { worker: plan.worker, ..Default::default() };
         let slots = match &plan.slots {
             Some(path) => Some(Slots::open(path, plan.workers)?),
+            None => None,
+        };
+        let tls = match &plan.tls_ca {
+            Some(ca) => Some(crate::link::client_config(ca)?),
             None => None,
         };
         Ok(Self {
@@ -318,6 +330,8 @@ impl Worker {
             hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             scratch: vec![0u8; 256 * 1024],
             measuring: false,
+            tls,
+            reported_error: false,
         })
     }
 
@@ -369,6 +383,7 @@ impl Worker {
         let mut conn = match connect(self.plan.target, source, slow) {
             Ok(mut stream) => {
                 self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+                let stream = Link::new(stream, self.tls.as_ref())?;
                 Conn::new(Some(stream), (State::Connecting, after_connect), publisher, topic, wbuf, slow)
             }
             Err(_) => {
@@ -427,6 +442,13 @@ impl Worker {
 
     fn flush(&mut self, i: usize) {
         let c = &mut self.conns[i];
+        if c.state != State::Dead && c.state != State::Connecting {
+            if let Some(Err(_)) = c.stream.as_mut().map(Link::flush) {
+                c.state = State::Dead;
+                self.result.closed_by_server += 1;
+                return;
+            }
+        }
         while !c.wbuf.is_empty() && c.state != State::Dead && c.state != State::Connecting {
             let Some(stream) = c.stream.as_mut() else {
                 return;
@@ -477,7 +499,7 @@ impl Worker {
                         self.conns[i].rbuf = buf;
                     }
                     self.scratch = scratch;
-                    if n < self.scratch.len() {
+                    if n < self.scratch.len() && !self.conns[i].stream.as_ref().is_some_and(Link::is_tls) {
                         // A short read drained the socket; the next
                         // edge-triggered event comes with new bytes.
                         return;
@@ -485,7 +507,13 @@ impl Worker {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(_) => {
+                Err(e) => {
+                    if !self.reported_error {
+                        // Once per worker: why connections die (e.g. a TLS
+                        // certificate the client does not accept).
+                        self.reported_error = true;
+                        eprintln!("worker {}: a connection failed: {e}", self.plan.worker);
+                    }
                     self.mark_dead(i);
                     return;
                 }
@@ -862,10 +890,11 @@ impl Worker {
             }
             let source = self.plan.sources[i % self.plan.sources.len()];
             if let Some(mut old) = self.conns[i].stream.take() {
-                let _ = self.poll.registry().deregister(&mut old);
+                let _ = self.poll.registry().deregister(old.socket());
             }
             let mut stream = connect(self.plan.target, source, false)?;
             self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            let stream = Link::new(stream, self.tls.as_ref())?;
             let c = &mut self.conns[i];
             c.stream = Some(stream);
             c.state = State::Connecting;

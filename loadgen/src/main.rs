@@ -105,6 +105,12 @@ struct Common {
     /// PEM file; the server name checked is `localhost`.
     #[arg(long)]
     tls_ca: Option<String>,
+    /// Fix the run id in tenant and topic names (default: from the clock,
+    /// so each run starts on fresh topics). `noisy-tenant` names its
+    /// tenants `quiet-<id>` and `noisy-<id>`: a fixed id lets a server
+    /// config give the noisy one its own `[quotas.tenants."noisy-<id>"]`.
+    #[arg(long)]
+    run_id: Option<u64>,
     /// Label for this run in the report.
     #[arg(long, default_value = "shardcast")]
     label: String,
@@ -340,7 +346,7 @@ fn rooms(a: &RoomsArgs, noisy: Option<(usize, usize)>) -> anyhow::Result<()> {
     if a.common.proto != peers::Proto::Ws {
         bail!("rooms and noisy-tenant speak shardcast's protocol only (several publishers per topic need its seq)");
     }
-    let run_id = worker::mono_ns() % 1_000_000_007;
+    let run_id = a.common.run_id.unwrap_or_else(|| worker::mono_ns() % 1_000_000_007);
     // Without tokens the rooms spread over 16 tenants; with tokens
     // (--hs256-secret) they belong to one quiet tenant, since publishers
     // rotate over every room and a token covers one tenant.

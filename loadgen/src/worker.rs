@@ -17,9 +17,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::{Deserialize, Serialize};
 
+use crate::link::Link;
 use crate::peers::{self, Event, Proto};
 use crate::window::{MinTracker, Slots};
-use crate::link::Link;
 use crate::ws::{self, Masker};
 
 /// What this worker does (derived from the CLI by the parent).

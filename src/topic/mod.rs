@@ -9,6 +9,7 @@
 //! * [`publication`]: the protocol-neutral publication the mesh carries.
 //! * [`local`]: each shard's own index of which local connections subscribe
 //!   to which topics.
+//! * [`wheel`]: the hashed timer wheel for deadlines and expiries.
 //!
 //! Everything here is plain data owned by one shard's thread; nothing is
 //! shared and nothing does I/O.
@@ -20,5 +21,6 @@ pub mod owned;
 pub mod owner;
 pub mod publication;
 pub mod replay;
+pub mod wheel;
 
 pub use name::{BadTopic, OwnerRef, PartitionMap};

@@ -34,6 +34,7 @@ fn encode(c: &mut Criterion) {
                 prio: None,
                 from: None,
                 data: DATA,
+                extra: None,
             };
             message::msg(&mut out, &f);
             black_box(&out);
@@ -181,6 +182,7 @@ fn owner(c: &mut Criterion) {
         replay: cfg.replay.clone(),
         rates: cfg.rates.clone(),
         liveness: cfg.liveness.clone(),
+        groups: cfg.groups.clone(),
     };
     let lim = policy.owner_limits(&cfg.limits);
     let max = lim.table.max_topics;
@@ -189,7 +191,7 @@ fn owner(c: &mut Criterion) {
     let mut targets = Vec::new();
     let mut scratch = Vec::new();
     let mut publish = |o: &mut Owner, topic: &str| {
-        let p = PublishIn { topic, data: "1", msg_id: None, prio: None, from: None };
+        let p = PublishIn { topic, data: "1", msg_id: None, prio: None, from: None, extra: None };
         o.publish(&p, now, &mut targets, |_| true, |n, m| Publication::native(n, m, &mut scratch))
     };
     let t0 = std::time::Instant::now();

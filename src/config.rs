@@ -74,6 +74,42 @@ pub struct Config {
     /// TLS on the public listener.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Consumer groups (PROTOCOL-EXTENSIONS §2).
+    #[serde(default)]
+    pub groups: GroupsConfig,
+}
+
+/// `[groups]`: bounds of consumer groups, kept by each topic's owner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// Groups per topic.
+    pub max_per_topic: usize,
+    /// Members per group.
+    pub max_members: usize,
+    /// Publications a group holds not yet handed out (ready or waiting out
+    /// a backoff); past it a publish to the topic gets `overloaded`.
+    pub max_pending: usize,
+    /// Bytes a group retains (pending and in flight); past it, `overloaded`.
+    pub max_pending_bytes: usize,
+    /// A group without members keeps what it holds this long, ms.
+    pub empty_expire_ms: u64,
+    /// First redelivery backoff, ms; doubles per attempt (full jitter),
+    /// capped at the group's `ack_wait_ms`.
+    pub backoff_base_ms: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            max_per_topic: 16,
+            max_members: 1024,
+            max_pending: 10_000,
+            max_pending_bytes: 16 << 20,
+            empty_expire_ms: 300_000,
+            backoff_base_ms: 100,
+        }
+    }
 }
 
 /// `[tls]`: when both files are set the public listener speaks only TLS
@@ -363,6 +399,7 @@ fn embedded() -> Config {
             auth: d.auth,
             quotas: d.quotas,
             tls: d.tls,
+            groups: d.groups,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -382,6 +419,7 @@ struct EmbeddedDefault {
     auth: AuthConfig,
     quotas: QuotasConfig,
     tls: TlsConfig,
+    groups: GroupsConfig,
 }
 
 impl Default for ReplayConfig {
@@ -516,6 +554,13 @@ impl Config {
             if let Err(e) = crate::auth::tls::load(&t.cert_file, &t.key_file) {
                 return invalid("tls", &e);
             }
+        }
+        let g = &self.groups;
+        if g.max_per_topic == 0 || g.max_members == 0 || g.max_pending == 0 || g.max_pending_bytes == 0 {
+            return invalid("groups", "max_per_topic, max_members, max_pending and max_pending_bytes must be positive");
+        }
+        if g.backoff_base_ms == 0 || g.empty_expire_ms == 0 {
+            return invalid("groups", "backoff_base_ms and empty_expire_ms must be positive");
         }
         if self.admin.max_connections == 0 || self.admin.max_connections > 4096 {
             return invalid("admin.max_connections", "must be between 1 and 4096");

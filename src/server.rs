@@ -131,6 +131,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
                 replay: cfg.replay.clone(),
                 rates: cfg.rates.clone(),
                 liveness: cfg.liveness.clone(),
+                groups: cfg.groups.clone(),
             },
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {

@@ -229,7 +229,30 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 9] = [
+    let counters: [(&str, &str, Field); 22] = [
+        ("group_dead_letter_refused_total", "Dead-letter publications refused by their topic's owner.", |s| {
+            s.counters.group_dead_letter_refused
+        }),
+        ("group_joins_total", "Group joins answered (members joined or re-joined).", |s| s.counters.group_joins),
+        ("group_joins_refused_total", "Group joins refused by the owner (bounds).", |s| s.counters.group_joins_refused),
+        ("groups_created_total", "Consumer groups created (as owner).", |s| s.counters.groups_created),
+        ("groups_expired_total", "Groups dropped after empty_expire_ms without members.", |s| {
+            s.counters.groups_expired
+        }),
+        ("group_handoffs_total", "Publications handed to a group member (as owner).", |s| s.counters.group_handoffs),
+        ("group_deliveries_total", "Group hand-offs queued on a local member.", |s| s.counters.group_deliveries),
+        ("group_redeliveries_total", "Hand-offs after the first attempt.", |s| s.counters.group_redeliveries),
+        ("group_settles_total", "Settles applied.", |s| s.counters.group_settles),
+        ("group_deadlines_missed_total", "In-flight publications whose ack_wait passed.", |s| {
+            s.counters.group_deadlines_missed
+        }),
+        ("group_dead_lettered_total", "Publications sent to a dead-letter topic.", |s| s.counters.group_dead_lettered),
+        ("group_backpressure_total", "Publishes refused overloaded because a group is full.", |s| {
+            s.counters.group_backpressure
+        }),
+        ("group_dropped_on_expiry_total", "Publications a group held when it expired.", |s| {
+            s.counters.group_dropped_on_expiry
+        }),
         ("tls_handshakes_total", "TLS handshakes completed.", |s| s.counters.tls_handshakes),
         ("tls_errors_total", "TLS connections dropped for a TLS error.", |s| s.counters.tls_errors),
         ("tls_reloads_total", "TLS configs taken from a reload (SIGHUP), per shard.", |s| s.counters.tls_reloads),

@@ -44,6 +44,8 @@ pub struct ShardCore {
     pub local: LocalSubs,
     /// The owner state machine of the partitions this shard owns.
     pub owner: Owner,
+    /// Consumer groups of the topics this shard owns, and their timers.
+    pub groups: super::groups::Groups,
     /// Outboxes to the other shards (None at `id`).
     pub outboxes: Vec<Option<Outbox>>,
     /// Counters and latency histograms.
@@ -137,6 +139,8 @@ pub struct Policy {
     pub rates: RateConfig,
     /// `[liveness]`.
     pub liveness: LivenessConfig,
+    /// `[groups]`.
+    pub groups: crate::config::GroupsConfig,
 }
 
 impl Policy {
@@ -191,6 +195,7 @@ impl ShardCore {
             next_gen: 0,
             local: LocalSubs::default(),
             owner,
+            groups: super::groups::Groups::new(id, Instant::now()),
             outboxes,
             counters: Counters::new(),
             encode_buf: Vec::new(),
@@ -338,6 +343,18 @@ impl ShardCore {
         for sub in conn.subs {
             self.unlink(idx as u32, &sub.topic, sub.pos);
             self.release(sub.topic);
+        }
+        let me = ConnRef { idx: idx as u32, gen: conn.gen };
+        for (topic, group) in conn.groups {
+            // What the member held goes to the group's other members.
+            let msg = crate::mesh::MeshMsg::GroupLeave {
+                conn: me,
+                id: None,
+                topic: (*topic).into(),
+                group: (*group).into(),
+                answer: false,
+            };
+            self.route_to_owner(msg);
         }
         self.counters.connections_closed += 1;
         tracing::debug!(shard = self.id, conn = idx, close_code = conn.close_code, "connection closed");

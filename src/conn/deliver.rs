@@ -37,6 +37,13 @@ impl ShardCore {
     /// The owner answered a publish of one of this shard's connections:
     /// encode it for the connection's protocol.
     pub(crate) fn on_published(&mut self, to: Requester, reply: PubReply) {
+        if to.kind == ReplyKind::Internal {
+            if matches!(reply, PubReply::Refused { .. }) {
+                // A dead-letter publication its topic's owner refused.
+                self.counters.group_dead_letter_refused += 1;
+            }
+            return;
+        }
         let Some(c) = self.conn_mut(to.conn) else {
             return;
         };
@@ -63,6 +70,7 @@ impl ShardCore {
                 let body = http::answer_json(&answer);
                 self.batch_item(idx, index, body);
             }
+            ReplyKind::Internal => {}
         }
     }
 

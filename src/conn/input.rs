@@ -316,7 +316,12 @@ impl ShardCore {
         let conn = ConnRef { idx: idx as u32, gen };
         match cmd {
             Command::Ping { id } => self.reply(idx, |o| message::pong(o, id)),
-            Command::Sub { id, topic, since } => {
+            Command::Sub { id, topic, group: Some(g), .. } => self.join_group(idx, conn, id, &topic, g),
+            Command::Unsub { id, topic, group: Some(g) } => self.leave_group(idx, conn, id, &topic, &g),
+            Command::Settle { id, topic, group, seq, outcome } => {
+                self.settle_group(idx, conn, id, &topic, &group, seq, outcome)
+            }
+            Command::Sub { id, topic, since, group: None } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
@@ -354,7 +359,7 @@ impl ShardCore {
                 let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since };
                 self.route_to_owner(msg);
             }
-            Command::Unsub { id, topic } => {
+            Command::Unsub { id, topic, group: None } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
@@ -425,5 +430,89 @@ impl ShardCore {
         let exp = new.exp;
         self.set_identity(idx, new);
         self.reply(idx, |o| message::authed(o, id, exp));
+    }
+}
+
+impl ShardCore {
+    /// `sub` with `group`: checked here, joined at the topic's owner.
+    fn join_group(&mut self, idx: usize, conn: ConnRef, id: Option<u64>, topic: &str, g: message::GroupSub<'_>) {
+        if let Err(e) = name::validate(topic) {
+            return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+        }
+        let dead_letter = g.dead_letter.as_deref().map(str::to_owned).unwrap_or_else(|| format!("{topic}/dlq"));
+        if let Err(e) = name::validate(&dead_letter) {
+            return self.reply_error(idx, id, ErrorCode::BadTopic, &format!("dead_letter: {e}"), None);
+        }
+        // The server publishes dead letters for the group: only into the
+        // group's own tenant.
+        if dead_letter.split('/').next() != topic.split('/').next() {
+            self.counters.forbidden += 1;
+            let msg = "dead_letter must be in the topic's tenant";
+            return self.reply_error(idx, id, ErrorCode::Forbidden, msg, None);
+        }
+        if self.conns[idx].identity.as_ref().is_some_and(|i| !i.may_sub(topic)) {
+            self.counters.forbidden += 1;
+            let msg = "topic outside the token's tenant or caps";
+            return self.reply_error(idx, id, ErrorCode::Forbidden, msg, None);
+        }
+        let c = &self.conns[idx];
+        let member = c.groups.iter().any(|(t, n)| **t == *topic && **n == *g.name);
+        let held = c.subs.len() + c.groups.len() + c.pending_subs as usize;
+        if !member && held >= self.limits.max_subscriptions_per_connection {
+            let msg = format!("at most {} subscriptions per connection", self.limits.max_subscriptions_per_connection);
+            return self.reply_error(idx, id, ErrorCode::TooManySubscriptions, &msg, None);
+        }
+        if let Err((code, msg, retry)) = self.admit_control(idx, topic) {
+            return self.reply_error(idx, id, code, msg, Some(retry));
+        }
+        self.conns[idx].pending_subs += 1;
+        let spec = crate::mesh::msg::GroupSpec {
+            name: (*g.name).into(),
+            ack: g.ack,
+            max_inflight: g.max_inflight,
+            ack_wait_ms: g.ack_wait_ms,
+            max_deliver: g.max_deliver,
+            dead_letter: Some(dead_letter.into()),
+        };
+        self.route_to_owner(MeshMsg::GroupJoin { conn, id, topic: topic.into(), spec: Box::new(spec) });
+    }
+
+    /// `unsub` with `group`.
+    fn leave_group(&mut self, idx: usize, conn: ConnRef, id: Option<u64>, topic: &str, group: &str) {
+        let Some(i) = self.conns[idx].groups.iter().position(|(t, g)| **t == *topic && **g == *group) else {
+            return self.reply_error(idx, id, ErrorCode::NotMember, "not a member of this group", None);
+        };
+        if let Err((code, msg, retry)) = self.admit_control(idx, topic) {
+            return self.reply_error(idx, id, code, msg, Some(retry));
+        }
+        // Hand-offs still on their way are dropped here; the owner gives
+        // them to another member when it handles the leave.
+        self.conns[idx].groups.swap_remove(i);
+        self.route_to_owner(MeshMsg::GroupLeave { conn, id, topic: topic.into(), group: group.into(), answer: true });
+    }
+
+    /// `settle`.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_group(
+        &mut self,
+        idx: usize,
+        conn: ConnRef,
+        id: Option<u64>,
+        topic: &str,
+        group: &str,
+        seq: u64,
+        outcome: message::Outcome,
+    ) {
+        if !self.conns[idx].groups.iter().any(|(t, g)| **t == *topic && **g == *group) {
+            return self.reply_error(idx, id, ErrorCode::NotMember, "not a member of this group", None);
+        }
+        let owner = self.map.owner(topic);
+        if owner != self.id && !self.outboxes[owner].as_mut().is_some_and(|o| o.has_room(1)) {
+            *self.counters.control_refused.entry("overloaded").or_default() += 1;
+            let msg = "engine overloaded (mesh ring full); retry later";
+            return self.reply_error(idx, id, ErrorCode::Overloaded, msg, Some(OVERLOADED_RETRY_MS));
+        }
+        let msg = MeshMsg::GroupSettle { conn, id, topic: topic.into(), group: group.into(), seq, outcome };
+        self.route_to_owner(msg);
     }
 }

@@ -12,6 +12,7 @@
 pub mod core;
 pub mod deliver;
 pub mod drain;
+pub mod groups;
 pub mod http;
 pub mod input;
 pub mod liveness;

@@ -353,8 +353,16 @@ mod tests {
     fn frame_of(topic: &str, seq: u64, byte: u8, len: usize) -> LocalFrame {
         let data = String::from_utf8(vec![byte; len]).unwrap();
         let epoch = crate::topic::owned::EpochSource::new(0).next_epoch();
-        let meta =
-            crate::topic::publication::PubMeta { topic, seq, epoch, prio: None, msg_id: None, from: None, data: &data };
+        let meta = crate::topic::publication::PubMeta {
+            topic,
+            seq,
+            epoch,
+            prio: None,
+            msg_id: None,
+            from: None,
+            data: &data,
+            extra: None,
+        };
         let frame: Box<[u8]> = data.as_bytes().into();
         let publ = crate::topic::publication::Publication::new(Arc::from(topic), &meta, frame, (0, len));
         Rc::new(Delivery { publ: Arc::new(publ) })

@@ -85,6 +85,7 @@ impl ShardCore {
             prio: p.prio,
             from: self.conns[idx].identity.as_ref().map(|i| i.sub.clone()),
             received_at: self.now,
+            extra: None,
         };
         self.conns[idx].awaiting += 1;
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));

@@ -28,9 +28,19 @@ impl ShardCore {
             MeshMsg::Publish(r) => &r.topic,
             MeshMsg::Subscribe { topic, .. } | MeshMsg::Unsubscribe { topic, .. } => topic,
             MeshMsg::Release { topic } => topic,
+            MeshMsg::GroupJoin { topic, .. }
+            | MeshMsg::GroupLeave { topic, .. }
+            | MeshMsg::GroupSettle { topic, .. } => topic,
             _ => return self.on_mesh(self.id, msg),
         };
-        let asks = matches!(msg, MeshMsg::Publish(_) | MeshMsg::Subscribe { .. } | MeshMsg::Unsubscribe { .. });
+        let asks = matches!(
+            msg,
+            MeshMsg::Publish(_)
+                | MeshMsg::Subscribe { .. }
+                | MeshMsg::Unsubscribe { .. }
+                | MeshMsg::GroupJoin { .. }
+                | MeshMsg::GroupLeave { answer: true, .. }
+        );
         match self.map.route(topic) {
             OwnerRef::Shard(s) => {
                 if asks && s != self.id {
@@ -63,6 +73,9 @@ impl ShardCore {
                     | MeshMsg::Subscribed { .. }
                     | MeshMsg::SubscribeRefused { .. }
                     | MeshMsg::Unsubscribed { .. }
+                    | MeshMsg::GroupJoined { .. }
+                    | MeshMsg::GroupRefused { .. }
+                    | MeshMsg::GroupLeft { .. }
             )
         {
             // An answer to one of our requests: the credit comes back.
@@ -97,6 +110,34 @@ impl ShardCore {
             }
             MeshMsg::Unsubscribed { conn, id, topic } => self.on_unsubscribed(conn, id, &topic),
             MeshMsg::DrainBarrier { round } => self.on_drain_barrier(round),
+            MeshMsg::GroupJoin { conn, id, topic, spec } => self.group_join(from, conn, id, &topic, *spec),
+            MeshMsg::GroupLeave { conn, id, topic, group, answer } => {
+                self.group_leave(from, conn, id, &topic, &group, answer)
+            }
+            MeshMsg::GroupSettle { conn, id, topic, group, seq, outcome } => {
+                self.group_settle(from, conn, id, &topic, &group, seq, outcome)
+            }
+            MeshMsg::GroupJoined { conn, id, topic, group, seq, epoch } => {
+                self.on_group_joined(conn, id, topic, group, seq, epoch)
+            }
+            MeshMsg::GroupRefused { conn, id, code, message } => {
+                // A refused leave (not a member) is answered the same way.
+                let join = code != ErrorCode::NotMember;
+                self.on_group_refused(conn, id, code, message, join)
+            }
+            MeshMsg::GroupLeft { conn, id, topic, group } => {
+                if self.conn_mut(conn).is_some() {
+                    self.reply(conn.idx as usize, |o| message::unsubscribed_group(o, id, &topic, &group));
+                }
+            }
+            MeshMsg::GroupDeliver { conn, publ, group, attempt, ack } => {
+                self.on_group_deliver(conn, publ, group, attempt, ack)
+            }
+            MeshMsg::GroupSettleRefused { conn, id, code, message } => {
+                if self.conn_mut(conn).is_some() {
+                    self.reply_error(conn.idx as usize, id, code, message, None);
+                }
+            }
         }
     }
 
@@ -155,6 +196,16 @@ impl ShardCore {
             };
             return self.answer(from, req.to, reply);
         }
+        if !self.groups.is_empty() && !self.groups_admit(&req.topic, req.data.len() + 256) {
+            // A group of the topic holds its maximum: producers feel it.
+            *self.counters.publishes_rejected.entry("group_full").or_default() += 1;
+            let reply = PubReply::Refused {
+                code: ErrorCode::Overloaded,
+                message: "a consumer group of this topic holds its maximum; retry later",
+                retry_after_ms: Some(OVERLOADED_RETRY_MS),
+            };
+            return self.answer(from, req.to, reply);
+        }
         let now = self.now;
         let p = PublishIn {
             topic: &req.topic,
@@ -162,6 +213,7 @@ impl ShardCore {
             msg_id: req.msg_id.as_deref(),
             prio: req.prio,
             from: req.from.as_ref(),
+            extra: req.extra.as_deref(),
         };
         let mut targets = std::mem::take(&mut self.targets);
         let (me, outboxes) = (self.id, &mut self.outboxes);
@@ -200,6 +252,9 @@ impl ShardCore {
                 self.ack(from, req.to, reply);
                 self.counters.record_ack(req.received_at);
                 self.deliver_to(&targets, &publ, req.received_at);
+                if !self.groups.is_empty() {
+                    self.groups_offer(&publ);
+                }
             }
         }
         self.targets = targets;

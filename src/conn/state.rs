@@ -85,6 +85,8 @@ pub struct Conn {
     pub close_code: Option<u16>,
     /// Refused `rate_limited`: not read again before this instant.
     pub read_paused_until: Option<Instant>,
+    /// Consumer groups this connection is a member of (topic, group).
+    pub groups: Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>,
     /// Upgraded at `[server] echo_path`: messages are echoed, not parsed.
     pub echo: bool,
     /// Who the client is, from its token (None: anonymous).
@@ -115,6 +117,7 @@ impl Conn {
             identity: None,
             echo: false,
             read_paused_until: None,
+            groups: Vec::new(),
         }
     }
 

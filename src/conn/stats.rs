@@ -94,6 +94,32 @@ pub struct Counters {
     pub reads_paused: u64,
     /// Connections closed 4001 at their token's expiry.
     pub tokens_expired: u64,
+    /// Group joins answered (members joined or re-joined).
+    pub group_joins: u64,
+    /// Group joins refused by the owner (bounds).
+    pub group_joins_refused: u64,
+    /// Consumer groups created (as owner).
+    pub groups_created: u64,
+    /// Groups dropped after empty_expire_ms without members.
+    pub groups_expired: u64,
+    /// Publications handed to a group member (as owner).
+    pub group_handoffs: u64,
+    /// Group hand-offs queued on a local member.
+    pub group_deliveries: u64,
+    /// Hand-offs after the first attempt.
+    pub group_redeliveries: u64,
+    /// Settles applied.
+    pub group_settles: u64,
+    /// In-flight publications whose ack_wait passed.
+    pub group_deadlines_missed: u64,
+    /// Publications sent to a dead-letter topic.
+    pub group_dead_lettered: u64,
+    /// Publishes refused overloaded because a group is full.
+    pub group_backpressure: u64,
+    /// Publications a group held when it expired.
+    pub group_dropped_on_expiry: u64,
+    /// Dead-letter publications refused by their topic's owner (bounds).
+    pub group_dead_letter_refused: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS connections dropped for a TLS error (bad handshake, bad record,
@@ -166,6 +192,19 @@ impl Counters {
             fanout_parked: 0,
             acks_held: 0,
             tokens_expired: 0,
+            group_joins: 0,
+            group_joins_refused: 0,
+            groups_created: 0,
+            groups_expired: 0,
+            group_handoffs: 0,
+            group_deliveries: 0,
+            group_redeliveries: 0,
+            group_settles: 0,
+            group_deadlines_missed: 0,
+            group_dead_lettered: 0,
+            group_backpressure: 0,
+            group_dropped_on_expiry: 0,
+            group_dead_letter_refused: 0,
             tls_handshakes: 0,
             tls_errors: 0,
             tls_reloads: 0,

@@ -55,6 +55,26 @@ pub struct PublishReq {
     pub from: Option<std::sync::Arc<str>>,
     /// When the publish was read off the socket.
     pub received_at: Instant,
+    /// Extra JSON fields stamped into the frame before `data` (a
+    /// dead-letter publication's `"dead":{…}`), set by the server only.
+    pub extra: Option<Box<str>>,
+}
+
+/// The group fields of a join, owned (see `proto::message::GroupSub`).
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    /// Group name.
+    pub name: Box<str>,
+    /// Members settle what they get.
+    pub ack: bool,
+    /// Unsettled publications this member may hold.
+    pub max_inflight: u32,
+    /// Settle deadline, ms.
+    pub ack_wait_ms: u64,
+    /// Attempts before the dead-letter topic.
+    pub max_deliver: u32,
+    /// Dead-letter topic (None: `<topic>/dlq`).
+    pub dead_letter: Option<Box<str>>,
 }
 
 /// What kind of client a publish came from, so its edge answers in its
@@ -67,6 +87,8 @@ pub enum ReplyKind {
     Http,
     /// Item `n` of `POST /v1/publish/batch`.
     Batch(u32),
+    /// The server itself (a dead-letter publication): nobody is answered.
+    Internal,
 }
 
 /// The owner's answer to a publish, protocol-neutral.
@@ -191,5 +213,106 @@ pub enum MeshMsg {
     Release {
         /// The topic.
         topic: Arc<str>,
+    },
+    /// Shard of `conn` → owner: join (or re-join) a consumer group.
+    GroupJoin {
+        /// The joining connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Validated topic.
+        topic: Box<str>,
+        /// The group and the member's settings.
+        spec: Box<GroupSpec>,
+    },
+    /// Owner → shard of `conn`: the member joined.
+    GroupJoined {
+        /// The member.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// The topic.
+        topic: Arc<str>,
+        /// The group.
+        group: Arc<str>,
+        /// Last assigned seq at join time.
+        seq: u64,
+        /// Current epoch.
+        epoch: Epoch,
+    },
+    /// Owner → shard of `conn`: the join or leave was refused.
+    GroupRefused {
+        /// The connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Error code.
+        code: ErrorCode,
+        /// Explanation.
+        message: &'static str,
+    },
+    /// Shard of `conn` → owner: the member leaves (`unsub` with `group`,
+    /// or its connection went: then `answer` is false).
+    GroupLeave {
+        /// The member.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// The topic.
+        topic: Box<str>,
+        /// The group.
+        group: Box<str>,
+        /// Whether `GroupLeft` is wanted.
+        answer: bool,
+    },
+    /// Owner → shard of `conn`: left (answer to `GroupLeave` with `answer`).
+    GroupLeft {
+        /// The connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// The topic.
+        topic: Box<str>,
+        /// The group.
+        group: Box<str>,
+    },
+    /// Owner → shard of `conn`: hand `publ` to that one member.
+    GroupDeliver {
+        /// The member.
+        conn: ConnRef,
+        /// The publication.
+        publ: SharedPub,
+        /// The group.
+        group: Arc<str>,
+        /// Attempt, from 1.
+        attempt: u32,
+        /// The member settles it (the frame carries group and attempt).
+        ack: bool,
+    },
+    /// Shard of `conn` → owner: a member settles a publication.
+    GroupSettle {
+        /// The member.
+        conn: ConnRef,
+        /// Command id to echo in an error.
+        id: Option<u64>,
+        /// The topic.
+        topic: Box<str>,
+        /// The group.
+        group: Box<str>,
+        /// The publication.
+        seq: u64,
+        /// What became of it.
+        outcome: crate::proto::message::Outcome,
+    },
+    /// Owner → shard of `conn`: the settle was refused (not held, not a member).
+    GroupSettleRefused {
+        /// The connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Error code.
+        code: ErrorCode,
+        /// Explanation.
+        message: &'static str,
     },
 }

@@ -36,6 +36,10 @@ pub enum ErrorCode {
     Unauthorized,
     /// A bug or an unexpected state on the server.
     Internal,
+    /// `settle` of a publication the member does not hold.
+    NotFound,
+    /// A group command from a connection that is not a member.
+    NotMember,
 }
 
 impl ErrorCode {
@@ -52,6 +56,8 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::Unauthorized => "unauthorized",
             Self::Internal => "internal",
+            Self::NotFound => "not_found",
+            Self::NotMember => "not_member",
         }
     }
 }
@@ -86,13 +92,30 @@ pub enum Command<'a> {
         topic: Cow<'a, str>,
         /// Resume position.
         since: Option<Since>,
+        /// Join this consumer group instead of subscribing.
+        group: Option<GroupSub<'a>>,
     },
-    /// Unsubscribe.
+    /// Unsubscribe (or leave `group`).
     Unsub {
         /// Echoed in the reply.
         id: Option<u64>,
         /// Topic name (not yet validated).
         topic: Cow<'a, str>,
+        /// Leave this consumer group.
+        group: Option<Cow<'a, str>>,
+    },
+    /// Settle a group publication (`ack: true` groups).
+    Settle {
+        /// Echoed in an error reply.
+        id: Option<u64>,
+        /// Topic name (not yet validated).
+        topic: Cow<'a, str>,
+        /// The group.
+        group: Cow<'a, str>,
+        /// The publication's seq.
+        seq: u64,
+        /// What became of it.
+        outcome: Outcome,
     },
     /// Publish.
     Pub {
@@ -119,6 +142,45 @@ pub enum Command<'a> {
         /// The new JWT.
         token: Cow<'a, str>,
     },
+}
+
+/// The group fields of a `sub` (PROTOCOL-EXTENSIONS §2); defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSub<'a> {
+    /// Group name.
+    pub name: Cow<'a, str>,
+    /// Members settle what they get.
+    pub ack: bool,
+    /// Unsettled publications this member may hold (default 1).
+    pub max_inflight: u32,
+    /// Deadline to settle, ms (default 30000).
+    pub ack_wait_ms: u64,
+    /// Attempts before the dead-letter topic (default 5).
+    pub max_deliver: u32,
+    /// Dead-letter topic (default `<topic>/dlq`).
+    pub dead_letter: Option<Cow<'a, str>>,
+}
+
+/// Longest group name, bytes.
+pub const MAX_GROUP_NAME: usize = 64;
+/// Highest `max_inflight` a member may ask for.
+pub const MAX_INFLIGHT: u32 = 1024;
+/// Highest `max_deliver`.
+pub const MAX_DELIVER: u32 = 100;
+/// Longest `ack_wait_ms` and `delay_ms` (one hour).
+pub const MAX_WAIT_MS: u64 = 3_600_000;
+
+/// The outcome of a `settle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled.
+    Done,
+    /// Give it again, after `delay_ms` (None: the backoff).
+    Retry(Option<u64>),
+    /// Still working: extend the deadline.
+    Working,
+    /// Give up: to the dead-letter topic.
+    Dead,
 }
 
 /// A command that cannot be executed, with the reply to send.
@@ -161,6 +223,24 @@ struct Wire<'a> {
     since: Option<Since>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    group: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ack: Option<bool>,
+    #[serde(default)]
+    max_inflight: Option<u32>,
+    #[serde(default)]
+    ack_wait_ms: Option<u64>,
+    #[serde(default)]
+    max_deliver: Option<u32>,
+    #[serde(borrow, default)]
+    dead_letter: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    outcome: Option<Cow<'a, str>>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
 }
 
 /// Present-but-null `data` is a value (`null`), not a missing field.
@@ -189,8 +269,74 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
         return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `op`"));
     };
     match op.as_ref() {
-        "sub" => Ok(Command::Sub { id, topic: need_topic(wire.topic, id)?, since: wire.since }),
-        "unsub" => Ok(Command::Unsub { id, topic: need_topic(wire.topic, id)? }),
+        "sub" => {
+            let topic = need_topic(wire.topic, id)?;
+            let group = match wire.group {
+                None => None,
+                Some(name) => {
+                    check_group(&name, id)?;
+                    let bad = |m: &'static str| Err(CommandError::new(id, ErrorCode::BadRequest, m));
+                    let max_inflight = wire.max_inflight.unwrap_or(1);
+                    if !(1..=MAX_INFLIGHT).contains(&max_inflight) {
+                        return bad("`max_inflight` must be between 1 and 1024");
+                    }
+                    let ack_wait_ms = wire.ack_wait_ms.unwrap_or(30_000);
+                    if !(1..=MAX_WAIT_MS).contains(&ack_wait_ms) {
+                        return bad("`ack_wait_ms` must be between 1 and 3600000");
+                    }
+                    let max_deliver = wire.max_deliver.unwrap_or(5);
+                    if !(1..=MAX_DELIVER).contains(&max_deliver) {
+                        return bad("`max_deliver` must be between 1 and 100");
+                    }
+                    if wire.since.is_some() {
+                        return bad("a group member does not resume: `since` and `group` do not go together");
+                    }
+                    Some(GroupSub {
+                        name,
+                        ack: wire.ack.unwrap_or(false),
+                        max_inflight,
+                        ack_wait_ms,
+                        max_deliver,
+                        dead_letter: wire.dead_letter,
+                    })
+                }
+            };
+            Ok(Command::Sub { id, topic, since: wire.since, group })
+        }
+        "unsub" => {
+            let topic = need_topic(wire.topic, id)?;
+            if let Some(g) = &wire.group {
+                check_group(g, id)?;
+            }
+            Ok(Command::Unsub { id, topic, group: wire.group })
+        }
+        "settle" => {
+            let topic = need_topic(wire.topic, id)?;
+            let Some(group) = wire.group else {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `group`"));
+            };
+            check_group(&group, id)?;
+            let Some(seq) = wire.seq else {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `seq`"));
+            };
+            if wire.delay_ms.is_some_and(|d| d > MAX_WAIT_MS) {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "`delay_ms` must be at most 3600000"));
+            }
+            let outcome = match wire.outcome.as_deref() {
+                Some("done") => Outcome::Done,
+                Some("retry") => Outcome::Retry(wire.delay_ms),
+                Some("working") => Outcome::Working,
+                Some("dead") => Outcome::Dead,
+                _ => {
+                    return Err(CommandError::new(
+                        id,
+                        ErrorCode::BadRequest,
+                        "`outcome` must be \"done\", \"retry\", \"working\" or \"dead\"",
+                    ))
+                }
+            };
+            Ok(Command::Settle { id, topic, group, seq, outcome })
+        }
         "ping" => Ok(Command::Ping { id }),
         "auth" => match wire.token {
             Some(token) => Ok(Command::Auth { id, token }),
@@ -211,6 +357,18 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
             let shown: String = other.chars().take(32).collect();
             Err(CommandError::new(id, ErrorCode::UnknownOp, format!("unknown op `{shown}`")))
         }
+    }
+}
+
+/// A group name: 1 to 64 bytes of `[A-Za-z0-9_.-]`.
+fn check_group(name: &str, id: Option<u64>) -> Result<(), CommandError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_GROUP_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::new(id, ErrorCode::BadRequest, "`group` must be 1-64 characters of A-Z a-z 0-9 _ - ."))
     }
 }
 
@@ -355,6 +513,9 @@ pub struct MsgFields<'a> {
     pub from: Option<&'a str>,
     /// Verbatim JSON payload.
     pub data: &'a str,
+    /// Extra JSON fields (`"k":v,…` without braces) written before `data`;
+    /// only the server sets it (a dead-letter publication's `dead`).
+    pub extra: Option<&'a str>,
 }
 
 /// Appends the `msg` frame for a publication: encoded once per publish, then
@@ -375,9 +536,60 @@ pub fn msg(out: &mut Vec<u8>, m: &MsgFields<'_>) {
             o.extend_from_slice(b",\"from\":");
             json_str(o, from);
         }
+        if let Some(extra) = m.extra {
+            o.push(b',');
+            o.extend_from_slice(extra.as_bytes());
+        }
         o.extend_from_slice(b",\"data\":");
         o.extend_from_slice(m.data.as_bytes());
         o.push(b'}');
+    });
+}
+
+/// Appends a group member's `msg` (`ack: true` groups): the publication's
+/// fields plus `group` and `attempt`, encoded for this one hand-off.
+pub fn group_msg(out: &mut Vec<u8>, m: &MsgFields<'_>, group: &str, attempt: u32) {
+    append_text_frame(out, |o| {
+        let _ = write!(o, "{{\"op\":\"msg\",\"topic\":\"{}\",\"seq\":{},\"epoch\":\"{}\"", m.topic, m.seq, m.epoch);
+        if let Some(mid) = m.msg_id {
+            o.extend_from_slice(b",\"msg_id\":");
+            json_str(o, mid);
+        }
+        match m.prio {
+            Some(Prio::Critical) => o.extend_from_slice(b",\"prio\":\"critical\""),
+            Some(Prio::Normal) => o.extend_from_slice(b",\"prio\":\"normal\""),
+            None => {}
+        }
+        if let Some(from) = m.from {
+            o.extend_from_slice(b",\"from\":");
+            json_str(o, from);
+        }
+        if let Some(extra) = m.extra {
+            o.push(b',');
+            o.extend_from_slice(extra.as_bytes());
+        }
+        let _ = write!(o, ",\"group\":\"{group}\",\"attempt\":{attempt}");
+        o.extend_from_slice(b",\"data\":");
+        o.extend_from_slice(m.data.as_bytes());
+        o.push(b'}');
+    });
+}
+
+/// Appends the `subscribed` reply to a group join.
+pub fn subscribed_group(out: &mut Vec<u8>, id: Option<u64>, topic: &str, epoch: &str, seq: u64, group: &str) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"subscribed\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"epoch\":\"{epoch}\",\"seq\":{seq},\"group\":\"{group}\"}}");
+    });
+}
+
+/// Appends the `unsubscribed` reply to a group leave.
+pub fn unsubscribed_group(out: &mut Vec<u8>, id: Option<u64>, topic: &str, group: &str) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"unsubscribed\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"group\":\"{group}\"}}");
     });
 }
 

@@ -144,6 +144,7 @@ async fn run(spec: ShardSpec) {
     let sweeper = glommio::spawn_local(sweep_liveness(ctx.clone()));
     let owner_sweep = glommio::spawn_local(sweep_owner(ctx.clone()));
     let token_sweep = glommio::spawn_local(sweep_tokens(ctx.clone()));
+    let group_sweep = glommio::spawn_local(sweep_groups(ctx.clone()));
     // SAFETY: the read end of the doorbell pair, owned by this shard alone.
     let bell_rx = unsafe { glommio::net::UnixStream::from_raw_fd(bell_rx.into_raw_fd()) };
     let mesh = MeshTask { ctx: ctx.clone(), inboxes, bell, bell_rx, control, accept: Some(accept) };
@@ -152,6 +153,34 @@ async fn run(spec: ShardSpec) {
     drop(sweeper);
     drop(owner_sweep);
     drop(token_sweep);
+    drop(group_sweep);
+}
+
+/// Runs the consumer groups' timer wheel (settle deadlines, redelivery
+/// backoffs, empty-group expiry): one timer per shard, a bounded number of
+/// expiries per step; idle when the shard owns no group timers.
+async fn sweep_groups(ctx: Rc<ShardCtx>) {
+    loop {
+        glommio::timer::Timer::new(crate::conn::groups::GROUP_TICK).await;
+        if ctx.stopping.get() {
+            return;
+        }
+        loop {
+            let more = {
+                let mut core = ctx.core.borrow_mut();
+                if core.groups.wheel.is_empty() {
+                    false
+                } else {
+                    ctx.progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    core.groups_tick(std::time::Instant::now())
+                }
+            };
+            if !more {
+                break;
+            }
+            futures_lite::future::yield_now().await;
+        }
+    }
 }
 
 /// Steps of owner sweep work done per timer tick before yielding.

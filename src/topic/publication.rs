@@ -56,6 +56,8 @@ pub struct PubMeta<'a> {
     pub from: Option<&'a Arc<str>>,
     /// Verbatim JSON payload.
     pub data: &'a str,
+    /// Extra JSON fields the server stamps before `data` (`"dead":{…}`).
+    pub extra: Option<&'a str>,
 }
 
 impl Publication {
@@ -87,6 +89,7 @@ impl Publication {
             prio: meta.prio,
             from: meta.from.map(|f| &**f),
             data: meta.data,
+            extra: meta.extra,
         };
         let (frame, at) = crate::proto::message::msg_frame(scratch, &fields);
         Self::new(topic, meta, frame, at)
@@ -96,7 +99,7 @@ impl Publication {
     /// for tests, benchmarks and tools that need one without an owner.
     pub fn sample(topic: &str, seq: u64, data: &str) -> SharedPub {
         let epoch = super::owned::EpochSource::new(0).next_epoch();
-        let meta = PubMeta { topic, seq, epoch, prio: None, msg_id: None, from: None, data };
+        let meta = PubMeta { topic, seq, epoch, prio: None, msg_id: None, from: None, data, extra: None };
         Arc::new(Self::native(Arc::from(topic), &meta, &mut Vec::new()))
     }
 

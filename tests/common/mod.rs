@@ -113,6 +113,11 @@ impl Client {
         self.expect_op("ack")
     }
 
+    /// Publishes and returns the answer, `ack` or `error`.
+    pub fn publish_or_error(&mut self, topic: &str, data: Value) -> Value {
+        self.ask(json!({"op":"pub","id":7,"topic":topic,"data":data}))
+    }
+
     /// Sends one command and returns the first reply that is not a `msg`.
     pub fn ask(&mut self, cmd: Value) -> Value {
         self.send(cmd);

@@ -8,7 +8,7 @@ fn err(text: &str) -> CommandError {
 fn parses_every_op() {
     let c = parse_command(r#"{"op":"sub","id":1,"topic":"acme/room-1","since":{"seq":41,"epoch":"9f2c41d07ab3"}}"#)
         .unwrap();
-    let Command::Sub { id, topic, since } = c else { panic!() };
+    let Command::Sub { id, topic, since, .. } = c else { panic!() };
     assert_eq!((id, &*topic), (Some(1), "acme/room-1"));
     assert_eq!(since, Some(Since { seq: 41, epoch: "9f2c41d07ab3".into() }));
 
@@ -78,6 +78,7 @@ fn encoders_produce_protocol_json() {
             prio: None,
             from: Some("agent \"7\""),
             data: r#"{"token":"Hel"}"#,
+            extra: None,
         },
     );
     let v = payload(&out);

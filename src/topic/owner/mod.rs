@@ -75,6 +75,8 @@ pub struct PublishIn<'a> {
     pub prio: Option<Prio>,
     /// The authenticated publisher's `sub`, stamped into the frame.
     pub from: Option<&'a Arc<str>>,
+    /// Extra JSON fields stamped before `data` (server-made publications).
+    pub extra: Option<&'a str>,
 }
 
 /// Why the owner refused a command.
@@ -319,6 +321,7 @@ impl Owner {
             msg_id: p.msg_id,
             from: p.from,
             data: p.data,
+            extra: p.extra,
         };
         let publ: SharedPub = Arc::new(encode(t.name.clone(), &meta));
         let (dropped, freed) = t.replay.push(publ.clone(), now, &self.lim.replay);

@@ -23,7 +23,7 @@ fn encode(name: Arc<str>, m: &PubMeta<'_>) -> Publication {
 }
 
 fn publish(o: &mut Owner, topic: &str, msg_id: Option<&str>, now: Instant) -> PublishOutcome {
-    let p = PublishIn { topic, data: "\"x\"", msg_id, prio: None, from: None };
+    let p = PublishIn { topic, data: "\"x\"", msg_id, prio: None, from: None, extra: None };
     o.publish(&p, now, &mut Vec::new(), |_| true, encode)
 }
 
@@ -55,7 +55,7 @@ fn targets_and_ring_room() {
     assert!(matches!(o.subscribe(2, "a/b", None, usize::MAX), SubscribeOutcome::Subscribed { .. }));
     assert!(matches!(o.subscribe(0, "a/b", None, usize::MAX), SubscribeOutcome::Subscribed { .. }));
     let mut targets = Vec::new();
-    let p = PublishIn { topic: "a/b", data: "1", msg_id: None, prio: None, from: None };
+    let p = PublishIn { topic: "a/b", data: "1", msg_id: None, prio: None, from: None, extra: None };
     assert!(matches!(o.publish(&p, t0, &mut targets, |_| true, encode), PublishOutcome::Accepted(_)));
     assert_eq!(targets, vec![0, 2]);
     let out = o.publish(&p, t0, &mut targets, |s| s != 2, encode);

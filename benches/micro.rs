@@ -183,6 +183,7 @@ fn owner(c: &mut Criterion) {
         rates: cfg.rates.clone(),
         liveness: cfg.liveness.clone(),
         groups: cfg.groups.clone(),
+        requests: cfg.requests.clone(),
     };
     let lim = policy.owner_limits(&cfg.limits);
     let max = lim.table.max_topics;

@@ -77,6 +77,30 @@ pub struct Config {
     /// Consumer groups (PROTOCOL-EXTENSIONS §2).
     #[serde(default)]
     pub groups: GroupsConfig,
+    /// Request/reply (PROTOCOL-EXTENSIONS §3).
+    #[serde(default)]
+    pub requests: RequestsConfig,
+}
+
+/// `[requests]`: bounds of request/reply.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestsConfig {
+    /// Open requests per shard (requester side); past it `req` gets `overloaded`.
+    pub max_open: usize,
+    /// Open requests per connection; past it `req` gets `overloaded`.
+    pub max_per_connection: usize,
+    /// Bytes of request data kept for fallbacks per shard.
+    pub max_held_bytes: usize,
+    /// Reply bytes one request may stream; past it the responder gets
+    /// `overloaded` and the requester a final `overloaded` error.
+    pub max_reply_bytes: usize,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        Self { max_open: 10_000, max_per_connection: 256, max_held_bytes: 64 << 20, max_reply_bytes: 4 << 20 }
+    }
 }
 
 /// `[groups]`: bounds of consumer groups, kept by each topic's owner.
@@ -400,6 +424,7 @@ fn embedded() -> Config {
             quotas: d.quotas,
             tls: d.tls,
             groups: d.groups,
+            requests: d.requests,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -420,6 +445,7 @@ struct EmbeddedDefault {
     quotas: QuotasConfig,
     tls: TlsConfig,
     groups: GroupsConfig,
+    requests: RequestsConfig,
 }
 
 impl Default for ReplayConfig {
@@ -558,6 +584,13 @@ impl Config {
         let g = &self.groups;
         if g.max_per_topic == 0 || g.max_members == 0 || g.max_pending == 0 || g.max_pending_bytes == 0 {
             return invalid("groups", "max_per_topic, max_members, max_pending and max_pending_bytes must be positive");
+        }
+        let q = &self.requests;
+        if q.max_open == 0 || q.max_per_connection == 0 || q.max_held_bytes == 0 || q.max_reply_bytes == 0 {
+            return invalid(
+                "requests",
+                "max_open, max_per_connection, max_held_bytes and max_reply_bytes must be positive",
+            );
         }
         if g.backoff_base_ms == 0 || g.empty_expire_ms == 0 {
             return invalid("groups", "backoff_base_ms and empty_expire_ms must be positive");

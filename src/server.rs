@@ -132,6 +132,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
                 rates: cfg.rates.clone(),
                 liveness: cfg.liveness.clone(),
                 groups: cfg.groups.clone(),
+                requests: cfg.requests.clone(),
             },
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {

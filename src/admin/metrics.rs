@@ -229,7 +229,26 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 22] = [
+    let counters: [(&str, &str, Field); 31] = [
+        ("replies_too_large_total", "Requests ended because their replies passed requests.max_reply_bytes.", |s| {
+            s.counters.replies_too_large
+        }),
+        ("requests_total", "Requests made by this shard's connections.", |s| s.counters.requests),
+        ("requests_refused_total", "Requests refused at the requests bounds.", |s| s.counters.requests_refused),
+        ("requests_no_responders_total", "Requests the owner found no member for.", |s| {
+            s.counters.requests_no_responders
+        }),
+        ("requests_answered_total", "Requests that got their final reply.", |s| s.counters.requests_answered),
+        ("requests_timed_out_total", "Requests answered timeout.", |s| s.counters.requests_timed_out),
+        ("requests_fallbacks_total", "Requests sent on to their fallback.", |s| s.counters.requests_fallbacks),
+        (
+            "requests_cancelled_total",
+            "Requests cancelled (requester cancel, disconnect) or cancelled at a responder.",
+            |s| s.counters.requests_cancelled,
+        ),
+        ("replies_dropped_total", "Replies to requests no longer served (cancelled, timed out, unknown).", |s| {
+            s.counters.replies_dropped
+        }),
         ("group_dead_letter_refused_total", "Dead-letter publications refused by their topic's owner.", |s| {
             s.counters.group_dead_letter_refused
         }),

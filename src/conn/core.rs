@@ -46,6 +46,8 @@ pub struct ShardCore {
     pub owner: Owner,
     /// Consumer groups of the topics this shard owns, and their timers.
     pub groups: super::groups::Groups,
+    /// Requests this shard's connections made, and requests it serves.
+    pub requests: super::requests::Requests,
     /// Outboxes to the other shards (None at `id`).
     pub outboxes: Vec<Option<Outbox>>,
     /// Counters and latency histograms.
@@ -141,6 +143,8 @@ pub struct Policy {
     pub liveness: LivenessConfig,
     /// `[groups]`.
     pub groups: crate::config::GroupsConfig,
+    /// `[requests]`.
+    pub requests: crate::config::RequestsConfig,
 }
 
 impl Policy {
@@ -196,6 +200,7 @@ impl ShardCore {
             local: LocalSubs::default(),
             owner,
             groups: super::groups::Groups::new(id, Instant::now()),
+            requests: Default::default(),
             outboxes,
             counters: Counters::new(),
             encode_buf: Vec::new(),
@@ -344,6 +349,7 @@ impl ShardCore {
             self.unlink(idx as u32, &sub.topic, sub.pos);
             self.release(sub.topic);
         }
+        self.requests_on_close(conn.requests, conn.serving);
         let me = ConnRef { idx: idx as u32, gen: conn.gen };
         for (topic, group) in conn.groups {
             // What the member held goes to the group's other members.

@@ -108,6 +108,13 @@ pub enum GroupTimer {
         /// The publication.
         job: Job,
     },
+    /// A request's deadline on its requester's shard.
+    Request {
+        /// Slot in the shard's request table.
+        slot: u32,
+        /// The slot's generation.
+        gen: u32,
+    },
     /// A group without members may be dropped.
     Expire {
         /// Topic.
@@ -153,6 +160,25 @@ impl Groups {
             t.3 += g.bytes;
         }
         t
+    }
+
+    /// Round robin over the members of `topic`'s groups (or of `group`).
+    pub(crate) fn pick_any(&mut self, topic: &str, group: Option<&str>) -> Option<MemberRef> {
+        let gs = self.topics.get_mut(topic)?;
+        let n = gs.len();
+        let start = self.rng as usize % n.max(1);
+        for k in 0..n {
+            let g = &mut gs[(start + k) % n];
+            if group.is_some_and(|name| *g.name != *name) || g.members.is_empty() {
+                continue;
+            }
+            let i = g.cursor % g.members.len();
+            g.cursor = i + 1;
+            let at = g.members[i].at;
+            self.random();
+            return Some(at);
+        }
+        None
     }
 
     /// xorshift64: jitter without a clock or a syscall (deterministic per shard).
@@ -514,6 +540,10 @@ impl ShardCore {
                     {
                         self.dispatch(&topic, gi);
                     }
+                }
+                GroupTimer::Request { slot, gen } => {
+                    let origin = crate::mesh::msg::ReqOrigin { shard: self.id, slot, gen };
+                    self.on_req_failed(origin, true);
                 }
                 GroupTimer::Expire { topic, group } => {
                     let expire = Duration::from_millis(self.policy.groups.empty_expire_ms);

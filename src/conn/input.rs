@@ -318,6 +318,11 @@ impl ShardCore {
             Command::Ping { id } => self.reply(idx, |o| message::pong(o, id)),
             Command::Sub { id, topic, group: Some(g), .. } => self.join_group(idx, conn, id, &topic, g),
             Command::Unsub { id, topic, group: Some(g) } => self.leave_group(idx, conn, id, &topic, &g),
+            Command::Req { id, topic, data, timeout_ms, fallback, group } => {
+                self.start_request(idx, conn, id, &topic, data.get(), timeout_ms, fallback.as_deref(), group.as_deref())
+            }
+            Command::Reply { req, data, more } => self.responder_reply(idx, conn, &req, data.get(), more),
+            Command::Cancel { id } => self.cancel_request(idx, id),
             Command::Settle { id, topic, group, seq, outcome } => {
                 self.settle_group(idx, conn, id, &topic, &group, seq, outcome)
             }

@@ -31,6 +31,7 @@ impl ShardCore {
             MeshMsg::GroupJoin { topic, .. }
             | MeshMsg::GroupLeave { topic, .. }
             | MeshMsg::GroupSettle { topic, .. } => topic,
+            MeshMsg::ReqRoute(r) => &r.topic,
             _ => return self.on_mesh(self.id, msg),
         };
         let asks = matches!(
@@ -133,6 +134,13 @@ impl ShardCore {
             MeshMsg::GroupDeliver { conn, publ, group, attempt, ack } => {
                 self.on_group_deliver(conn, publ, group, attempt, ack)
             }
+            MeshMsg::ReqRoute(route) => self.route_request(*route),
+            MeshMsg::Request(h) => self.on_request(*h),
+            MeshMsg::ReqBound { origin, req } => self.on_req_bound(from, origin, req),
+            MeshMsg::ReqGone { origin } => self.on_req_gone(from, origin),
+            MeshMsg::ReqOverflow { origin } => self.on_req_overflow(origin),
+            MeshMsg::ReqReply { origin, data, more } => self.on_req_reply(origin, &data, more),
+            MeshMsg::ReqCancel { req } => self.on_req_cancel(&req),
             MeshMsg::GroupSettleRefused { conn, id, code, message } => {
                 if self.conn_mut(conn).is_some() {
                     self.reply_error(conn.idx as usize, id, code, message, None);

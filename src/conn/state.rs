@@ -85,6 +85,10 @@ pub struct Conn {
     pub close_code: Option<u16>,
     /// Refused `rate_limited`: not read again before this instant.
     pub read_paused_until: Option<Instant>,
+    /// Slots of this connection's open requests (on this shard).
+    pub requests: Vec<u32>,
+    /// Ids of the requests this connection is answering.
+    pub serving: Vec<Box<str>>,
     /// Consumer groups this connection is a member of (topic, group).
     pub groups: Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>,
     /// Upgraded at `[server] echo_path`: messages are echoed, not parsed.
@@ -118,6 +122,8 @@ impl Conn {
             echo: false,
             read_paused_until: None,
             groups: Vec::new(),
+            requests: Vec::new(),
+            serving: Vec::new(),
         }
     }
 

@@ -120,6 +120,24 @@ pub struct Counters {
     pub group_dropped_on_expiry: u64,
     /// Dead-letter publications refused by their topic's owner (bounds).
     pub group_dead_letter_refused: u64,
+    /// Requests made by this shard's connections.
+    pub requests: u64,
+    /// Requests refused at the requests bounds.
+    pub requests_refused: u64,
+    /// Requests the owner found no member for.
+    pub requests_no_responders: u64,
+    /// Requests that got their final reply.
+    pub requests_answered: u64,
+    /// Requests answered timeout.
+    pub requests_timed_out: u64,
+    /// Requests sent on to their fallback.
+    pub requests_fallbacks: u64,
+    /// Requests cancelled (requester cancel, disconnect) or cancelled at a responder.
+    pub requests_cancelled: u64,
+    /// Replies to requests no longer served (cancelled, timed out, unknown).
+    pub replies_dropped: u64,
+    /// Requests ended because their replies passed requests.max_reply_bytes.
+    pub replies_too_large: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS connections dropped for a TLS error (bad handshake, bad record,
@@ -205,6 +223,15 @@ impl Counters {
             group_backpressure: 0,
             group_dropped_on_expiry: 0,
             group_dead_letter_refused: 0,
+            requests: 0,
+            requests_refused: 0,
+            requests_no_responders: 0,
+            requests_answered: 0,
+            requests_timed_out: 0,
+            requests_fallbacks: 0,
+            requests_cancelled: 0,
+            replies_dropped: 0,
+            replies_too_large: 0,
             tls_handshakes: 0,
             tls_errors: 0,
             tls_reloads: 0,

@@ -60,6 +60,45 @@ pub struct PublishReq {
     pub extra: Option<Box<str>>,
 }
 
+/// A request on the requester's shard: its slot there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReqOrigin {
+    /// The requester's shard.
+    pub shard: usize,
+    /// Slot in that shard's request table.
+    pub slot: u32,
+    /// The slot's generation.
+    pub gen: u32,
+}
+
+/// A request on its way to the topic's owner.
+#[derive(Debug)]
+pub struct ReqRoute {
+    /// Where replies go.
+    pub origin: ReqOrigin,
+    /// Validated topic.
+    pub topic: Box<str>,
+    /// Only this group's members.
+    pub group: Option<Box<str>>,
+    /// Verbatim JSON.
+    pub data: Box<str>,
+    /// Deadline, ms (told to the responder).
+    pub timeout_ms: u64,
+    /// The requester's `sub`.
+    pub from: Option<Arc<str>>,
+}
+
+/// A request on its way to its responder.
+#[derive(Debug)]
+pub struct ReqHandOff {
+    /// The responder.
+    pub conn: ConnRef,
+    /// Opaque id.
+    pub req: Box<str>,
+    /// The route it came by.
+    pub route: ReqRoute,
+}
+
 /// The group fields of a join, owned (see `proto::message::GroupSub`).
 #[derive(Debug, Clone)]
 pub struct GroupSpec {
@@ -303,6 +342,44 @@ pub enum MeshMsg {
         seq: u64,
         /// What became of it.
         outcome: crate::proto::message::Outcome,
+    },
+    /// Requester's shard → owner of `topic`: route a request to a member.
+    ReqRoute(Box<ReqRoute>),
+    /// Owner → responder's shard: hand the request to `conn`.
+    Request(Box<ReqHandOff>),
+    /// Responder's shard → requester's shard: the request reached its
+    /// responder (the sender is its shard).
+    ReqBound {
+        /// The request.
+        origin: ReqOrigin,
+        /// Its opaque id.
+        req: Box<str>,
+    },
+    /// Owner or responder's shard → requester's shard: nobody can answer
+    /// (no member, or the responder went away).
+    ReqGone {
+        /// The request.
+        origin: ReqOrigin,
+    },
+    /// Responder's shard → requester's shard: one reply.
+    ReqReply {
+        /// The request.
+        origin: ReqOrigin,
+        /// Verbatim JSON.
+        data: Box<str>,
+        /// More follow.
+        more: bool,
+    },
+    /// Responder's shard → requester's shard: the replies passed
+    /// `requests.max_reply_bytes`; the request is over.
+    ReqOverflow {
+        /// The request.
+        origin: ReqOrigin,
+    },
+    /// Requester's shard → responder's shard: stop working on `req`.
+    ReqCancel {
+        /// The request's opaque id.
+        req: Box<str>,
     },
     /// Owner → shard of `conn`: the settle was refused (not held, not a member).
     GroupSettleRefused {

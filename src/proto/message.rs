@@ -40,6 +40,10 @@ pub enum ErrorCode {
     NotFound,
     /// A group command from a connection that is not a member.
     NotMember,
+    /// A `req` nobody can answer.
+    NoResponders,
+    /// A `req` without a final reply within `timeout_ms`.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -58,6 +62,8 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::NotFound => "not_found",
             Self::NotMember => "not_member",
+            Self::NoResponders => "no_responders",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -103,6 +109,35 @@ pub enum Command<'a> {
         topic: Cow<'a, str>,
         /// Leave this consumer group.
         group: Option<Cow<'a, str>>,
+    },
+    /// A request to one member of a group on `topic`.
+    Req {
+        /// Echoed on every reply.
+        id: Option<u64>,
+        /// Topic name (not yet validated).
+        topic: Cow<'a, str>,
+        /// The request, verbatim JSON.
+        data: &'a RawValue,
+        /// Deadline for the final reply, ms.
+        timeout_ms: u64,
+        /// Where the request goes when nobody answers in time.
+        fallback: Option<Cow<'a, str>>,
+        /// Only this group's members may answer.
+        group: Option<Cow<'a, str>>,
+    },
+    /// A responder's (partial or final) reply.
+    Reply {
+        /// The request's opaque id.
+        req: Cow<'a, str>,
+        /// The reply, verbatim JSON.
+        data: &'a RawValue,
+        /// More replies follow.
+        more: bool,
+    },
+    /// The requester cancels its request `id`.
+    Cancel {
+        /// The request's command id.
+        id: Option<u64>,
     },
     /// Settle a group publication (`ack: true` groups).
     Settle {
@@ -160,6 +195,11 @@ pub struct GroupSub<'a> {
     /// Dead-letter topic (default `<topic>/dlq`).
     pub dead_letter: Option<Cow<'a, str>>,
 }
+
+/// `timeout_ms` of a `req` that names none.
+pub const DEFAULT_REQ_TIMEOUT_MS: u64 = 30_000;
+/// Longest `timeout_ms`.
+pub const MAX_REQ_TIMEOUT_MS: u64 = 600_000;
 
 /// Longest group name, bytes.
 pub const MAX_GROUP_NAME: usize = 64;
@@ -241,6 +281,14 @@ struct Wire<'a> {
     outcome: Option<Cow<'a, str>>,
     #[serde(default)]
     delay_ms: Option<u64>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(borrow, default)]
+    fallback: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    req: Option<Cow<'a, str>>,
+    #[serde(default)]
+    more: Option<bool>,
 }
 
 /// Present-but-null `data` is a value (`null`), not a missing field.
@@ -310,6 +358,33 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
             }
             Ok(Command::Unsub { id, topic, group: wire.group })
         }
+        "req" => {
+            let topic = need_topic(wire.topic, id)?;
+            let Some(data) = wire.data else {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `data`"));
+            };
+            let timeout_ms = wire.timeout_ms.unwrap_or(DEFAULT_REQ_TIMEOUT_MS);
+            if !(1..=MAX_REQ_TIMEOUT_MS).contains(&timeout_ms) {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "`timeout_ms` must be between 1 and 600000"));
+            }
+            if let Some(g) = &wire.group {
+                check_group(g, id)?;
+            }
+            Ok(Command::Req { id, topic, data, timeout_ms, fallback: wire.fallback, group: wire.group })
+        }
+        "reply" => {
+            let Some(req) = wire.req else {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `req`"));
+            };
+            if req.is_empty() || req.len() > 64 {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "`req` is not a request id"));
+            }
+            let Some(data) = wire.data else {
+                return Err(CommandError::new(id, ErrorCode::BadRequest, "missing field `data`"));
+            };
+            Ok(Command::Reply { req, data, more: wire.more.unwrap_or(false) })
+        }
+        "cancel" => Ok(Command::Cancel { id }),
         "settle" => {
             let topic = need_topic(wire.topic, id)?;
             let Some(group) = wire.group else {
@@ -667,6 +742,59 @@ pub fn pong(out: &mut Vec<u8>, id: Option<u64>) {
     append_text_frame(out, |o| {
         o.extend_from_slice(b"{\"op\":\"pong\"");
         id_field(o, id);
+        o.push(b'}');
+    });
+}
+
+/// Appends a `request` to a responder.
+pub fn request(out: &mut Vec<u8>, req: &str, topic: &str, data: &str, deadline_ms: u64, from: Option<&str>) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"request\",\"req\":");
+        json_str(o, req);
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"deadline_ms\":{deadline_ms}");
+        if let Some(f) = from {
+            o.extend_from_slice(b",\"from\":");
+            json_str(o, f);
+        }
+        o.extend_from_slice(b",\"data\":");
+        o.extend_from_slice(data.as_bytes());
+        o.push(b'}');
+    });
+}
+
+/// Appends a `reply` to a requester.
+pub fn reply(out: &mut Vec<u8>, id: Option<u64>, data: &str, more: bool) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"reply\"");
+        id_field(o, id);
+        if more {
+            o.extend_from_slice(b",\"more\":true");
+        }
+        o.extend_from_slice(b",\"data\":");
+        o.extend_from_slice(data.as_bytes());
+        o.push(b'}');
+    });
+}
+
+/// Appends a `cancel` to a responder.
+pub fn cancel(out: &mut Vec<u8>, req: &str) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"cancel\",\"req\":");
+        json_str(o, req);
+        o.push(b'}');
+    });
+}
+
+/// Appends the `timeout` error of a request (`partial` if replies were
+/// forwarded).
+pub fn timeout_error(out: &mut Vec<u8>, id: Option<u64>, partial: bool) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"error\"");
+        id_field(o, id);
+        o.extend_from_slice(b",\"code\":\"timeout\",\"message\":\"no final reply within timeout_ms\"");
+        if partial {
+            o.extend_from_slice(b",\"partial\":true");
+        }
         o.push(b'}');
     });
 }

@@ -1,0 +1,188 @@
+//! Request/reply (PROTOCOL-EXTENSIONS §3) over real sockets on a 2-shard
+//! server: streamed replies, no responders, fallback (no member, timeout),
+//! timeout with and without partial replies, cancel by the requester, by
+//! its disconnect, a responder that goes away, and the reply bound.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn responder(addr: std::net::SocketAddr, topic: &str) -> Client {
+    let mut r = Client::connect(addr);
+    let v = r.ask(json!({"op":"sub","id":1,"topic":topic,"group":"workers"}));
+    assert_eq!(v["op"], "subscribed", "{v}");
+    r
+}
+
+fn quiet(c: &mut Client, d: Duration) -> Vec<Value> {
+    c.ws.get_ref().set_read_timeout(Some(d)).unwrap();
+    let mut out = Vec::new();
+    while let Ok(m) = c.ws.read() {
+        if let tungstenite::Message::Text(t) = m {
+            out.push(serde_json::from_str(t.as_str()).unwrap());
+        }
+    }
+    c.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+    out
+}
+
+#[test]
+fn a_request_gets_a_streamed_reply() {
+    let server = server();
+    let addr = server.local_addr();
+    let mut r = responder(addr, "acme/models/sum");
+    let mut q = Client::connect(addr);
+    q.send(json!({"op":"req","id":7,"topic":"acme/models/sum","data":{"text":"hi"},"timeout_ms":5000}));
+    let req = r.expect_op("request");
+    assert_eq!(req["topic"], "acme/models/sum");
+    assert_eq!(req["data"], json!({"text":"hi"}));
+    assert_eq!(req["deadline_ms"], 5000);
+    let id = req["req"].as_str().unwrap().to_owned();
+    for (d, more) in [("Hel", true), ("lo", true), ("!", false)] {
+        r.send(json!({"op":"reply","req":id,"data":d,"more":more}));
+    }
+    for (d, more) in [("Hel", true), ("lo", true), ("!", false)] {
+        let v = q.expect_op("reply");
+        assert_eq!((v["id"].as_u64(), v["data"].as_str()), (Some(7), Some(d)), "{v}");
+        assert_eq!(v.get("more").is_some(), more, "more only on partial replies: {v}");
+    }
+    // Over: a late reply goes nowhere.
+    r.send(json!({"op":"reply","req":id,"data":"late"}));
+    r.sync();
+    assert!(quiet(&mut q, Duration::from_millis(200)).is_empty());
+    server.shutdown();
+}
+
+#[test]
+fn no_responders_and_the_fallback_when_nobody_is_there() {
+    let server = server();
+    let addr = server.local_addr();
+    let mut q = Client::connect(addr);
+    let v = q.ask(json!({"op":"req","id":1,"topic":"acme/models/big","data":1}));
+    assert_eq!((v["code"].as_str(), v["id"].as_u64()), (Some("no_responders"), Some(1)), "{v}");
+    let mut small = responder(addr, "acme/models/small");
+    q.send(json!({"op":"req","id":2,"topic":"acme/models/big","data":2,"fallback":"acme/models/small"}));
+    let req = small.expect_op("request");
+    assert_eq!(req["data"], 2);
+    small.send(json!({"op":"reply","req":req["req"],"data":"from small"}));
+    assert_eq!(q.expect_op("reply")["data"], "from small");
+    server.shutdown();
+}
+
+#[test]
+fn a_timeout_cancels_the_responder_and_tries_the_fallback_once() {
+    let server = server();
+    let addr = server.local_addr();
+    let mut big = responder(addr, "acme/models/big");
+    let mut small = responder(addr, "acme/models/small");
+    let mut q = Client::connect(addr);
+    q.send(
+        json!({"op":"req","id":3,"topic":"acme/models/big","data":"x","timeout_ms":200,"fallback":"acme/models/small"}),
+    );
+    let req = big.expect_op("request");
+    let cancel = big.expect_op("cancel");
+    assert_eq!(cancel["req"], req["req"]);
+    let req2 = small.expect_op("request");
+    assert_eq!(req2["deadline_ms"], 200, "a fresh timeout");
+    // The fallback is silent too: now the requester gets timeout.
+    assert_eq!(small.expect_op("cancel")["req"], req2["req"]);
+    let v = q.expect_op("error");
+    assert_eq!((v["code"].as_str(), v["id"].as_u64()), (Some("timeout"), Some(3)));
+    assert!(v.get("partial").is_none());
+    server.shutdown();
+}
+
+#[test]
+fn a_timeout_after_partial_replies_does_not_fall_back() {
+    let server = server();
+    let addr = server.local_addr();
+    let mut big = responder(addr, "acme/models/big");
+    let mut small = responder(addr, "acme/models/small");
+    let mut q = Client::connect(addr);
+    q.send(
+        json!({"op":"req","id":4,"topic":"acme/models/big","data":"x","timeout_ms":300,"fallback":"acme/models/small"}),
+    );
+    let req = big.expect_op("request");
+    big.send(json!({"op":"reply","req":req["req"],"data":"part","more":true}));
+    assert_eq!(q.expect_op("reply")["more"], true);
+    let v = q.expect_op("error");
+    assert_eq!((v["code"].as_str(), v["partial"].as_bool()), (Some("timeout"), Some(true)), "{v}");
+    assert_eq!(big.expect_op("cancel")["req"], req["req"]);
+    assert!(quiet(&mut small, Duration::from_millis(200)).is_empty(), "no fallback once a reply was forwarded");
+    server.shutdown();
+}
+
+#[test]
+fn cancel_by_the_requester_and_by_its_disconnect_reach_the_responder() {
+    let server = server();
+    let addr = server.local_addr();
+    let mut r = responder(addr, "acme/models/sum");
+    let mut q = Client::connect(addr);
+    q.send(json!({"op":"req","id":5,"topic":"acme/models/sum","data":1}));
+    let req = r.expect_op("request");
+    q.send(json!({"op":"cancel","id":5}));
+    assert_eq!(r.expect_op("cancel")["req"], req["req"]);
+    r.send(json!({"op":"reply","req":req["req"],"data":"too late"}));
+    r.sync();
+    assert!(quiet(&mut q, Duration::from_millis(200)).is_empty());
+    q.send(json!({"op":"req","id":6,"topic":"acme/models/sum","data":2}));
+    let req = r.expect_op("request");
+    drop(q);
+    assert_eq!(r.expect_op("cancel")["req"], req["req"]);
+    let t = wait_stats(&server, "two cancels", |t| t.sum(|s| s.counters.requests_cancelled) >= 2);
+    assert_eq!(t.sum(|s| s.counters.requests_timed_out), 0);
+    server.shutdown();
+}
+
+#[test]
+fn a_responder_that_goes_away_ends_the_request_or_falls_back() {
+    let server = server();
+    let addr = server.local_addr();
+    let mut r = responder(addr, "acme/models/sum");
+    let mut q = Client::connect(addr);
+    q.send(json!({"op":"req","id":8,"topic":"acme/models/sum","data":1}));
+    r.expect_op("request");
+    drop(r);
+    let v = q.expect_op("error");
+    assert_eq!((v["code"].as_str(), v["id"].as_u64()), (Some("no_responders"), Some(8)), "{v}");
+    server.shutdown();
+}
+
+#[test]
+fn replies_past_the_bound_end_the_request() {
+    let server = server_with(|c| c.requests.max_reply_bytes = 1000);
+    let addr = server.local_addr();
+    let mut r = responder(addr, "acme/models/sum");
+    let mut q = Client::connect(addr);
+    q.send(json!({"op":"req","id":9,"topic":"acme/models/sum","data":1}));
+    let req = r.expect_op("request");
+    let chunk = "x".repeat(600);
+    r.send(json!({"op":"reply","req":req["req"],"data":chunk,"more":true}));
+    r.send(json!({"op":"reply","req":req["req"],"data":chunk,"more":true}));
+    assert_eq!(r.expect_op("error")["code"], "overloaded");
+    assert_eq!(q.expect_op("reply")["more"], true);
+    let v = q.expect_op("error");
+    assert_eq!((v["code"].as_str(), v["id"].as_u64()), (Some("overloaded"), Some(9)), "{v}");
+    server.shutdown();
+}
+
+#[test]
+fn bad_requests_get_bad_request() {
+    let server = server();
+    let mut c = Client::connect(server.local_addr());
+    for cmd in [
+        json!({"op":"req","id":1,"topic":"a/b"}),
+        json!({"op":"req","id":1,"topic":"a/b","data":1,"timeout_ms":0}),
+        json!({"op":"req","id":1,"topic":"a/b","data":1,"timeout_ms":600001}),
+        json!({"op":"reply","id":1,"data":1}),
+        json!({"op":"reply","id":1,"req":"","data":1}),
+    ] {
+        assert_eq!(c.ask(cmd.clone())["code"], "bad_request", "{cmd}");
+    }
+    let v = c.ask(json!({"op":"req","id":2,"topic":"bad topic","data":1}));
+    assert_eq!(v["code"], "bad_topic");
+    server.shutdown();
+}

@@ -60,23 +60,35 @@ fn each_publication_goes_to_exactly_one_member_of_each_group() {
     let topic = "acme/jobs";
     let mut plain = Client::connect(addr);
     plain.sub(topic);
-    let mut a = Client::connect_to_shard(addr, 0);
-    let mut b = Client::connect_to_shard(addr, 1);
+    // Three members on both shards, with and without acks in two groups.
+    let mut members = [Client::connect_to_shard(addr, 0), Client::connect_to_shard(addr, 1), Client::connect(addr)];
+    for m in members.iter_mut() {
+        join(m, topic, "g1", json!({}));
+    }
     let mut c = Client::connect(addr);
-    join(&mut a, topic, "g1", json!({}));
-    join(&mut b, topic, "g1", json!({}));
-    join(&mut c, topic, "g2", json!({}));
+    join(&mut c, topic, "g2", json!({"ack": true, "max_inflight": 1024}));
     let mut p = Client::connect(addr);
-    publish_n(&mut p, topic, 200);
+    publish_n(&mut p, topic, 300);
     let got_plain = msgs(&drain(&mut plain, Duration::from_millis(500))).len();
-    assert_eq!(got_plain, 200, "plain subscribers still get everything");
-    let (ra, rb) = (drain(&mut a, Duration::from_millis(500)), drain(&mut b, Duration::from_millis(300)));
-    let seqs: Vec<u64> = msgs(&ra).iter().chain(msgs(&rb).iter()).map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(got_plain, 300, "plain subscribers still get everything");
+    let mut seqs = Vec::new();
+    let mut per = Vec::new();
+    for m in members.iter_mut() {
+        let got: Vec<u64> =
+            msgs(&drain(m, Duration::from_millis(300))).iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        per.push(got.len());
+        seqs.extend(got);
+    }
     let set: BTreeSet<u64> = seqs.iter().copied().collect();
-    assert_eq!(seqs.len(), 200, "each once across the group: a {} + b {}", msgs(&ra).len(), msgs(&rb).len());
-    assert_eq!(set.len(), 200);
-    assert!(!msgs(&ra).is_empty() && !msgs(&rb).is_empty(), "both members get work");
-    assert_eq!(msgs(&drain(&mut c, Duration::from_millis(300))).len(), 200, "a second group gets its own copy");
+    assert_eq!(seqs.len(), 300, "each once across the group: {per:?}");
+    assert_eq!(set, (1..=300).collect(), "every publication reached the group");
+    assert!(per.iter().all(|n| *n == 100), "round robin without acks: {per:?}");
+    let g2 = drain(&mut c, Duration::from_millis(300));
+    assert_eq!(msgs(&g2).len(), 300, "a second group gets its own copy");
+    assert!(msgs(&g2).iter().all(|m| m["group"] == "g2" && m["attempt"] == 1));
+    let t = server.stats();
+    assert_eq!(t.sum(|s| s.group_inflight), 300, "g2 holds all 300 unsettled");
+    assert_eq!(t.sum(|s| s.groups_owned), 2);
     server.shutdown();
 }
 

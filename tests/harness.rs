@@ -193,6 +193,42 @@ impl Sim {
         self.send(c, &format!(r#"{{"op":"pub","id":2,"topic":"{topic}","data":{data}}}"#));
     }
 
+    /// Every shard runs its group/request timers due by now.
+    fn timers(&mut self) {
+        for c in &mut self.cores {
+            while c.groups_tick(self.now) {}
+        }
+    }
+
+    fn join(&mut self, c: usize, topic: &str, group: &str, extra: &str) {
+        self.send(c, &format!(r#"{{"op":"sub","id":3,"topic":"{topic}","group":"{group}"{extra}}}"#));
+    }
+
+    fn settle_msg(&mut self, c: usize, topic: &str, group: &str, seq: u64, outcome: &str) {
+        self.send(
+            c,
+            &format!(r#"{{"op":"settle","topic":"{topic}","group":"{group}","seq":{seq},"outcome":"{outcome}"}}"#),
+        );
+    }
+
+    /// (seq, attempt) of the group msgs `c` got.
+    fn handoffs(&self, c: usize) -> Vec<(u64, u64)> {
+        self.ops(c, "msg")
+            .filter(|m| m.get("group").is_some())
+            .map(|m| (m["seq"].as_u64().unwrap(), m["attempt"].as_u64().unwrap()))
+            .collect()
+    }
+
+    /// Advances `ms` in 10 ms steps, running timers and the mesh each step.
+    fn run_for(&mut self, ms: u64) {
+        for _ in 0..ms.div_ceil(10) {
+            self.advance(10);
+            self.timers();
+            self.settle();
+        }
+        self.read_all();
+    }
+
     fn assert_clean(&self) {
         for c in &self.cores {
             assert_eq!(c.counters.internal_errors, 0, "shard {} internal errors", c.id);
@@ -694,4 +730,109 @@ proptest! {
     ) {
         run_interleaving(&ops, budget, ring, soft)?;
     }
+}
+
+/// Consumer groups in simulated time: a missed `ack_wait_ms` redelivers
+/// (not a moment before), `max_deliver` ends in the dead-letter topic on
+/// another shard with the `dead` object.
+#[test]
+fn group_deadlines_redeliver_and_dead_letter_in_simulated_time() {
+    let mut sim = Sim::new(2, 1024, |_, p| p.groups.backoff_base_ms = 100);
+    let topic = sim.topic_on(0, "jobs");
+    let member = sim.connect(1);
+    sim.join(member, &topic, "w", r#","ack":true,"ack_wait_ms":1000,"max_deliver":3"#);
+    let dlq_reader = sim.connect(1);
+    sim.sub(dlq_reader, &format!("{topic}/dlq"));
+    sim.settle();
+    let p = sim.connect(0);
+    sim.publish(p, &topic, r#"{"job":1}"#);
+    sim.settle();
+    sim.read_all();
+    assert_eq!(sim.handoffs(member), [(1, 1)]);
+    sim.run_for(990);
+    assert_eq!(sim.handoffs(member), [(1, 1)], "not before ack_wait_ms");
+    // The deadline, then a backoff of at most min(ack_wait, 100 ms).
+    sim.run_for(10 + 100 + 10);
+    assert_eq!(sim.handoffs(member), [(1, 1), (1, 2)]);
+    sim.run_for(1000 + 200 + 10);
+    assert_eq!(sim.handoffs(member), [(1, 1), (1, 2), (1, 3)]);
+    sim.run_for(1000 + 10);
+    let dead: Vec<&Value> = sim.ops(dlq_reader, "msg").collect();
+    assert_eq!(dead.len(), 1, "{:?}", sim.conns[dlq_reader].log);
+    assert_eq!(dead[0]["data"], serde_json::json!({"job":1}));
+    assert_eq!(dead[0]["dead"]["attempts"], 3);
+    assert_eq!(dead[0]["dead"]["reason"], "ack_wait");
+    sim.run_for(5000);
+    assert_eq!(sim.handoffs(member).len(), 3, "nothing after the dead letter");
+    sim.assert_clean();
+}
+
+/// Backoff: the wait before attempt n+1 is at most
+/// min(ack_wait, base * 2^(n-1)) (one tick of slack), and it grows.
+#[test]
+fn group_backoff_is_capped_exponential_with_jitter() {
+    let mut sim = Sim::new(2, 1024, |_, p| p.groups.backoff_base_ms = 100);
+    let topic = sim.topic_on(1, "retry");
+    let member = sim.connect(0);
+    sim.join(member, &topic, "w", r#","ack":true,"ack_wait_ms":60000,"max_deliver":20"#);
+    sim.settle();
+    let p = sim.connect(1);
+    sim.publish(p, &topic, "1");
+    sim.settle();
+    sim.read_all();
+    let mut waits = Vec::new();
+    for attempt in 1..=7u64 {
+        assert_eq!(sim.handoffs(member).last(), Some(&(1, attempt)));
+        sim.settle_msg(member, &topic, "w", 1, "retry");
+        sim.settle();
+        let cap = 100u64 << (attempt - 1);
+        let mut waited = 0;
+        while sim.handoffs(member).len() as u64 == attempt {
+            sim.run_for(10);
+            waited += 10;
+            assert!(waited <= cap + 20, "attempt {attempt}: waited {waited} ms, cap {cap} ms");
+        }
+        waits.push(waited);
+    }
+    assert!(waits[4..].iter().any(|w| *w > 200), "the backoff grows: {waits:?}");
+    sim.assert_clean();
+}
+
+/// Hand-over: a member that goes away gives what it held to the others,
+/// who get it as a later attempt once they have room; every publication
+/// is settled `done` exactly once.
+#[test]
+fn group_hand_over_on_disconnect_in_simulated_time() {
+    let mut sim = Sim::new(2, 1024, |_, p| p.groups.backoff_base_ms = 10);
+    let topic = sim.topic_on(0, "hand");
+    let a = sim.connect(0);
+    let b = sim.connect(1);
+    sim.join(a, &topic, "w", r#","ack":true,"max_inflight":2"#);
+    sim.join(b, &topic, "w", r#","ack":true,"max_inflight":2"#);
+    sim.settle();
+    let p = sim.connect(1);
+    for i in 0..4 {
+        sim.publish(p, &topic, &i.to_string());
+    }
+    sim.settle();
+    sim.read_all();
+    assert_eq!(sim.handoffs(a).len(), 2, "most free slots first: {:?}", sim.handoffs(a));
+    assert_eq!(sim.handoffs(b).len(), 2);
+    sim.disconnect(a);
+    sim.settle();
+    sim.run_for(50);
+    assert_eq!(sim.handoffs(b).len(), 2, "b is full until it settles");
+    let mut done = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let open: Vec<(u64, u64)> = sim.handoffs(b).into_iter().filter(|(s, _)| !done.contains(s)).collect();
+        let Some(&(seq, _)) = open.first() else { break };
+        sim.settle_msg(b, &topic, "w", seq, "done");
+        assert!(done.insert(seq), "done twice: {seq}");
+        sim.settle();
+        sim.run_for(50);
+    }
+    assert_eq!(done.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let second: Vec<(u64, u64)> = sim.handoffs(b).into_iter().filter(|(_, at)| *at == 2).collect();
+    assert_eq!(second.len(), 2, "a's two came again as attempt 2: {:?}", sim.handoffs(b));
+    sim.assert_clean();
 }

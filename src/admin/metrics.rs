@@ -142,6 +142,12 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "http_requests_total", "counter", "HTTP API requests.", |s| s.counters.http_requests);
     o.per_shard(t, "subscriptions", "gauge", "Subscriptions held on the shard.", |s| s.subscriptions);
     o.per_shard(t, "topics_owned", "gauge", "Topics the shard owns.", |s| s.owned_topics);
+    o.per_shard(t, "groups_owned", "gauge", "Consumer groups the shard owns.", |s| s.groups_owned);
+    o.per_shard(t, "group_pending", "gauge", "Group publications not handed out yet.", |s| s.group_pending);
+    o.per_shard(t, "group_inflight", "gauge", "Group publications handed out, not settled.", |s| s.group_inflight);
+    o.per_shard(t, "group_bytes", "gauge", "Bytes consumer groups retain.", |s| s.group_bytes);
+    o.per_shard(t, "requests_open", "gauge", "Requests open (requester side).", |s| s.requests_open);
+    o.per_shard(t, "requests_serving", "gauge", "Requests being answered here.", |s| s.requests_serving);
     o.per_shard(t, "topics_local", "gauge", "Topics with local subscribers.", |s| s.local_topics);
     o.per_shard(t, "replay_retained", "gauge", "Publications kept in replay rings.", |s| s.retained.0);
     o.per_shard(t, "replay_retained_bytes", "gauge", "Bytes kept in replay rings.", |s| s.retained.1);

@@ -283,6 +283,18 @@ pub struct ShardStats {
     pub local_topics: u64,
     /// Topics owned now.
     pub owned_topics: u64,
+    /// Consumer groups this shard owns.
+    pub groups_owned: u64,
+    /// Publications those groups hold not handed out (ready or in backoff).
+    pub group_pending: u64,
+    /// Publications handed out and not settled.
+    pub group_inflight: u64,
+    /// Bytes those groups retain.
+    pub group_bytes: u64,
+    /// Requests open on this shard (requester side).
+    pub requests_open: u64,
+    /// Requests this shard's connections are answering.
+    pub requests_serving: u64,
     /// Sum of interest counts over owned topics (must equal the sum of all
     /// shards' `subscriptions` for this shard's topics when quiet).
     pub owned_interest: u64,

@@ -10,6 +10,7 @@
 
 mod html;
 mod http;
+mod jobs;
 mod link;
 mod peers;
 mod report;
@@ -50,6 +51,9 @@ enum Scenario {
     /// Publishes over one keep-alive HTTP connection (POST /v1/publish or
     /// /v1/publish/batch): publishes/s, verified contiguous seqs.
     Http(HttpArgs),
+    /// A work queue on a consumer group with acks: failing and vanishing
+    /// workers; verifies every job is settled done exactly once.
+    Jobs(JobsArgs),
     /// `fanout` where, halfway through, every subscriber drops its
     /// connection at once and resumes with `since`: zero loss and time to
     /// full recovery.
@@ -239,6 +243,37 @@ struct IdleArgs {
     rooms: usize,
 }
 
+#[derive(Args)]
+struct JobsArgs {
+    /// Server address (must be loopback).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Jobs to publish.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: u64,
+    /// Worker connections (one thread each).
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+    /// Fraction of deliveries a worker answers `retry`.
+    #[arg(long, default_value_t = 0.1)]
+    fail: f64,
+    /// Fraction of workers that vanish once mid-job (then rejoin).
+    #[arg(long, default_value_t = 0.1)]
+    vanish: f64,
+    /// Unsettled jobs per worker.
+    #[arg(long, default_value_t = 4)]
+    max_inflight: u32,
+    /// The group's settle deadline, ms (what a vanished worker's jobs wait).
+    #[arg(long, default_value_t = 2000)]
+    ack_wait_ms: u64,
+    /// Upper bound on the run, seconds (at most 600).
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
 /// Largest connection count one run may open.
 const MAX_CONNECTIONS: usize = 1_000_000;
 /// Longest run, seconds.
@@ -272,6 +307,35 @@ fn main() -> anyhow::Result<()> {
             }
             if report["verify"]["ok"].as_bool() != Some(true) {
                 bail!("verification failed: {}", report["verify"]);
+            }
+            Ok(())
+        }
+        Scenario::Jobs(a) => {
+            if !(a.duration > 0.0 && a.duration <= MAX_SECONDS) || a.workers == 0 || a.workers > 1000 {
+                bail!("--duration must be in (0, {MAX_SECONDS}], --workers in 1..=1000");
+            }
+            let run = jobs::JobsRun {
+                addr: a.addr,
+                jobs: a.jobs.min(10_000_000),
+                workers: a.workers,
+                fail: a.fail.clamp(0.0, 0.9),
+                vanish: a.vanish.clamp(0.0, 1.0),
+                max_inflight: a.max_inflight.clamp(1, 1024),
+                ack_wait_ms: a.ack_wait_ms.clamp(1, 3_600_000),
+                duration: Duration::from_secs_f64(a.duration),
+            };
+            let rep = jobs::run(&run)?;
+            println!(
+                "jobs          {} jobs, {} workers ({} vanished mid-job), fail {:.0}%: done once {}, lost {}, double-done {}, retries {}, redeliveries {}, {:.2} s = {:.0} jobs/s, verify {}",
+                rep["jobs"], rep["workers"], rep["vanished"], run.fail * 100.0, rep["done_once"], rep["lost"], rep["double_done"],
+                rep["retries"], rep["redeliveries"], rep["secs"].as_f64().unwrap_or(0.0), rep["jobs_per_sec"].as_f64().unwrap_or(0.0),
+                if rep["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
+            );
+            if let Some(p) = &a.json {
+                std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;
+            }
+            if rep["verify"]["ok"].as_bool() != Some(true) {
+                bail!("verification failed: {rep}");
             }
             Ok(())
         }

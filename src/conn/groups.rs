@@ -442,8 +442,13 @@ impl ShardCore {
         if find(&mut self.groups.topics, topic, group).is_some_and(|g| g.members.is_empty()) {
             self.groups.wheel.insert(now + expire, GroupTimer::Expire { topic: t.clone(), group: name.clone() });
         }
-        if let Some(gi) = self.groups.topics.get(&t).and_then(|gs| gs.iter().position(|g| *g.name == *group)) {
-            self.dispatch(&t, gi);
+        self.dispatch_named(&t, group);
+    }
+
+    /// Hands out what group `name` of `topic` holds ready, if it still exists.
+    fn dispatch_named(&mut self, topic: &Arc<str>, name: &str) {
+        if let Some(gi) = self.groups.topics.get(topic).and_then(|gs| gs.iter().position(|g| *g.name == *name)) {
+            self.dispatch(topic, gi);
         }
     }
 
@@ -501,9 +506,7 @@ impl ShardCore {
             Outcome::Dead => self.dead_letter(&t, &name, h.job, "dead"),
             Outcome::Working => {}
         }
-        if let Some(gi) = self.groups.topics.get(&t).and_then(|gs| gs.iter().position(|g| g.name == name)) {
-            self.dispatch(&t, gi);
-        }
+        self.dispatch_named(&t, &name);
     }
 
     /// Runs the groups' timers due by `now` (a bounded number); true if
@@ -525,21 +528,13 @@ impl ShardCore {
                     }
                     self.counters.group_deadlines_missed += 1;
                     self.redeliver(&topic, &group, h.job, None, "ack_wait");
-                    if let Some(gi) =
-                        self.groups.topics.get(&topic).and_then(|gs| gs.iter().position(|g| g.name == group))
-                    {
-                        self.dispatch(&topic, gi);
-                    }
+                    self.dispatch_named(&topic, &group);
                 }
                 GroupTimer::Backoff { topic, group, job } => {
                     let Some(g) = find(&mut self.groups.topics, &topic, &group) else { continue };
                     g.backoff -= 1;
                     g.ready.push_back(job);
-                    if let Some(gi) =
-                        self.groups.topics.get(&topic).and_then(|gs| gs.iter().position(|g| g.name == group))
-                    {
-                        self.dispatch(&topic, gi);
-                    }
+                    self.dispatch_named(&topic, &group);
                 }
                 GroupTimer::Request { slot, gen } => {
                     let origin = crate::mesh::msg::ReqOrigin { shard: self.id, slot, gen };

@@ -202,7 +202,7 @@ impl ShardCore {
         if !more {
             self.stop_serving(req);
         }
-        self.send_to(origin.shard, MeshMsg::ReqReply { origin, data: data.into(), more });
+        self.send_to(origin.shard, MeshMsg::ReqReply { origin, req: req.into(), data: data.into(), more });
     }
 
     fn stop_serving(&mut self, req: &str) -> Option<Serving> {
@@ -235,8 +235,14 @@ impl ShardCore {
     }
 
     /// The requester's shard: one reply to forward.
-    pub(crate) fn on_req_reply(&mut self, origin: ReqOrigin, data: &str, more: bool) {
+    pub(crate) fn on_req_reply(&mut self, origin: ReqOrigin, req: &str, data: &str, more: bool) {
         let Some(o) = self.open_mut(origin) else { return };
+        if o.bound.as_ref().is_none_or(|(_, r)| **r != *req) {
+            // From a responder this request has left (cancelled, then sent
+            // to its fallback): not forwarded.
+            self.counters.replies_dropped += 1;
+            return;
+        }
         o.forwarded += 1;
         let (conn, id) = (o.conn, o.id);
         if !more {

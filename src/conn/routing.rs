@@ -139,7 +139,7 @@ impl ShardCore {
             MeshMsg::ReqBound { origin, req } => self.on_req_bound(from, origin, req),
             MeshMsg::ReqGone { origin } => self.on_req_gone(from, origin),
             MeshMsg::ReqOverflow { origin } => self.on_req_overflow(origin),
-            MeshMsg::ReqReply { origin, data, more } => self.on_req_reply(origin, &data, more),
+            MeshMsg::ReqReply { origin, req, data, more } => self.on_req_reply(origin, &req, &data, more),
             MeshMsg::ReqCancel { req } => self.on_req_cancel(&req),
             MeshMsg::GroupSettleRefused { conn, id, code, message } => {
                 if self.conn_mut(conn).is_some() {

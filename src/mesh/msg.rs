@@ -365,6 +365,9 @@ pub enum MeshMsg {
     ReqReply {
         /// The request.
         origin: ReqOrigin,
+        /// Its id at the responder (a reply from a responder the request
+        /// has left, e.g. after a fallback, is dropped).
+        req: Box<str>,
         /// Verbatim JSON.
         data: Box<str>,
         /// More follow.

@@ -596,58 +596,41 @@ pub struct MsgFields<'a> {
 /// Appends the `msg` frame for a publication: encoded once per publish, then
 /// shared byte-for-byte by every subscriber.
 pub fn msg(out: &mut Vec<u8>, m: &MsgFields<'_>) {
-    append_text_frame(out, |o| {
-        let _ = write!(o, "{{\"op\":\"msg\",\"topic\":\"{}\",\"seq\":{},\"epoch\":\"{}\"", m.topic, m.seq, m.epoch);
-        if let Some(mid) = m.msg_id {
-            o.extend_from_slice(b",\"msg_id\":");
-            json_str(o, mid);
-        }
-        match m.prio {
-            Some(Prio::Critical) => o.extend_from_slice(b",\"prio\":\"critical\""),
-            Some(Prio::Normal) => o.extend_from_slice(b",\"prio\":\"normal\""),
-            None => {}
-        }
-        if let Some(from) = m.from {
-            o.extend_from_slice(b",\"from\":");
-            json_str(o, from);
-        }
-        if let Some(extra) = m.extra {
-            o.push(b',');
-            o.extend_from_slice(extra.as_bytes());
-        }
-        o.extend_from_slice(b",\"data\":");
-        o.extend_from_slice(m.data.as_bytes());
-        o.push(b'}');
-    });
+    append_text_frame(out, |o| msg_body(o, m, None));
 }
 
 /// Appends a group member's `msg` (`ack: true` groups): the publication's
 /// fields plus `group` and `attempt`, encoded for this one hand-off.
 pub fn group_msg(out: &mut Vec<u8>, m: &MsgFields<'_>, group: &str, attempt: u32) {
-    append_text_frame(out, |o| {
-        let _ = write!(o, "{{\"op\":\"msg\",\"topic\":\"{}\",\"seq\":{},\"epoch\":\"{}\"", m.topic, m.seq, m.epoch);
-        if let Some(mid) = m.msg_id {
-            o.extend_from_slice(b",\"msg_id\":");
-            json_str(o, mid);
-        }
-        match m.prio {
-            Some(Prio::Critical) => o.extend_from_slice(b",\"prio\":\"critical\""),
-            Some(Prio::Normal) => o.extend_from_slice(b",\"prio\":\"normal\""),
-            None => {}
-        }
-        if let Some(from) = m.from {
-            o.extend_from_slice(b",\"from\":");
-            json_str(o, from);
-        }
-        if let Some(extra) = m.extra {
-            o.push(b',');
-            o.extend_from_slice(extra.as_bytes());
-        }
+    append_text_frame(out, |o| msg_body(o, m, Some((group, attempt))));
+}
+
+/// The JSON of a `msg`, with `group` and `attempt` for a group hand-off.
+fn msg_body(o: &mut Vec<u8>, m: &MsgFields<'_>, group: Option<(&str, u32)>) {
+    let _ = write!(o, "{{\"op\":\"msg\",\"topic\":\"{}\",\"seq\":{},\"epoch\":\"{}\"", m.topic, m.seq, m.epoch);
+    if let Some(mid) = m.msg_id {
+        o.extend_from_slice(b",\"msg_id\":");
+        json_str(o, mid);
+    }
+    match m.prio {
+        Some(Prio::Critical) => o.extend_from_slice(b",\"prio\":\"critical\""),
+        Some(Prio::Normal) => o.extend_from_slice(b",\"prio\":\"normal\""),
+        None => {}
+    }
+    if let Some(from) = m.from {
+        o.extend_from_slice(b",\"from\":");
+        json_str(o, from);
+    }
+    if let Some(extra) = m.extra {
+        o.push(b',');
+        o.extend_from_slice(extra.as_bytes());
+    }
+    if let Some((group, attempt)) = group {
         let _ = write!(o, ",\"group\":\"{group}\",\"attempt\":{attempt}");
-        o.extend_from_slice(b",\"data\":");
-        o.extend_from_slice(m.data.as_bytes());
-        o.push(b'}');
-    });
+    }
+    o.extend_from_slice(b",\"data\":");
+    o.extend_from_slice(m.data.as_bytes());
+    o.push(b'}');
 }
 
 /// Appends the `subscribed` reply to a group join.

@@ -265,3 +265,22 @@ fn bad_group_commands_get_bad_request() {
     c.sync();
     server.shutdown();
 }
+
+#[test]
+fn group_bounds_refuse_joins_with_overloaded() {
+    let server = server_with(|c| {
+        high_rates(c);
+        c.groups.max_members = 1;
+        c.groups.max_per_topic = 1;
+    });
+    let addr = server.local_addr();
+    let mut a = Client::connect(addr);
+    join(&mut a, "acme/b", "g", json!({}));
+    let mut b = Client::connect(addr);
+    let v = b.ask(json!({"op":"sub","id":1,"topic":"acme/b","group":"g"}));
+    assert_eq!(v["code"], "overloaded", "groups.max_members: {v}");
+    let v = b.ask(json!({"op":"sub","id":2,"topic":"acme/b","group":"h"}));
+    assert_eq!(v["code"], "overloaded", "groups.max_per_topic: {v}");
+    assert_eq!(server.stats().sum(|s| s.counters.group_joins_refused), 2);
+    server.shutdown();
+}

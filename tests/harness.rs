@@ -836,3 +836,26 @@ fn group_hand_over_on_disconnect_in_simulated_time() {
     assert_eq!(second.len(), 2, "a's two came again as attempt 2: {:?}", sim.handoffs(b));
     sim.assert_clean();
 }
+
+/// `groups.empty_expire_ms`: a group without members keeps its work that
+/// long, then is dropped with it (counted) and its interest given back.
+#[test]
+fn an_empty_group_expires_in_simulated_time() {
+    let mut sim = Sim::new(2, 1024, |_, p| p.groups.empty_expire_ms = 1000);
+    let topic = sim.topic_on(0, "gone");
+    let m = sim.connect(1);
+    sim.join(m, &topic, "w", r#","ack":true"#);
+    sim.settle();
+    sim.disconnect(m);
+    sim.settle();
+    let p = sim.connect(0);
+    sim.publish(p, &topic, "1");
+    sim.settle();
+    sim.run_for(900);
+    assert_eq!(sim.cores[0].counters.groups_expired, 0, "kept until empty_expire_ms");
+    sim.run_for(200);
+    assert_eq!(sim.cores[0].counters.groups_expired, 1);
+    assert_eq!(sim.cores[0].counters.group_dropped_on_expiry, 1);
+    assert_eq!(sim.cores[0].groups.totals(), (0, 0, 0, 0));
+    sim.assert_clean();
+}

@@ -186,3 +186,18 @@ fn bad_requests_get_bad_request() {
     assert_eq!(v["code"], "bad_topic");
     server.shutdown();
 }
+
+#[test]
+fn open_requests_per_connection_are_bounded() {
+    let server = server_with(|c| c.requests.max_per_connection = 1);
+    let addr = server.local_addr();
+    let mut r = responder(addr, "acme/models/sum");
+    let mut q = Client::connect(addr);
+    q.send(json!({"op":"req","id":1,"topic":"acme/models/sum","data":1}));
+    r.expect_op("request");
+    let v = q.ask(json!({"op":"req","id":2,"topic":"acme/models/sum","data":2}));
+    assert_eq!((v["code"].as_str(), v["id"].as_u64()), (Some("overloaded"), Some(2)), "{v}");
+    assert!(v["retry_after_ms"].as_u64().is_some());
+    assert_eq!(server.stats().sum(|s| s.counters.requests_refused), 1);
+    server.shutdown();
+}

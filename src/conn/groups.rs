@@ -162,7 +162,8 @@ impl Groups {
         t
     }
 
-    /// Round robin over the members of `topic`'s groups (or of `group`).
+    /// A member to answer a request: round robin over the members of
+    /// `topic`'s groups (or of `group`).
     pub(crate) fn pick_any(&mut self, topic: &str, group: Option<&str>) -> Option<MemberRef> {
         let gs = self.topics.get_mut(topic)?;
         let n = gs.len();

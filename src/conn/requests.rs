@@ -159,7 +159,7 @@ impl ShardCore {
     /// The owner: pick a responder for `route`.
     pub(crate) fn route_request(&mut self, route: ReqRoute) {
         let origin = route.origin;
-        let Some(member) = self.groups.pick_responder(&route.topic, route.group.as_deref()) else {
+        let Some(member) = self.groups.pick_any(&route.topic, route.group.as_deref()) else {
             self.counters.requests_no_responders += 1;
             return self.send_to(origin.shard, MeshMsg::ReqGone { origin });
         };
@@ -347,13 +347,5 @@ impl ShardCore {
                 self.send_to(s.origin.shard, MeshMsg::ReqGone { origin: s.origin });
             }
         }
-    }
-}
-
-impl super::groups::Groups {
-    /// A member to answer a request on `topic` (of `group`, if named):
-    /// round robin over the members of the topic's groups.
-    pub(crate) fn pick_responder(&mut self, topic: &str, group: Option<&str>) -> Option<super::groups::MemberRef> {
-        self.pick_any(topic, group)
     }
 }

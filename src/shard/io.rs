@@ -394,13 +394,8 @@ impl Task {
             wbuf.clear();
             conn.out.fill(&mut wbuf, WRITE_CHUNK);
             if wbuf.is_empty() {
-                if conn.phase == Phase::Http && !conn.inbuf.is_empty() && !conn.http.as_ref().is_some_and(|h| h.busy) {
-                    // Pipelined requests waited for these answers to drain.
-                    drop(wbuf);
-                    core.tick(Instant::now());
-                    core.resume_input(self.idx);
-                    cx.waker().wake_by_ref();
-                }
+                drop(wbuf);
+                resume_pipelined(core, self.idx, cx);
                 return Poll::Pending;
             }
             match Pin::new(&mut self.stream).poll_write(cx, &wbuf) {
@@ -487,12 +482,8 @@ impl Task {
             wbuf.clear();
             conn.out.fill(&mut wbuf, WRITE_CHUNK);
             if wbuf.is_empty() {
-                if conn.phase == Phase::Http && !conn.inbuf.is_empty() && !conn.http.as_ref().is_some_and(|h| h.busy) {
-                    drop(wbuf);
-                    core.tick(Instant::now());
-                    core.resume_input(self.idx);
-                    cx.waker().wake_by_ref();
-                }
+                drop(wbuf);
+                resume_pipelined(core, self.idx, cx);
                 return Poll::Pending;
             }
             let n = tls.conn.writer().write(&wbuf).unwrap_or(0);
@@ -562,6 +553,20 @@ impl Task {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+}
+
+/// Everything queued was written: pipelined HTTP requests that waited for
+/// these answers to drain are handled now.
+fn resume_pipelined(core: &mut crate::conn::core::ShardCore, idx: usize, cx: &mut Context<'_>) {
+    let waiting = core
+        .conns
+        .get(idx)
+        .is_some_and(|c| c.phase == Phase::Http && !c.inbuf.is_empty() && !c.http.as_ref().is_some_and(|h| h.busy));
+    if waiting {
+        core.tick(Instant::now());
+        core.resume_input(idx);
+        cx.waker().wake_by_ref();
     }
 }
 

@@ -396,6 +396,8 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
             overflow_high_water: o.overflow_high_water as u64,
         })
         .collect();
+    // One walk of the groups for all four figures.
+    let (groups, requests) = (core.groups.totals(), core.requests.totals());
     ShardStats {
         shard: core.id,
         counters: core.counters.clone(),
@@ -403,12 +405,12 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         subscriptions: core.local.subscriptions(),
         local_topics: core.local.topics() as u64,
         owned_topics: core.owner.len() as u64,
-        groups_owned: core.groups.totals().0 as u64,
-        group_pending: core.groups.totals().1 as u64,
-        group_inflight: core.groups.totals().2 as u64,
-        group_bytes: core.groups.totals().3 as u64,
-        requests_open: core.requests.totals().0 as u64,
-        requests_serving: core.requests.totals().1 as u64,
+        groups_owned: groups.0 as u64,
+        group_pending: groups.1 as u64,
+        group_inflight: groups.2 as u64,
+        group_bytes: groups.3 as u64,
+        requests_open: requests.0 as u64,
+        requests_serving: requests.1 as u64,
         owned_interest: core.owner.total_interest(),
         outbound_bytes,
         outbound_max_bytes,

@@ -95,11 +95,20 @@ pub struct RequestsConfig {
     /// Reply bytes one request may stream; past it the responder gets
     /// `overloaded` and the requester a final `overloaded` error.
     pub max_reply_bytes: usize,
+    /// Service topics one shard keeps request metrics for; requests to
+    /// further topics are counted under `(other)`.
+    pub max_services: usize,
 }
 
 impl Default for RequestsConfig {
     fn default() -> Self {
-        Self { max_open: 10_000, max_per_connection: 256, max_held_bytes: 64 << 20, max_reply_bytes: 4 << 20 }
+        Self {
+            max_open: 10_000,
+            max_per_connection: 256,
+            max_held_bytes: 64 << 20,
+            max_reply_bytes: 4 << 20,
+            max_services: 1024,
+        }
     }
 }
 
@@ -109,6 +118,8 @@ impl Default for RequestsConfig {
 pub struct GroupsConfig {
     /// Groups per topic.
     pub max_per_topic: usize,
+    /// Groups one shard owns (each may keep a 10 KiB ack-latency histogram).
+    pub max_groups: usize,
     /// Members per group.
     pub max_members: usize,
     /// Publications a group holds not yet handed out (ready or waiting out
@@ -127,6 +138,7 @@ impl Default for GroupsConfig {
     fn default() -> Self {
         Self {
             max_per_topic: 16,
+            max_groups: 4096,
             max_members: 1024,
             max_pending: 10_000,
             max_pending_bytes: 16 << 20,
@@ -582,14 +594,27 @@ impl Config {
             }
         }
         let g = &self.groups;
-        if g.max_per_topic == 0 || g.max_members == 0 || g.max_pending == 0 || g.max_pending_bytes == 0 {
-            return invalid("groups", "max_per_topic, max_members, max_pending and max_pending_bytes must be positive");
+        if g.max_per_topic == 0
+            || g.max_groups == 0
+            || g.max_members == 0
+            || g.max_pending == 0
+            || g.max_pending_bytes == 0
+        {
+            return invalid(
+                "groups",
+                "max_per_topic, max_groups, max_members, max_pending and max_pending_bytes must be positive",
+            );
         }
         let q = &self.requests;
-        if q.max_open == 0 || q.max_per_connection == 0 || q.max_held_bytes == 0 || q.max_reply_bytes == 0 {
+        if q.max_open == 0
+            || q.max_per_connection == 0
+            || q.max_held_bytes == 0
+            || q.max_reply_bytes == 0
+            || q.max_services == 0
+        {
             return invalid(
                 "requests",
-                "max_open, max_per_connection, max_held_bytes and max_reply_bytes must be positive",
+                "max_open, max_per_connection, max_held_bytes, max_reply_bytes and max_services must be positive",
             );
         }
         if g.backoff_base_ms == 0 || g.empty_expire_ms == 0 {

@@ -284,3 +284,79 @@ fn group_bounds_refuse_joins_with_overloaded() {
     assert_eq!(server.stats().sum(|s| s.counters.group_joins_refused), 2);
     server.shutdown();
 }
+
+#[test]
+fn groups_per_shard_are_bounded() {
+    let server = server_with(|c| {
+        high_rates(c);
+        c.groups.max_groups = 1;
+    });
+    let addr = server.local_addr();
+    let on = |shard: usize| -> Vec<String> {
+        (0..1000).map(|i| format!("acme/room-{i}")).filter(|t| server.owner_of(t) == shard).take(2).collect()
+    };
+    let (t1, t2) = (on(0)[0].clone(), on(0)[1].clone());
+    let mut a = Client::connect(addr);
+    join(&mut a, &t1, "g", json!({}));
+    let mut b = Client::connect(addr);
+    let v = b.ask(json!({"op":"sub","id":1,"topic":t2,"group":"g"}));
+    assert_eq!(v["code"], "overloaded", "groups.max_groups: {v}");
+    assert!(v["message"].as_str().unwrap().contains("shard"), "{v}");
+    // Joining the group that exists is not a new group.
+    join(&mut b, &t1, "g", json!({}));
+    // Another shard has its own budget.
+    let t3 = on(1)[0].clone();
+    join(&mut b, &t3, "g", json!({}));
+    assert_eq!(server.stats().sum(|s| s.counters.group_joins_refused), 1);
+    server.shutdown();
+}
+
+#[test]
+fn per_group_metrics_count_handoffs_settles_and_ack_latency() {
+    let server = server_with(high_rates);
+    let addr = server.local_addr();
+    let topic = "acme/metered";
+    let mut m = Client::connect(addr);
+    join(&mut m, topic, "g", json!({"ack":true,"max_inflight":8,"max_deliver":2}));
+    let mut p = Client::connect(addr);
+    publish_n(&mut p, topic, 5);
+    // 1..=3 done, 4 retry then done, 5 dead.
+    let mut settled = 0;
+    while settled < 5 {
+        let v = m.expect_op("msg");
+        let (seq, attempt) = (v["seq"].as_u64().unwrap(), v["attempt"].as_u64().unwrap());
+        let outcome = match (seq, attempt) {
+            (4, 1) => "retry",
+            (5, _) => "dead",
+            _ => "done",
+        };
+        if outcome != "retry" {
+            settled += 1;
+        }
+        std::thread::sleep(Duration::from_millis(3));
+        m.send(json!({"op":"settle","topic":topic,"group":"g","seq":seq,"outcome":outcome,"delay_ms":0}));
+    }
+    m.sync();
+    let s = admin_get(&server, "/v1/stats").json();
+    let g = s["groups"].as_array().unwrap().iter().find(|g| g["topic"] == topic).expect("the group is listed").clone();
+    assert_eq!(g["group"], "g");
+    assert_eq!(
+        (&g["members"], &g["handoffs"], &g["redeliveries"], &g["done"], &g["dead_lettered"], &g["inflight"]),
+        (&json!(1), &json!(6), &json!(1), &json!(4), &json!(1), &json!(0)),
+        "{g}"
+    );
+    assert_eq!(g["ack_latency"]["count"], 4, "{g}");
+    assert!(g["ack_latency"]["p50_us"].as_u64().unwrap() >= 2000, "the member took ≥ 3 ms per job: {g}");
+    let text = admin_get(&server, "/metrics").body;
+    for line in [
+        "shardcast_consumer_group_done_total{topic=\"acme/metered\",group=\"g\"} 4",
+        "shardcast_consumer_group_dead_lettered_total{topic=\"acme/metered\",group=\"g\"} 1",
+        "shardcast_consumer_group_ack_latency_seconds_count{topic=\"acme/metered\",group=\"g\"} 4",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from /metrics");
+    }
+    assert!(text.contains(
+        "shardcast_consumer_group_ack_latency_seconds{topic=\"acme/metered\",group=\"g\",quantile=\"0.99\"}"
+    ));
+    server.shutdown();
+}

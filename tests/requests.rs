@@ -201,3 +201,95 @@ fn open_requests_per_connection_are_bounded() {
     assert_eq!(server.stats().sum(|s| s.counters.requests_refused), 1);
     server.shutdown();
 }
+
+#[test]
+fn open_requests_per_shard_and_held_fallback_bytes_are_bounded() {
+    let server = server_with(|c| {
+        c.requests.max_open = 1;
+        c.requests.max_held_bytes = 64;
+    });
+    let addr = server.local_addr();
+    let _r = responder(addr, "acme/models/sum");
+    let mut a = Client::connect_to_shard(addr, 0);
+    let mut b = Client::connect_to_shard(addr, 0);
+    let mut c = Client::connect_to_shard(addr, 1);
+    a.send(json!({"op":"req","id":1,"topic":"acme/models/sum","data":1}));
+    a.sync();
+    // requests.max_open: the shard's one slot is taken, for every connection there.
+    let v = b.ask(json!({"op":"req","id":2,"topic":"acme/models/sum","data":2}));
+    assert_eq!((v["code"].as_str(), v["id"].as_u64()), (Some("overloaded"), Some(2)), "{v}");
+    // requests.max_held_bytes: data kept for a fallback is bounded; without
+    // a fallback nothing is kept.
+    let big = "y".repeat(100);
+    let v = c.ask(json!({"op":"req","id":3,"topic":"acme/models/sum","data":big,"fallback":"acme/models/small"}));
+    assert_eq!((v["code"].as_str(), v["id"].as_u64()), (Some("overloaded"), Some(3)), "{v}");
+    c.send(json!({"op":"req","id":4,"topic":"acme/models/sum","data":big}));
+    c.sync();
+    let t = server.stats();
+    assert_eq!(t.sum(|s| s.counters.requests_refused), 2);
+    assert_eq!(t.sum(|s| s.requests_open), 2);
+    server.shutdown();
+}
+
+/// The service row named `topic` in /v1/stats.
+fn service(server: &shardcast::server::ServerHandle, topic: &str) -> Value {
+    let s = admin_get(server, "/v1/stats").json();
+    s["services"].as_array().unwrap().iter().find(|s| s["topic"] == topic).cloned().unwrap_or(Value::Null)
+}
+
+#[test]
+fn per_service_metrics_count_outcomes_and_reply_latency() {
+    let server = server_with(|c| c.requests.max_services = 2);
+    let addr = server.local_addr();
+    let mut r = responder(addr, "acme/models/sum");
+    let mut q = Client::connect(addr);
+    // Three answered (two chunks each, 5 ms apart), on either shard.
+    for id in 1..=3u64 {
+        q.send(json!({"op":"req","id":id,"topic":"acme/models/sum","data":id,"timeout_ms":5000}));
+        let req = r.expect_op("request");
+        std::thread::sleep(Duration::from_millis(5));
+        r.send(json!({"op":"reply","req":req["req"],"data":"a","more":true}));
+        std::thread::sleep(Duration::from_millis(5));
+        r.send(json!({"op":"reply","req":req["req"],"data":"b"}));
+        assert_eq!(q.expect_op("reply")["more"], true);
+        assert!(q.expect_op("reply").get("more").is_none());
+    }
+    // One times out and falls back (to nobody: no_responders counts for the fallback's result).
+    q.send(
+        json!({"op":"req","id":4,"topic":"acme/models/sum","data":4,"timeout_ms":100,"fallback":"acme/models/none"}),
+    );
+    r.expect_op("request");
+    assert_eq!(r.expect_op("cancel")["op"], "cancel");
+    assert_eq!(q.expect_op("error")["code"], "no_responders");
+    // One cancelled by the requester.
+    q.send(json!({"op":"req","id":5,"topic":"acme/models/sum","data":5}));
+    r.expect_op("request");
+    q.send(json!({"op":"cancel","id":5}));
+    r.expect_op("cancel");
+    // One timeout without a fallback.
+    q.send(json!({"op":"req","id":6,"topic":"acme/models/sum","data":6,"timeout_ms":100}));
+    r.expect_op("request");
+    assert_eq!(q.expect_op("error")["code"], "timeout");
+    let s = service(&server, "acme/models/sum");
+    assert_eq!(
+        (&s["requests"], &s["answered"], &s["timeouts"], &s["fallbacks"], &s["cancels"], &s["no_responders"]),
+        (&json!(6), &json!(3), &json!(1), &json!(1), &json!(1), &json!(1)),
+        "{s}"
+    );
+    assert_eq!((&s["first_reply"]["count"], &s["final_reply"]["count"]), (&json!(3), &json!(3)), "{s}");
+    let (first, last) = (s["first_reply"]["p50_us"].as_u64().unwrap(), s["final_reply"]["p50_us"].as_u64().unwrap());
+    assert!(first >= 4_000 && last >= 9_000 && last > first, "5 ms to the first chunk, 10 ms to the last: {s}");
+    // requests.max_services = 2: a third service topic counts under (other).
+    for (i, t) in ["acme/models/x", "acme/models/y"].iter().enumerate() {
+        assert_eq!(q.ask(json!({"op":"req","id":10 + i,"topic":t,"data":1}))["code"], "no_responders");
+    }
+    let text = admin_get(&server, "/metrics").body;
+    for topic in ["acme/models/sum", "(other)"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("shardcast_service_requests_total{{topic=\"{topic}\"}}"))),
+            "{topic} missing from /metrics"
+        );
+    }
+    assert!(text.contains("shardcast_service_reply_seconds_count{topic=\"acme/models/sum\"} 3"));
+    server.shutdown();
+}

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::conn::stats::{ShardStats, Totals, TOP_TOPICS};
+use crate::conn::stats::{Latency, ShardStats, Totals, TOP_TOPICS};
 
 struct Out {
     text: String,
@@ -70,6 +70,91 @@ impl Out {
         self.sample(&format!("{name}_sum"), &[], sum / 1e6);
         self.sample(&format!("{name}_count"), &[], h.len() as f64);
     }
+}
+
+impl Out {
+    /// A labelled summary family from compact histograms: quantiles,
+    /// `_sum` and `_count` per label set.
+    fn labelled_summary<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: impl Iterator<Item = (Vec<(&'static str, String)>, &'a Latency)>,
+    ) {
+        self.family(name, "summary", help);
+        for (labels, lat) in rows {
+            for q in [0.5, 0.99, 0.999] {
+                let mut l = labels.clone();
+                l.push(("quantile", q.to_string()));
+                self.sample(name, &l, lat.quantile_us(q) as f64 / 1e6);
+            }
+            let sum: f64 = lat.histogram().map_or(0.0, |h| {
+                h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum()
+            });
+            self.sample(&format!("{name}_sum"), &labels, sum / 1e6);
+            self.sample(&format!("{name}_count"), &labels, lat.count() as f64);
+        }
+    }
+
+    /// Per consumer group and per service topic series (the busiest ones).
+    fn groups_and_services(&mut self, t: &Totals) {
+        let groups = t.groups();
+        let gl = |g: &crate::conn::stats::GroupStats| vec![("topic", g.topic.clone()), ("group", g.group.clone())];
+        type G = fn(&crate::conn::stats::GroupStats) -> u64;
+        let rows: [(&str, &str, &str, G); 7] = [
+            ("consumer_group_members", "gauge", "Members of the group.", |g| g.members),
+            ("consumer_group_pending", "gauge", "Publications the group holds not handed out.", |g| g.pending),
+            ("consumer_group_inflight", "gauge", "Publications handed out, not settled.", |g| g.inflight),
+            ("consumer_group_handoffs_total", "counter", "Hand-offs to members (every attempt).", |g| g.handoffs),
+            ("consumer_group_redeliveries_total", "counter", "Hand-offs after the first attempt.", |g| g.redeliveries),
+            ("consumer_group_done_total", "counter", "Publications settled done.", |g| g.done),
+            ("consumer_group_dead_lettered_total", "counter", "Publications sent to the dead-letter topic.", |g| {
+                g.dead_lettered
+            }),
+        ];
+        for (name, kind, help, f) in rows {
+            self.family(name, kind, help);
+            for g in &groups {
+                self.sample(name, &gl(g), f(g) as f64);
+            }
+        }
+        self.labelled_summary(
+            "consumer_group_ack_latency_seconds",
+            "Hand-off of the attempt settled done to that settle.",
+            groups.iter().map(|g| (gl(g), &g.ack_latency)),
+        );
+        let services = t.services();
+        type S = fn(&crate::conn::stats::ServiceStats) -> u64;
+        let rows: [(&str, &str, S); 6] = [
+            ("service_requests_total", "Requests made to the service topic.", |s| s.requests),
+            ("service_answered_total", "Requests that got their final reply.", |s| s.answered),
+            ("service_timeouts_total", "Requests answered timeout.", |s| s.timeouts),
+            ("service_fallbacks_total", "Requests sent on to their fallback.", |s| s.fallbacks),
+            ("service_cancels_total", "Requests cancelled by their requester (cancel or disconnect).", |s| s.cancels),
+            ("service_no_responders_total", "Requests answered no_responders.", |s| s.no_responders),
+        ];
+        for (name, help, f) in rows {
+            self.family(name, "counter", help);
+            for (topic, st) in &services {
+                self.sample(name, &[("topic", topic.clone())], f(st) as f64);
+            }
+        }
+        self.labelled_summary(
+            "service_first_reply_seconds",
+            "Request to its first reply forwarded.",
+            services.iter().map(|(t, s)| (vec![("topic", t.clone())], &s.first_reply)),
+        );
+        self.labelled_summary(
+            "service_reply_seconds",
+            "Request to its final reply forwarded.",
+            services.iter().map(|(t, s)| (vec![("topic", t.clone())], &s.final_reply)),
+        );
+    }
+}
+
+/// `{count, p50_us, p99_us, p999_us}` of a compact histogram.
+fn latency_json(l: &Latency) -> serde_json::Value {
+    json!({"count": l.count(), "p50_us": l.quantile_us(0.5), "p99_us": l.quantile_us(0.99), "p999_us": l.quantile_us(0.999)})
 }
 
 fn map_pairs<K: Clone>(m: &BTreeMap<K, u64>) -> Vec<(K, u64)> {
@@ -342,6 +427,7 @@ pub fn render(t: &Totals, draining: bool) -> String {
     }
     o.summary("publish_deliver_latency_seconds", "Publish read to frame queued on subscribers.", &t.deliver_latency());
     o.summary("publish_ack_latency_seconds", "Publish read to ack queued.", &t.ack_latency());
+    o.groups_and_services(t);
     o.family("topic_last_seq", "gauge", "Last seq of the busiest topics.");
     let lag = topic_lag(t);
     for (topic, last, _) in &lag {
@@ -402,6 +488,16 @@ pub fn json(t: &Totals, draining: bool) -> serde_json::Value {
         "publish_deliver_latency": lat(t.deliver_latency()),
         "publish_ack_latency": lat(t.ack_latency()),
         "topics": lag,
+        "groups": t.groups().into_iter().map(|g| json!({
+            "topic": g.topic, "group": g.group, "members": g.members, "pending": g.pending,
+            "inflight": g.inflight, "handoffs": g.handoffs, "redeliveries": g.redeliveries,
+            "done": g.done, "dead_lettered": g.dead_lettered, "ack_latency": latency_json(&g.ack_latency),
+        })).collect::<Vec<_>>(),
+        "services": t.services().into_iter().map(|(topic, s)| json!({
+            "topic": topic, "requests": s.requests, "answered": s.answered, "timeouts": s.timeouts,
+            "fallbacks": s.fallbacks, "cancels": s.cancels, "no_responders": s.no_responders,
+            "first_reply": latency_json(&s.first_reply), "final_reply": latency_json(&s.final_reply),
+        })).collect::<Vec<_>>(),
         "shards": shards,
     })
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::core::{ShardCore, OVERLOADED_RETRY_MS};
+use super::stats::{GroupStats, Latency};
 use crate::mesh::msg::GroupSpec;
 use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind, Requester, SharedPub};
 use crate::proto::message::{self, ErrorCode, MsgFields, Outcome};
@@ -62,6 +63,7 @@ struct Held {
     job: Job,
     member: MemberRef,
     timer: TimerId,
+    handed_at: Instant,
 }
 
 /// One consumer group of one topic.
@@ -83,6 +85,17 @@ struct Group {
     /// Bytes of every publication the group holds.
     bytes: usize,
     empty_since: Option<Instant>,
+    stats: GroupCounters,
+}
+
+/// A group's own counters (its metrics).
+#[derive(Debug, Default)]
+struct GroupCounters {
+    handoffs: u64,
+    redeliveries: u64,
+    done: u64,
+    dead_lettered: u64,
+    ack_latency: Latency,
 }
 
 /// An entry of the groups' timer wheel.
@@ -160,6 +173,33 @@ impl Groups {
             t.3 += g.bytes;
         }
         t
+    }
+
+    /// Groups owned.
+    pub fn len(&self) -> usize {
+        self.topics.values().map(Vec::len).sum()
+    }
+
+    /// The `n` groups with the most hand-offs, with their figures.
+    pub fn top(&self, n: usize) -> Vec<GroupStats> {
+        let mut all: Vec<(&Arc<str>, &Group)> =
+            self.topics.iter().flat_map(|(t, gs)| gs.iter().map(move |g| (t, g))).collect();
+        all.sort_by_key(|(_, g)| std::cmp::Reverse(g.stats.handoffs));
+        all.truncate(n);
+        all.into_iter()
+            .map(|(t, g)| GroupStats {
+                topic: t.to_string(),
+                group: g.name.to_string(),
+                members: g.members.len() as u64,
+                pending: (g.ready.len() + g.backoff) as u64,
+                inflight: g.inflight.len() as u64,
+                handoffs: g.stats.handoffs,
+                redeliveries: g.stats.redeliveries,
+                done: g.stats.done,
+                dead_lettered: g.stats.dead_lettered,
+                ack_latency: g.stats.ack_latency.clone(),
+            })
+            .collect()
     }
 
     /// A member to answer a request: round robin over the members of
@@ -270,11 +310,14 @@ impl ShardCore {
                 let key = GroupTimer::Deadline { topic: topic.clone(), group: name.clone(), seq: publ.seq, attempts };
                 let timer = self.groups.wheel.insert(now + g.ack_wait, key);
                 let g = find(&mut self.groups.topics, topic, &name).expect("group just used");
-                g.inflight.insert(publ.seq, Held { job, member, timer });
+                g.inflight.insert(publ.seq, Held { job, member, timer, handed_at: now });
             } else {
                 g.bytes -= publ.bytes();
             }
+            let g = find(&mut self.groups.topics, topic, &name).expect("group just used");
+            g.stats.handoffs += 1;
             if attempts > 1 {
+                g.stats.redeliveries += 1;
                 self.counters.group_redeliveries += 1;
             }
             self.counters.group_handoffs += 1;
@@ -312,6 +355,7 @@ impl ShardCore {
     fn dead_letter(&mut self, topic: &Arc<str>, name: &Arc<str>, job: Job, reason: &str) {
         let Some(g) = find(&mut self.groups.topics, topic, name) else { return };
         g.bytes -= job.publ.bytes();
+        g.stats.dead_lettered += 1;
         let dlq = g.dead_letter.clone();
         self.counters.group_dead_lettered += 1;
         let mut extra = String::from("\"dead\":{\"topic\":");
@@ -343,6 +387,9 @@ impl ShardCore {
         if !exists && self.groups.topics.get(topic).is_some_and(|gs| gs.len() >= lim.max_per_topic) {
             return refuse(self, "the topic holds its maximum number of groups");
         }
+        if !exists && self.groups.len() >= lim.max_groups {
+            return refuse(self, "the shard holds its maximum number of groups");
+        }
         // Read seq and epoch for the reply; a new group holds one interest
         // in the topic (so it is never evicted while the group lives).
         let (name, seq, epoch) = match self.owner.subscribe(self.id, topic, None, 0) {
@@ -368,6 +415,7 @@ impl ShardCore {
                         inflight: HashMap::new(),
                         bytes: 0,
                         empty_since: None,
+                        stats: GroupCounters::default(),
                     };
                     self.groups.topics.entry(t.clone()).or_default().push(g);
                     self.counters.groups_created += 1;
@@ -502,6 +550,8 @@ impl ShardCore {
         match outcome {
             Outcome::Done => {
                 g.bytes -= h.job.publ.bytes();
+                g.stats.done += 1;
+                g.stats.ack_latency.record(now.saturating_duration_since(h.handed_at));
             }
             Outcome::Retry(delay) => self.redeliver(&t, &name, h.job, delay.map(Duration::from_millis), "retry"),
             Outcome::Dead => self.dead_letter(&t, &name, h.job, "dead"),

@@ -14,12 +14,14 @@
 //!   the responder; a responder that goes away is a timeout now.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use super::core::{ShardCore, OVERLOADED_RETRY_MS};
 use super::groups::GroupTimer;
+use super::stats::ServiceStats;
 use crate::mesh::msg::{ReqHandOff, ReqOrigin, ReqRoute};
 use crate::mesh::{ConnRef, MeshMsg};
 use crate::proto::message::{self, ErrorCode};
@@ -39,6 +41,9 @@ struct Open {
     /// The responder's shard and the request's id there, once bound.
     bound: Option<(usize, Box<str>)>,
     forwarded: u32,
+    /// Index of the service topic first asked, in `Requests::services`.
+    service: u32,
+    started: Instant,
 }
 
 /// A request on its responder's shard.
@@ -57,9 +62,40 @@ pub struct Requests {
     held_bytes: usize,
     serving: HashMap<Box<str>, Serving>,
     next_id: u64,
+    /// Service topic → index in `services`.
+    service_index: HashMap<Arc<str>, u32>,
+    services: Vec<(Arc<str>, ServiceStats)>,
 }
 
+/// The service under which requests past `requests.max_services` count.
+pub const OTHER_SERVICE: &str = "(other)";
+
 impl Requests {
+    /// The metrics row of service topic `topic`: its own while fewer than
+    /// `max` are tracked, else the shared `(other)` row.
+    fn service(&mut self, topic: &str, max: usize) -> u32 {
+        if let Some(i) = self.service_index.get(topic) {
+            return *i;
+        }
+        let name: Arc<str> = if self.service_index.len() < max { topic.into() } else { OTHER_SERVICE.into() };
+        if let Some(i) = self.service_index.get(&name) {
+            return *i;
+        }
+        let i = self.services.len() as u32;
+        self.service_index.insert(name.clone(), i);
+        self.services.push((name, ServiceStats::default()));
+        i
+    }
+
+    /// Per service topic figures (a snapshot).
+    pub fn services(&self) -> Vec<(String, ServiceStats)> {
+        self.services.iter().map(|(t, s)| (t.to_string(), s.clone())).collect()
+    }
+
+    fn stats(&mut self, service: u32) -> &mut ServiceStats {
+        &mut self.services[service as usize].1
+    }
+
     /// Requests open on this shard (requester side), and served here.
     pub fn totals(&self) -> (usize, usize) {
         (self.open.len(), self.serving.len())
@@ -114,6 +150,8 @@ impl ShardCore {
         let timeout = Duration::from_millis(timeout_ms);
         let gen = self.requests.next_gen;
         self.requests.next_gen = gen.wrapping_add(1);
+        let service = self.requests.service(topic, lim.max_services);
+        self.requests.stats(service).requests += 1;
         let entry = self.requests.open.vacant_entry();
         let slot = entry.key() as u32;
         let timer = self.groups.wheel.insert(self.now + timeout, GroupTimer::Request { slot, gen });
@@ -127,6 +165,8 @@ impl ShardCore {
             timer,
             bound: None,
             forwarded: 0,
+            service,
+            started: self.now,
         });
         self.requests.held_bytes += held;
         self.conns[idx].requests.push(slot);
@@ -244,8 +284,15 @@ impl ShardCore {
             return;
         }
         o.forwarded += 1;
-        let (conn, id) = (o.conn, o.id);
+        let (conn, id, service, started, first) = (o.conn, o.id, o.service, o.started, o.forwarded == 1);
+        let took = self.now.saturating_duration_since(started);
+        let st = self.requests.stats(service);
+        if first {
+            st.first_reply.record(took);
+        }
         if !more {
+            st.final_reply.record(took);
+            st.answered += 1;
             self.close_request(origin.slot);
             self.counters.requests_answered += 1;
         }
@@ -287,9 +334,10 @@ impl ShardCore {
             // Once, to the fallback, with a fresh deadline.
             let topic = o.fallback.take().expect("checked");
             let data = o.data.take().unwrap_or_else(|| "null".into());
-            let (timeout, old_timer, conn) = (o.timeout, o.timer, o.conn);
+            let (timeout, old_timer, conn, service) = (o.timeout, o.timer, o.conn, o.service);
             self.requests.held_bytes -= data.len();
             self.counters.requests_fallbacks += 1;
+            self.requests.stats(service).fallbacks += 1;
             self.groups.wheel.cancel(old_timer);
             let key = GroupTimer::Request { slot: origin.slot, gen: origin.gen };
             let timer = self.groups.wheel.insert(self.now + timeout, key);
@@ -301,8 +349,14 @@ impl ShardCore {
             let route = ReqRoute { origin, topic, group: None, data, timeout_ms, from };
             return self.route_to_owner(MeshMsg::ReqRoute(Box::new(route)));
         }
-        let (conn, id, partial) = (o.conn, o.id, o.forwarded > 0);
+        let (conn, id, partial, service) = (o.conn, o.id, o.forwarded > 0, o.service);
         self.close_request(origin.slot);
+        let st = self.requests.stats(service);
+        if timed_out {
+            st.timeouts += 1;
+        } else {
+            st.no_responders += 1;
+        }
         if self.conn_mut(conn).is_none() {
             return;
         }
@@ -326,6 +380,7 @@ impl ShardCore {
         let Some(slot) = slot else { return };
         if let Some(o) = self.close_request(slot) {
             self.counters.requests_cancelled += 1;
+            self.requests.stats(o.service).cancels += 1;
             if let Some((shard, req)) = o.bound {
                 self.send_to(shard, MeshMsg::ReqCancel { req });
             }
@@ -337,6 +392,7 @@ impl ShardCore {
     pub(crate) fn requests_on_close(&mut self, requests: Vec<u32>, serving: Vec<Box<str>>) {
         for slot in requests {
             if let Some(o) = self.close_request(slot) {
+                self.requests.stats(o.service).cancels += 1;
                 if let Some((shard, req)) = o.bound {
                     self.send_to(shard, MeshMsg::ReqCancel { req });
                 }

@@ -5,15 +5,128 @@
 //! merges them (histograms too) on the asking side.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 /// How many of the busiest topics a snapshot names (each gets a lag series).
 pub const TOP_TOPICS: usize = 20;
 
+/// How many consumer groups (busiest by hand-offs) a scrape names.
+pub const TOP_GROUPS: usize = 50;
+
+/// How many service topics (busiest by requests) a scrape names.
+pub const TOP_SERVICES: usize = 50;
+
 /// Highest latency tracked, µs (60 s); larger samples are clamped.
 const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// A compact latency histogram for per-group and per-service figures: two
+/// significant figures and 32-bit counts (about 10 KiB), allocated on the
+/// first sample, so a group or service that never records costs nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Latency(Option<Box<Histogram<u32>>>);
+
+impl Latency {
+    /// Records one sample.
+    pub fn record(&mut self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        self.0
+            .get_or_insert_with(|| {
+                // Invariant: constant, valid bounds.
+                Box::new(Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid histogram bounds"))
+            })
+            .saturating_record(us);
+    }
+
+    /// Adds `other`'s samples.
+    pub fn merge(&mut self, other: &Latency) {
+        match (&mut self.0, &other.0) {
+            (Some(a), Some(b)) => {
+                let _ = a.add(&**b);
+            }
+            (None, Some(b)) => self.0 = Some(b.clone()),
+            _ => {}
+        }
+    }
+
+    /// The samples, if any.
+    pub fn histogram(&self) -> Option<&Histogram<u32>> {
+        self.0.as_deref()
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.len())
+    }
+
+    /// The value at quantile `q`, µs (0 when empty).
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.0.as_ref().map_or(0, |h| h.value_at_quantile(q))
+    }
+}
+
+/// One consumer group's figures (its owner's snapshot).
+#[derive(Debug, Clone, Default)]
+pub struct GroupStats {
+    /// Topic.
+    pub topic: String,
+    /// Group name.
+    pub group: String,
+    /// Members now.
+    pub members: u64,
+    /// Publications held not handed out (ready or in backoff).
+    pub pending: u64,
+    /// Handed out, not settled.
+    pub inflight: u64,
+    /// Hand-offs (every attempt).
+    pub handoffs: u64,
+    /// Hand-offs after the first attempt.
+    pub redeliveries: u64,
+    /// Settled `done`.
+    pub done: u64,
+    /// Sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Hand-off of the attempt that was settled `done` → that settle.
+    pub ack_latency: Latency,
+}
+
+/// One service topic's request figures, counted on the requesters' shards
+/// under the topic the request was made to (a fallback's outcome counts
+/// for the service first asked).
+#[derive(Debug, Clone, Default)]
+pub struct ServiceStats {
+    /// Requests made.
+    pub requests: u64,
+    /// Requests that got their final reply.
+    pub answered: u64,
+    /// Requests answered `no_responders`.
+    pub no_responders: u64,
+    /// Requests answered `timeout`.
+    pub timeouts: u64,
+    /// Requests sent on to their fallback.
+    pub fallbacks: u64,
+    /// Requests the requester cancelled (`cancel` or disconnect).
+    pub cancels: u64,
+    /// Request → first reply forwarded.
+    pub first_reply: Latency,
+    /// Request → final reply forwarded.
+    pub final_reply: Latency,
+}
+
+impl ServiceStats {
+    /// Adds `other`'s figures.
+    pub fn merge(&mut self, other: &ServiceStats) {
+        self.requests += other.requests;
+        self.answered += other.answered;
+        self.no_responders += other.no_responders;
+        self.timeouts += other.timeouts;
+        self.fallbacks += other.fallbacks;
+        self.cancels += other.cancels;
+        self.first_reply.merge(&other.first_reply);
+        self.final_reply.merge(&other.final_reply);
+    }
+}
 
 /// Counters a shard increments as it works.
 #[derive(Debug, Clone)]
@@ -321,6 +434,11 @@ pub struct ShardStats {
     pub owner: crate::topic::owner::OwnerStats,
     /// The owned topics with the highest seqs: (topic, last seq).
     pub top_topics: Vec<(String, u64)>,
+    /// The busiest groups this shard owns (at most [`TOP_GROUPS`]).
+    pub top_groups: Vec<GroupStats>,
+    /// Per service topic, as seen by this shard's requesters (at most
+    /// `requests.max_services`, the rest under `(other)`).
+    pub services: Vec<(String, ServiceStats)>,
     /// For local topics with frames still queued: (topic, oldest queued seq).
     pub backlog: Vec<(String, u64)>,
 }
@@ -366,6 +484,29 @@ impl Totals {
             let _ = h.add(&s.counters.ack_latency_us);
         }
         h
+    }
+
+    /// The busiest groups over all shards (each lives on one owner).
+    pub fn groups(&self) -> Vec<&GroupStats> {
+        let mut all: Vec<&GroupStats> = self.shards.iter().flat_map(|s| s.top_groups.iter()).collect();
+        all.sort_by(|a, b| b.handoffs.cmp(&a.handoffs).then_with(|| (&a.topic, &a.group).cmp(&(&b.topic, &b.group))));
+        all.truncate(TOP_GROUPS);
+        all
+    }
+
+    /// Per service topic, merged over the requesters' shards; the busiest
+    /// [`TOP_SERVICES`] by requests.
+    pub fn services(&self) -> Vec<(String, ServiceStats)> {
+        let mut by: BTreeMap<&str, ServiceStats> = BTreeMap::new();
+        for s in &self.shards {
+            for (topic, st) in &s.services {
+                by.entry(topic).or_default().merge(st);
+            }
+        }
+        let mut all: Vec<(String, ServiceStats)> = by.into_iter().map(|(t, s)| (t.to_owned(), s)).collect();
+        all.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(TOP_SERVICES);
+        all
     }
 
     /// Merged publish → delivery-queued latency over all shards.

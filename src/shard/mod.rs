@@ -423,6 +423,8 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         tenant_table_overflow: core.tenants.overflowed,
         owner: core.owner.stats.clone(),
         top_topics: core.owner.busiest(crate::conn::stats::TOP_TOPICS),
+        top_groups: core.groups.top(crate::conn::stats::TOP_GROUPS),
+        services: core.requests.services(),
         backlog: backlog(core),
     }
 }

@@ -14,6 +14,7 @@ mod jobs;
 mod link;
 mod peers;
 mod report;
+mod rpc;
 mod window;
 mod worker;
 mod ws;
@@ -54,6 +55,11 @@ enum Scenario {
     /// A work queue on a consumer group with acks: failing and vanishing
     /// workers; verifies every job is settled done exactly once.
     Jobs(JobsArgs),
+    /// Clients call a service group at a rate; responders stream chunks,
+    /// some too slow (timeout → cancel → fallback): request → first chunk
+    /// and → final percentiles, outcomes; `--proto nats` makes the same
+    /// calls over NATS core request/reply.
+    Rpc(RpcArgs),
     /// `fanout` where, halfway through, every subscriber drops its
     /// connection at once and resumes with `since`: zero loss and time to
     /// full recovery.
@@ -266,9 +272,56 @@ struct JobsArgs {
     /// The group's settle deadline, ms (what a vanished worker's jobs wait).
     #[arg(long, default_value_t = 2000)]
     ack_wait_ms: u64,
+    /// Attempts before a job goes to the dead-letter topic (the group's
+    /// `max_deliver`; low values with a high --fail make dead letters).
+    #[arg(long, default_value_t = 100)]
+    max_deliver: u32,
     /// Upper bound on the run, seconds (at most 600).
     #[arg(long, default_value_t = 60.0)]
     duration: f64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+#[derive(Args)]
+struct RpcArgs {
+    /// Server address (must be loopback): shardcast, or nats-server with --proto nats.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// ws (shardcast request/reply) or nats (NATS core request/reply).
+    #[arg(long, value_enum, default_value = "ws")]
+    proto: peers::Proto,
+    /// Requester connections (one thread each).
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Requests per second over all clients (open loop).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds of requests (at most 600); the run then waits for the last outcomes.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Responder connections of the main service.
+    #[arg(long, default_value_t = 8)]
+    responders: usize,
+    /// Fraction of the main responders that are too slow (answer after --slow-ms).
+    #[arg(long, default_value_t = 0.1)]
+    slow: f64,
+    /// How late a slow responder answers, ms (past --timeout-ms: timeout, cancel, fallback).
+    #[arg(long, default_value_t = 1000)]
+    slow_ms: u64,
+    /// Responder connections of the fallback service.
+    #[arg(long, default_value_t = 2)]
+    fallback_responders: usize,
+    /// Chunks per answer (streamed; the last one is final).
+    #[arg(long, default_value_t = 4)]
+    chunks: u32,
+    /// Padding bytes per chunk and per request.
+    #[arg(long, default_value_t = 32)]
+    chunk_bytes: usize,
+    /// Request deadline, ms.
+    #[arg(long, default_value_t = 200)]
+    timeout_ms: u64,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<String>,
@@ -310,6 +363,52 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Scenario::Rpc(a) => {
+            let valid = a.duration > 0.0
+                && a.duration <= MAX_SECONDS
+                && (1..=256).contains(&a.clients)
+                && (1..=256).contains(&a.responders)
+                && a.fallback_responders <= 256
+                && a.proto != peers::Proto::Redis
+                && a.rate > 0.0
+                && a.rate <= 1e6
+                && a.chunks > 0
+                && (1..=600_000).contains(&a.timeout_ms);
+            if !valid {
+                bail!("--duration in (0, {MAX_SECONDS}], --clients and --responders in 1..=256, --rate in (0, 1e6], --chunks ≥ 1, --timeout-ms in 1..=600000, --proto ws or nats");
+            }
+            let run = rpc::RpcRun {
+                addr: a.addr,
+                proto: a.proto,
+                clients: a.clients,
+                rate: a.rate,
+                duration: Duration::from_secs_f64(a.duration),
+                responders: a.responders,
+                slow: a.slow.clamp(0.0, 1.0),
+                slow_ms: a.slow_ms.min(60_000),
+                fallback_responders: a.fallback_responders,
+                chunks: a.chunks.min(1000),
+                chunk_bytes: a.chunk_bytes.min(64 * 1024),
+                timeout_ms: a.timeout_ms,
+            };
+            let rep = rpc::run(&run)?;
+            let us = |k: &str, p: &str| rep[k][p].as_u64().unwrap_or(0);
+            println!(
+                "rpc           {}: {} requests at {}/s, {} chunks each: answered {} ({} by the fallback), timeouts {}, no_responders {}, fallbacks by client {}, cancels seen {}, wasted chunks {}, late ignored {}; first chunk p50/p99/p99.9 {}/{}/{} µs, final {}/{}/{} µs; verify {}",
+                rep["proto"].as_str().unwrap_or("?"), rep["sent"], a.rate, a.chunks, rep["answered"], rep["answered_by_fallback"],
+                rep["timeouts"], rep["no_responders"], rep["fallbacks_by_client"], rep["cancels_seen"], rep["wasted_chunks"], rep["late_ignored"],
+                us("first_chunk", "p50_us"), us("first_chunk", "p99_us"), us("first_chunk", "p999_us"),
+                us("final", "p50_us"), us("final", "p99_us"), us("final", "p999_us"),
+                if rep["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
+            );
+            if let Some(p) = &a.json {
+                std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;
+            }
+            if rep["verify"]["ok"].as_bool() != Some(true) {
+                bail!("verification failed: {}", rep["verify"]);
+            }
+            Ok(())
+        }
         Scenario::Jobs(a) => {
             if !(a.duration > 0.0 && a.duration <= MAX_SECONDS) || a.workers == 0 || a.workers > 1000 {
                 bail!("--duration must be in (0, {MAX_SECONDS}], --workers in 1..=1000");
@@ -322,13 +421,15 @@ fn main() -> anyhow::Result<()> {
                 vanish: a.vanish.clamp(0.0, 1.0),
                 max_inflight: a.max_inflight.clamp(1, 1024),
                 ack_wait_ms: a.ack_wait_ms.clamp(1, 3_600_000),
+                max_deliver: a.max_deliver.clamp(1, 1000),
                 duration: Duration::from_secs_f64(a.duration),
             };
             let rep = jobs::run(&run)?;
             println!(
-                "jobs          {} jobs, {} workers ({} vanished mid-job), fail {:.0}%: done once {}, lost {}, double-done {}, retries {}, redeliveries {}, {:.2} s = {:.0} jobs/s, verify {}",
-                rep["jobs"], rep["workers"], rep["vanished"], run.fail * 100.0, rep["done_once"], rep["lost"], rep["double_done"],
+                "jobs          {} jobs, {} workers ({} vanished mid-job), fail {:.0}%, max_deliver {}: done once {}, dead-lettered once {}, lost {}, double-done {}, retries {}, redeliveries {}, {:.2} s = {:.0} jobs/s, enqueue→done p50/p99/p99.9 {}/{}/{} µs, verify {}",
+                rep["jobs"], rep["workers"], rep["vanished"], run.fail * 100.0, run.max_deliver, rep["done_once"], rep["dead_lettered_once"], rep["lost"], rep["double_done"],
                 rep["retries"], rep["redeliveries"], rep["secs"].as_f64().unwrap_or(0.0), rep["jobs_per_sec"].as_f64().unwrap_or(0.0),
+                rep["enqueue_to_done"]["p50_us"], rep["enqueue_to_done"]["p99_us"], rep["enqueue_to_done"]["p999_us"],
                 if rep["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
             );
             if let Some(p) = &a.json {

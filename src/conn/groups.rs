@@ -28,10 +28,13 @@ use crate::proto::message::{self, ErrorCode, MsgFields, Outcome};
 use crate::topic::owner::SubscribeOutcome;
 use crate::topic::wheel::{TimerId, Wheel};
 
-/// The wheel's tick.
-pub const GROUP_TICK: Duration = Duration::from_millis(10);
-/// Wheel slots (a lap is about 10 s; longer deadlines wait laps).
-const WHEEL_SLOTS: usize = 1024;
+/// The wheel's tick: deadlines fire within about a millisecond of their
+/// time (a request's `timeout_ms` is a promise to a caller).
+pub const GROUP_TICK: Duration = Duration::from_millis(1);
+/// Longest the sweeper sleeps (an insert due earlier wakes it at once).
+pub const GROUP_IDLE_TICK: Duration = Duration::from_secs(1);
+/// Wheel slots (a lap is about 4 s; longer deadlines wait laps).
+const WHEEL_SLOTS: usize = 4096;
 /// Timer expiries handled per poll before the shard does other work.
 const TIMER_BUDGET: usize = 1024;
 

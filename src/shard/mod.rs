@@ -157,11 +157,34 @@ async fn run(spec: ShardSpec) {
 }
 
 /// Runs the consumer groups' timer wheel (settle deadlines, redelivery
-/// backoffs, empty-group expiry): one timer per shard, a bounded number of
-/// expiries per step; idle when the shard owns no group timers.
+/// backoffs, request deadlines, empty-group expiry): one timer per shard,
+/// a bounded number of expiries per step. It sleeps until the first
+/// millisecond tick whose slot holds a timer (at most a second), and an
+/// insert due earlier wakes it: an idle shard, or one whose timers are
+/// cancelled before they fire, does not wake for them.
 async fn sweep_groups(ctx: Rc<ShardCtx>) {
+    use crate::conn::groups::{GROUP_IDLE_TICK, GROUP_TICK};
+    let horizon = (GROUP_IDLE_TICK.as_nanos() / GROUP_TICK.as_nanos()) as u64;
     loop {
-        glommio::timer::Timer::new(crate::conn::groups::GROUP_TICK).await;
+        let now = std::time::Instant::now();
+        let until = ctx.core.borrow().groups.wheel.next_wake(horizon).unwrap_or(now + GROUP_IDLE_TICK);
+        let nap = glommio::timer::Timer::new(until.saturating_duration_since(now));
+        let early = std::future::poll_fn(|cx| {
+            let mut core = ctx.core.borrow_mut();
+            if core.groups.wheel.woke_early() {
+                return std::task::Poll::Ready(());
+            }
+            core.groups.wheel.nap(until, cx.waker());
+            std::task::Poll::Pending
+        });
+        futures_lite::future::or(
+            async {
+                nap.await;
+            },
+            early,
+        )
+        .await;
+        ctx.core.borrow_mut().groups.wheel.woke_early();
         if ctx.stopping.get() {
             return;
         }

@@ -16,6 +16,7 @@
 //!   next tick, and an entry due in a later lap of the wheel stays in its
 //!   slot until that lap.
 
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 /// A handle on one entry.
@@ -51,6 +52,10 @@ pub struct Wheel<K> {
     /// Within the slot of `cursor`: entries not yet looked at this visit
     /// (a poll that ran out of budget resumes here).
     resume: Option<usize>,
+    /// The tick the sweeper sleeps until, and how to wake it: an entry
+    /// inserted due earlier wakes it (see [`Wheel::nap`]).
+    nap: Option<(u64, Waker)>,
+    woke: bool,
 }
 
 impl<K> Wheel<K> {
@@ -68,6 +73,8 @@ impl<K> Wheel<K> {
             len: 0,
             cursor: 0,
             resume: None,
+            nap: None,
+            woke: false,
         }
     }
 
@@ -122,7 +129,47 @@ impl<K> Wheel<K> {
         };
         self.slots[slot as usize].push(idx);
         self.len += 1;
+        self.poke(due);
         TimerId { idx, gen: self.entries[idx as usize].gen }
+    }
+
+    /// Wakes a napping sweeper if `due` comes before its wake-up.
+    fn poke(&mut self, due: u64) {
+        if self.nap.as_ref().is_some_and(|(t, _)| due < *t) {
+            if let Some((_, w)) = self.nap.take() {
+                self.woke = true;
+                w.wake();
+            }
+        }
+    }
+
+    /// The sweeper sleeps until `until` (its wake-up computed from
+    /// [`Wheel::next_wake`]); an insert due before then wakes `waker`.
+    pub fn nap(&mut self, until: Instant, waker: &Waker) {
+        let t = until.saturating_duration_since(self.start).as_nanos().div_ceil(self.tick.as_nanos()) as u64;
+        self.nap = Some((t, waker.clone()));
+    }
+
+    /// Whether an insert woke the napping sweeper (and clears the nap).
+    pub fn woke_early(&mut self) -> bool {
+        self.nap = None;
+        std::mem::take(&mut self.woke)
+    }
+
+    /// When the sweeper should next poll: the start of the first tick,
+    /// among the `horizon` from the cursor, whose slot holds an entry (one
+    /// due in a later lap only makes the wake-up early, never late); None
+    /// if those slots are empty.
+    pub fn next_wake(&self, horizon: u64) -> Option<Instant> {
+        if self.len == 0 {
+            return None;
+        }
+        let tick = self.tick.as_nanos() as u64;
+        let at = |t: u64| self.start + Duration::from_nanos(tick.saturating_mul(t));
+        if self.resume.is_some() {
+            return Some(at(self.cursor));
+        }
+        (self.cursor..self.cursor + horizon).find(|t| !self.slots[self.slot_of(*t) as usize].is_empty()).map(at)
     }
 
     fn live(&self, id: TimerId) -> bool {
@@ -192,6 +239,7 @@ impl<K> Wheel<K> {
         e.due = due;
         e.slot = slot;
         e.pos = pos;
+        self.poke(due);
         true
     }
 
@@ -285,6 +333,45 @@ mod tests {
         out.clear();
         w.poll(t0 + ms(500), 100, &mut out);
         assert_eq!(out, [2]);
+    }
+
+    #[test]
+    fn next_wake_names_the_first_occupied_tick_and_an_earlier_insert_wakes_the_nap() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let t0 = Instant::now();
+        let mut w: Wheel<u32> = Wheel::new(t0, ms(1), 64);
+        assert_eq!(w.next_wake(10), None, "empty: the caller's idle tick");
+        let far = w.insert(t0 + ms(30), 1);
+        assert_eq!(w.next_wake(10), None, "nothing within the horizon");
+        assert_eq!(w.next_wake(40), Some(t0 + ms(30)));
+        w.insert(t0 + ms(5) + Duration::from_micros(300), 2);
+        assert_eq!(w.next_wake(10), Some(t0 + ms(6)), "rounded up: never before the instant");
+        // A cancelled timer costs no wake-up.
+        w.cancel(far);
+        assert_eq!(w.next_wake(40), Some(t0 + ms(6)));
+        // Napping until 6 ms: a later insert does not wake, an earlier one does, once.
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        w.nap(t0 + ms(6), &waker);
+        w.insert(t0 + ms(8), 3);
+        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+        w.insert(t0 + ms(2), 4);
+        w.insert(t0 + ms(1), 5);
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(w.woke_early());
+        assert!(!w.woke_early(), "cleared");
+        let mut out = Vec::new();
+        w.poll(t0 + ms(6), 100, &mut out);
+        out.sort();
+        assert_eq!(out, [2, 4, 5]);
+        assert_eq!(w.next_wake(10), Some(t0 + ms(8)));
     }
 
     #[test]

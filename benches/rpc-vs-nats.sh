@@ -8,12 +8,13 @@
 # interleaved round by round on the same two cores. Prints each run's
 # figures, the server's CPU per request from /proc, and the medians.
 #
-#   benches/rpc-vs-nats.sh [ROUNDS] [RATE] [SECONDS]
+#   [SLOW=0.125] benches/rpc-vs-nats.sh [ROUNDS] [RATE] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2}
 RATE=${2:-2000}
 SECS=${3:-10}
+SLOW=${SLOW:-0.125}  # fraction of main responders that are too slow
 PORT=19391
 NATS_PORT=19392
 OUT=target/rpc-bench
@@ -26,7 +27,7 @@ run() { # label pid port proto
     local before after
     before=$(cpu_ticks "$pid")
     ./target/release/shardcast-loadgen rpc --proto "$proto" --addr 127.0.0.1:"$port" --rate "$RATE" \
-        --duration "$SECS" --clients 8 --responders 8 --slow 0.125 --slow-ms 1000 --fallback-responders 2 \
+        --duration "$SECS" --clients 8 --responders 8 --slow "$SLOW" --slow-ms 1000 --fallback-responders 2 \
         --chunks 4 --timeout-ms 200 --json "$OUT/$label.json" | sed "s/^/$label: /"
     after=$(cpu_ticks "$pid")
     python3 - "$OUT/$label.json" "$before" "$after" "$(getconf CLK_TCK)" <<'EOF'

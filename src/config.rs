@@ -80,6 +80,39 @@ pub struct Config {
     /// Request/reply (PROTOCOL-EXTENSIONS §3).
     #[serde(default)]
     pub requests: RequestsConfig,
+    /// Token streams (PROTOCOL-EXTENSIONS §4).
+    #[serde(default)]
+    pub streams: StreamsConfig,
+}
+
+/// `[streams]`: bounds of token streams, kept by each topic's owner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Text bytes one stream may hold; past it an append gets `overloaded`.
+    pub max_stream_bytes: usize,
+    /// Streams (open or kept closed) per topic; a new one replaces the
+    /// oldest closed stream, and with none closed gets `overloaded`.
+    pub max_per_topic: usize,
+    /// Stream text bytes per shard; past it an append gets `overloaded`.
+    pub shard_budget_bytes: usize,
+    /// How long a closed stream's text is kept for late joiners, ms.
+    pub keep_closed_ms: u64,
+    /// An open stream without an append this long is ended by the server
+    /// (`"reason":"abandoned"`), ms.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            max_stream_bytes: 256 << 10,
+            max_per_topic: 16,
+            shard_budget_bytes: 64 << 20,
+            keep_closed_ms: 60_000,
+            idle_timeout_ms: 30_000,
+        }
+    }
 }
 
 /// `[requests]`: bounds of request/reply.
@@ -437,6 +470,7 @@ fn embedded() -> Config {
             tls: d.tls,
             groups: d.groups,
             requests: d.requests,
+            streams: d.streams,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -458,6 +492,7 @@ struct EmbeddedDefault {
     tls: TlsConfig,
     groups: GroupsConfig,
     requests: RequestsConfig,
+    streams: StreamsConfig,
 }
 
 impl Default for ReplayConfig {
@@ -616,6 +651,15 @@ impl Config {
                 "requests",
                 "max_open, max_per_connection, max_held_bytes, max_reply_bytes and max_services must be positive",
             );
+        }
+        let st = &self.streams;
+        if st.max_stream_bytes == 0
+            || st.max_per_topic == 0
+            || st.shard_budget_bytes == 0
+            || st.keep_closed_ms == 0
+            || st.idle_timeout_ms == 0
+        {
+            return invalid("streams", "every bound must be positive");
         }
         if g.backoff_base_ms == 0 || g.empty_expire_ms == 0 {
             return invalid("groups", "backoff_base_ms and empty_expire_ms must be positive");

@@ -133,6 +133,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
                 liveness: cfg.liveness.clone(),
                 groups: cfg.groups.clone(),
                 requests: cfg.requests.clone(),
+                streams: cfg.streams.clone(),
             },
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {

@@ -246,6 +246,9 @@ pub fn render(t: &Totals, draining: bool) -> String {
         "Publishes metered by the shared bucket of a full tenant table.",
         |s| s.tenant_table_overflow,
     );
+    o.per_shard(t, "stream_bytes", "gauge", "Token stream text held (bounded by streams.shard_budget_bytes).", |s| {
+        s.stream_bytes
+    });
     o.per_shard(t, "owner_bytes", "gauge", "Replay + dedupe bytes held (bounded by replay.shard_budget_bytes).", |s| {
         s.owner_bytes
     });
@@ -320,7 +323,15 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 31] = [
+    let counters: [(&str, &str, Field); 35] = [
+        ("streams_opened_total", "Token streams opened (as owner).", |s| s.owner.streams_opened),
+        ("streams_dropped_total", "Closed streams dropped after streams.keep_closed_ms.", |s| s.owner.streams_dropped),
+        ("streams_refused_total", "Appends refused at a stream bound (publishes_rejected has the reason).", |s| {
+            s.owner.streams_refused
+        }),
+        ("streams_abandoned_total", "Open streams ended by the server after streams.idle_timeout_ms.", |s| {
+            s.counters.streams_abandoned
+        }),
         ("replies_too_large_total", "Requests ended because their replies passed requests.max_reply_bytes.", |s| {
             s.counters.replies_too_large
         }),

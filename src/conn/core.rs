@@ -145,6 +145,8 @@ pub struct Policy {
     pub groups: crate::config::GroupsConfig,
     /// `[requests]`.
     pub requests: crate::config::RequestsConfig,
+    /// Token stream bounds.
+    pub streams: crate::config::StreamsConfig,
 }
 
 impl Policy {
@@ -172,6 +174,13 @@ impl Policy {
             dedupe_count: self.replay.dedupe_count,
             dedupe_age: Duration::from_millis(self.replay.dedupe_age_ms),
             budget_bytes: self.replay.shard_budget_bytes,
+            streams: crate::topic::streams::StreamLimits {
+                max_stream_bytes: self.streams.max_stream_bytes,
+                max_per_topic: self.streams.max_per_topic,
+                shard_budget_bytes: self.streams.shard_budget_bytes,
+                keep_closed: Duration::from_millis(self.streams.keep_closed_ms),
+                idle_timeout: Duration::from_millis(self.streams.idle_timeout_ms),
+            },
         }
     }
 }

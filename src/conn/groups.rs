@@ -375,6 +375,7 @@ impl ShardCore {
             from: job.publ.from.clone(),
             received_at: self.now,
             extra: Some(extra.into()),
+            stream: None,
         };
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));
     }
@@ -615,6 +616,29 @@ impl ShardCore {
         }
         self.groups.fired = fired;
         more
+    }
+
+    /// The owner's stream sweep: closed streams past `keep_closed_ms` go,
+    /// and each open stream idle past `idle_timeout_ms` gets a last append
+    /// the server makes: `"end":true,"reason":"abandoned"`, `data` "".
+    pub fn sweep_streams(&mut self, now: Instant) {
+        let mut abandoned = Vec::new();
+        self.owner.sweep_streams(now, 4096, &mut abandoned);
+        for (topic, name) in abandoned {
+            self.counters.streams_abandoned += 1;
+            let req = PublishReq {
+                to: Requester { conn: ConnRef { idx: u32::MAX, gen: 0 }, id: None, kind: ReplyKind::Internal },
+                topic: (*topic).into(),
+                data: "\"\"".into(),
+                msg_id: None,
+                prio: None,
+                from: None,
+                received_at: now,
+                extra: None,
+                stream: Some(Box::new(crate::mesh::msg::StreamArg { name, end: true, reason: Some("abandoned") })),
+            };
+            self.route_to_owner(MeshMsg::Publish(Box::new(req)));
+        }
     }
 
     // ---- the edge ----

@@ -208,6 +208,7 @@ impl ShardCore {
             msg_id: msg_id.as_deref(),
             prio,
             reply: ReplyKind::Http,
+            stream: None,
         };
         self.set_busy(idx, 0);
         if let Err(r) = self.submit_publish(idx, args) {
@@ -226,8 +227,15 @@ impl ShardCore {
                 Err(e) => Err(Refusal { code: e.code, message: e.message.into_owned(), retry_after_ms: None }),
                 Ok((topic, data, msg_id, prio)) => {
                     let reply = ReplyKind::Batch(i as u32);
-                    let args =
-                        PubArgs { id: None, topic: &topic, data: data.get(), msg_id: msg_id.as_deref(), prio, reply };
+                    let args = PubArgs {
+                        id: None,
+                        topic: &topic,
+                        data: data.get(),
+                        msg_id: msg_id.as_deref(),
+                        prio,
+                        reply,
+                        stream: None,
+                    };
                     self.submit_publish(idx, args)
                 }
             };

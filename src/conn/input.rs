@@ -326,7 +326,7 @@ impl ShardCore {
             Command::Settle { id, topic, group, seq, outcome } => {
                 self.settle_group(idx, conn, id, &topic, &group, seq, outcome)
             }
-            Command::Sub { id, topic, since, group: None } => {
+            Command::Sub { id, topic, since, group: None, streams } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
@@ -361,7 +361,7 @@ impl ShardCore {
                 if let Some((tenant, _)) = &tenant {
                     self.tenant_add(tenant, 0, 1);
                 }
-                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since };
+                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since, streams };
                 self.route_to_owner(msg);
             }
             Command::Unsub { id, topic, group: None } => {
@@ -374,7 +374,7 @@ impl ShardCore {
                 self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
             }
             Command::Auth { id, token } => self.refresh_token(idx, id, &token),
-            Command::Pub { id, topic, data, msg_id, prio } => {
+            Command::Pub { id, topic, data, msg_id, prio, stream, end } => {
                 let args = PubArgs {
                     id,
                     topic: &topic,
@@ -382,6 +382,7 @@ impl ShardCore {
                     msg_id: msg_id.as_deref(),
                     prio,
                     reply: ReplyKind::Ws,
+                    stream: stream.as_deref().map(|s| (s, end)),
                 };
                 if let Err(r) = self.submit_publish(idx, args) {
                     if let (ErrorCode::RateLimited, Some(ms)) = (r.code, r.retry_after_ms) {

@@ -6,6 +6,7 @@
 
 use crate::conn::core::{ShardCore, OVERLOADED_RETRY_MS};
 use crate::conn::rate::TokenBucket;
+use crate::mesh::msg::StreamArg;
 use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind, Requester};
 use crate::proto::message::{self, ErrorCode};
 use crate::topic::name;
@@ -86,6 +87,7 @@ impl ShardCore {
             from: self.conns[idx].identity.as_ref().map(|i| i.sub.clone()),
             received_at: self.now,
             extra: None,
+            stream: p.stream.map(|(name, end)| Box::new(StreamArg { name: name.into(), end, reason: None })),
         };
         self.conns[idx].awaiting += 1;
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));
@@ -108,6 +110,8 @@ pub struct PubArgs<'a> {
     pub prio: Option<message::Prio>,
     /// How the owner must answer.
     pub reply: ReplyKind,
+    /// Append to this token stream; whether the append ends it.
+    pub stream: Option<(&'a str, bool)>,
 }
 
 /// Why the ingress shard refused a publication.

@@ -87,7 +87,9 @@ impl ShardCore {
         }
         match msg {
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
-            MeshMsg::Subscribe { conn, id, topic, since } => self.owner_subscribe(from, conn, id, &topic, since),
+            MeshMsg::Subscribe { conn, id, topic, since, streams } => {
+                self.owner_subscribe(from, conn, id, &topic, since, streams)
+            }
             MeshMsg::Unsubscribe { conn, id, topic } => self.send_to(from, MeshMsg::Unsubscribed { conn, id, topic }),
             MeshMsg::Release { topic } => {
                 if !self.owner.release(from, &topic, self.now) {
@@ -156,11 +158,12 @@ impl ShardCore {
         id: Option<u64>,
         topic: &str,
         since: Option<Since>,
+        streams: bool,
     ) {
         // A replay larger than a connection may queue would only be dropped.
         let max_replay = self.limits.outbound_soft_bytes;
         let since = since.as_ref().map(|s| (s.seq, s.epoch.as_str()));
-        let msg = match self.owner.subscribe(from, topic, since, max_replay) {
+        let msg = match self.owner.subscribe_with(from, topic, since, max_replay, streams) {
             SubscribeOutcome::Refused(r) => {
                 *self.counters.subscribes_refused.entry(r.label()).or_default() += 1;
                 MeshMsg::SubscribeRefused { conn, id, code: ErrorCode::Overloaded, message: r.message() }
@@ -215,13 +218,38 @@ impl ShardCore {
             return self.answer(from, req.to, reply);
         }
         let now = self.now;
+        // A stream append: its text for the owner, its fields for the frame.
+        let mut stream_extra = None;
+        let mut text = None;
+        if let Some(s) = &req.stream {
+            let name = serde_json::Value::from(&*s.name).to_string();
+            let mut e = format!("\"stream\":{name},\"end\":{}", s.end);
+            if let Some(r) = s.reason {
+                e.push_str(&format!(",\"reason\":\"{r}\""));
+            }
+            stream_extra = Some(e);
+            text = crate::topic::streams::text_of(&req.data);
+            if text.is_none() {
+                let reply = PubReply::Refused {
+                    code: ErrorCode::BadRequest,
+                    message: "an append to a stream carries a JSON string as `data`",
+                    retry_after_ms: None,
+                };
+                return self.answer(from, req.to, reply);
+            }
+        }
         let p = PublishIn {
             topic: &req.topic,
             data: &req.data,
             msg_id: req.msg_id.as_deref(),
             prio: req.prio,
             from: req.from.as_ref(),
-            extra: req.extra.as_deref(),
+            extra: stream_extra.as_deref().or(req.extra.as_deref()),
+            stream: req.stream.as_ref().zip(text.as_deref()).map(|(s, t)| crate::topic::owner::StreamIn {
+                name: &s.name,
+                text: t,
+                end: s.end,
+            }),
         };
         let mut targets = std::mem::take(&mut self.targets);
         let (me, outboxes) = (self.id, &mut self.outboxes);
@@ -240,13 +268,17 @@ impl ShardCore {
         let outcome = self.owner.publish(&p, now, &mut targets, room, encode);
         match outcome {
             PublishOutcome::Refused(r) => {
-                *self.counters.publishes_rejected.entry(r.label()).or_default() += 1;
-                *self.counters.errors_sent.entry(ErrorCode::Overloaded.as_str()).or_default() += 1;
-                let reply = PubReply::Refused {
-                    code: ErrorCode::Overloaded,
-                    message: r.message(),
-                    retry_after_ms: Some(OVERLOADED_RETRY_MS),
+                use crate::topic::streams::StreamRefused;
+                let (code, retry) = match r {
+                    crate::topic::owner::Refused::Stream(StreamRefused::Ended) => (ErrorCode::BadRequest, None),
+                    crate::topic::owner::Refused::Stream(StreamRefused::StreamFull | StreamRefused::TooManyStreams) => {
+                        (ErrorCode::Overloaded, None)
+                    }
+                    _ => (ErrorCode::Overloaded, Some(OVERLOADED_RETRY_MS)),
                 };
+                *self.counters.publishes_rejected.entry(r.label()).or_default() += 1;
+                *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
+                let reply = PubReply::Refused { code, message: r.message(), retry_after_ms: retry };
                 self.answer(from, req.to, reply);
             }
             PublishOutcome::Duplicate { topic, seq, epoch } => {

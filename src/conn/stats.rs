@@ -251,6 +251,8 @@ pub struct Counters {
     pub replies_dropped: u64,
     /// Requests ended because their replies passed requests.max_reply_bytes.
     pub replies_too_large: u64,
+    /// Open streams the server ended for idleness (`reason: abandoned`).
+    pub streams_abandoned: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS connections dropped for a TLS error (bad handshake, bad record,
@@ -345,6 +347,7 @@ impl Counters {
             requests_cancelled: 0,
             replies_dropped: 0,
             replies_too_large: 0,
+            streams_abandoned: 0,
             tls_handshakes: 0,
             tls_errors: 0,
             tls_reloads: 0,
@@ -426,6 +429,8 @@ pub struct ShardStats {
     pub inbound_bytes: u64,
     /// Replay + dedupe bytes the owner holds (bounded by the shard budget).
     pub owner_bytes: u64,
+    /// Token stream text the owner holds (bounded by `streams.shard_budget_bytes`).
+    pub stream_bytes: u64,
     /// Tenant publish buckets tracked (bounded by `rates.max_tenants`).
     pub tenants_tracked: u64,
     /// Publishes metered by the shared bucket of a full tenant table.

@@ -58,6 +58,19 @@ pub struct PublishReq {
     /// Extra JSON fields stamped into the frame before `data` (a
     /// dead-letter publication's `"dead":{…}`), set by the server only.
     pub extra: Option<Box<str>>,
+    /// An append to a token stream.
+    pub stream: Option<Box<StreamArg>>,
+}
+
+/// The token stream fields of a publish.
+#[derive(Debug, Clone)]
+pub struct StreamArg {
+    /// The stream.
+    pub name: Box<str>,
+    /// This append closes it.
+    pub end: bool,
+    /// Why the server closed it (`abandoned`), for a server-made end.
+    pub reason: Option<&'static str>,
 }
 
 /// A request on the requester's shard: its slot there.
@@ -188,6 +201,8 @@ pub enum MeshMsg {
         topic: Box<str>,
         /// Resume position, if any.
         since: Option<Since>,
+        /// First a rollup of each token stream.
+        streams: bool,
     },
     /// Owner → shard of `conn`: the subscription is counted. Every `Deliver`
     /// of this topic sent after this message carries a seq above `seq`, so

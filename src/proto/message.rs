@@ -100,6 +100,8 @@ pub enum Command<'a> {
         since: Option<Since>,
         /// Join this consumer group instead of subscribing.
         group: Option<GroupSub<'a>>,
+        /// First a rollup of each token stream of the topic.
+        streams: bool,
     },
     /// Unsubscribe (or leave `group`).
     Unsub {
@@ -164,6 +166,10 @@ pub enum Command<'a> {
         msg_id: Option<Cow<'a, str>>,
         /// Delivery priority, if given (echoed in `msg` only when given).
         prio: Option<Prio>,
+        /// Append to this token stream (`data` is a JSON string).
+        stream: Option<Cow<'a, str>>,
+        /// This append closes the stream.
+        end: bool,
     },
     /// Application-level ping.
     Ping {
@@ -289,7 +295,16 @@ struct Wire<'a> {
     req: Option<Cow<'a, str>>,
     #[serde(default)]
     more: Option<bool>,
+    #[serde(borrow, default)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(default)]
+    end: Option<bool>,
+    #[serde(default)]
+    streams: Option<bool>,
 }
+
+/// Longest stream name, bytes.
+pub const MAX_STREAM_NAME: usize = 128;
 
 /// Present-but-null `data` is a value (`null`), not a missing field.
 fn some_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -349,7 +364,7 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
                     })
                 }
             };
-            Ok(Command::Sub { id, topic, since: wire.since, group })
+            Ok(Command::Sub { id, topic, since: wire.since, group, streams: wire.streams.unwrap_or(false) })
         }
         "unsub" => {
             let topic = need_topic(wire.topic, id)?;
@@ -426,7 +441,24 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
                 return Err(CommandError::new(id, ErrorCode::BadRequest, "`msg_id` longer than 128 bytes"));
             }
             let prio = parse_prio(wire.prio.as_deref(), id)?;
-            Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio })
+            let end = wire.end.unwrap_or(false);
+            match &wire.stream {
+                Some(s) if s.is_empty() || s.len() > MAX_STREAM_NAME => {
+                    return Err(CommandError::new(id, ErrorCode::BadRequest, "`stream` must be 1 to 128 bytes"));
+                }
+                Some(_) if !data.get().starts_with('"') => {
+                    return Err(CommandError::new(
+                        id,
+                        ErrorCode::BadRequest,
+                        "an append to a stream carries a JSON string as `data`",
+                    ));
+                }
+                None if wire.end.is_some() => {
+                    return Err(CommandError::new(id, ErrorCode::BadRequest, "`end` goes with `stream`"));
+                }
+                _ => {}
+            }
+            Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio, stream: wire.stream, end })
         }
         other => {
             let shown: String = other.chars().take(32).collect();

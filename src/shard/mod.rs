@@ -226,6 +226,7 @@ async fn sweep_owner(ctx: Rc<ShardCtx>) {
                 let mut core = ctx.core.borrow_mut();
                 core.tick(std::time::Instant::now());
                 let now = core.now;
+                core.sweep_streams(now);
                 core.owner.sweep(now, SWEEP_WORK)
             };
             if !more {
@@ -442,6 +443,7 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         doorbell_kicks: bell.kicks(),
         retained: core.owner.retained(),
         owner_bytes: core.owner.bytes() as u64,
+        stream_bytes: core.owner.stream_bytes() as u64,
         tenants_tracked: core.tenants.len() as u64,
         tenant_table_overflow: core.tenants.overflowed,
         owner: core.owner.stats.clone(),

@@ -5,7 +5,7 @@
 //! * [`owner`]: the owner state machine of a shard's partitions (seq, epoch,
 //!   replay, dedupe, interest, eviction, sweep), pure: time comes in,
 //!   outcomes go out.
-//! * [`owned`], [`replay`], [`dedupe`]: one topic's state inside the owner.
+//! * [`owned`], [`replay`], [`dedupe`], [`streams`]: one topic's state inside the owner.
 //! * [`publication`]: the protocol-neutral publication the mesh carries.
 //! * [`local`]: each shard's own index of which local connections subscribe
 //!   to which topics.
@@ -21,6 +21,7 @@ pub mod owned;
 pub mod owner;
 pub mod publication;
 pub mod replay;
+pub mod streams;
 pub mod wheel;
 
 pub use name::{BadTopic, OwnerRef, PartitionMap};

@@ -84,6 +84,8 @@ pub struct OwnedTopic {
     pub replay: ReplayRing,
     /// Recent `msg_id`s, for idempotent publish.
     pub dedupe: DedupeWindow,
+    /// Open and recently closed token streams.
+    pub streams: super::streams::Streams,
 }
 
 impl OwnedTopic {
@@ -97,6 +99,7 @@ impl OwnedTopic {
             total: 0,
             replay: ReplayRing::default(),
             dedupe: DedupeWindow::default(),
+            streams: super::streams::Streams::default(),
         }
     }
 
@@ -131,10 +134,10 @@ impl OwnedTopic {
         self.total
     }
 
-    /// No subscriber, nothing retained, no `msg_id` remembered: dropping it
+    /// No subscriber, nothing retained, no `msg_id` remembered, no stream: dropping it
     /// loses nothing but its seq and epoch.
     pub fn holds_nothing(&self) -> bool {
-        self.total == 0 && self.replay.is_empty() && self.dedupe.is_empty()
+        self.total == 0 && self.replay.is_empty() && self.dedupe.is_empty() && self.streams.is_empty()
     }
 }
 

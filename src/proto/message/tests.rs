@@ -13,7 +13,7 @@ fn parses_every_op() {
     assert_eq!(since, Some(Since { seq: 41, epoch: "9f2c41d07ab3".into() }));
 
     let c = parse_command(r#"{"op":"pub","id":2,"topic":"acme/room-1","data":{"token":"Hel", "n": [1, 2.50]},"msg_id":"gen-77:3","prio":"critical","extra":true}"#).unwrap();
-    let Command::Pub { id, topic, data, msg_id, prio } = c else { panic!() };
+    let Command::Pub { id, topic, data, msg_id, prio, .. } = c else { panic!() };
     assert_eq!(
         (id, &*topic, msg_id.as_deref(), prio),
         (Some(2), "acme/room-1", Some("gen-77:3"), Some(Prio::Critical))

@@ -31,6 +31,7 @@ pub use self::table::{CreateError, Evicted, TableLimits};
 use super::owned::{Epoch, EpochSource, OwnedTopic};
 use super::publication::{PubMeta, Publication, SharedPub};
 use super::replay::{ReplayLimits, ResumeError};
+use super::streams::{StreamLimits, StreamRefused};
 use crate::proto::message::Prio;
 
 /// The owner's three sweep logs.
@@ -60,6 +61,8 @@ pub struct OwnerLimits {
     pub dedupe_age: Duration,
     /// Replay + dedupe bytes per shard.
     pub budget_bytes: usize,
+    /// Token stream bounds.
+    pub streams: StreamLimits,
 }
 
 /// A publication as the owner receives it.
@@ -75,8 +78,22 @@ pub struct PublishIn<'a> {
     pub prio: Option<Prio>,
     /// The authenticated publisher's `sub`, stamped into the frame.
     pub from: Option<&'a Arc<str>>,
-    /// Extra JSON fields stamped before `data` (server-made publications).
+    /// Extra JSON fields stamped before `data` (server-made publications,
+    /// a stream append's `stream` and `end`).
     pub extra: Option<&'a str>,
+    /// An append to a token stream.
+    pub stream: Option<StreamIn<'a>>,
+}
+
+/// An append to a token stream, as the owner receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamIn<'a> {
+    /// The stream's name.
+    pub name: &'a str,
+    /// The appended text (the JSON string `data`, unescaped).
+    pub text: &'a str,
+    /// This append closes the stream.
+    pub end: bool,
 }
 
 /// Why the owner refused a command.
@@ -89,6 +106,8 @@ pub enum Refused {
     TenantQuota,
     /// A ring to an interested shard is full (the caller's `room` said no).
     RingFull,
+    /// A token stream bound.
+    Stream(StreamRefused),
 }
 
 impl Refused {
@@ -98,6 +117,7 @@ impl Refused {
             Self::TableFull => "too_many_topics",
             Self::TenantQuota => "tenant_topic_quota",
             Self::RingFull => "overloaded",
+            Self::Stream(r) => r.label(),
         }
     }
 
@@ -107,6 +127,7 @@ impl Refused {
             Self::TableFull => "the owner shard holds its maximum number of topics",
             Self::TenantQuota => "the tenant holds its maximum number of topics on this shard",
             Self::RingFull => "engine overloaded (mesh ring full); retry later",
+            Self::Stream(r) => r.message(),
         }
     }
 }
@@ -196,6 +217,12 @@ pub struct OwnerStats {
     pub dedupe_hits: u64,
     /// Sweep runs that stopped at their work budget.
     pub sweep_budget_hits: u64,
+    /// Token streams opened.
+    pub streams_opened: u64,
+    /// Closed streams dropped after `streams.keep_closed_ms`.
+    pub streams_dropped: u64,
+    /// Appends refused at a stream bound.
+    pub streams_refused: u64,
 }
 
 /// The owner state of one shard.
@@ -212,6 +239,12 @@ pub struct Owner {
     replay_items: usize,
     dedupe_items: usize,
     bytes: usize,
+    /// Open streams (key: uid), checked for idleness after `idle_timeout`.
+    open_log: SweepLog,
+    /// Closed streams (key: uid), dropped after `keep_closed`.
+    closed_log: SweepLog,
+    stream_bytes: usize,
+    next_stream: u64,
     /// Counters.
     pub stats: OwnerStats,
 }
@@ -235,6 +268,10 @@ impl Owner {
             replay_items: 0,
             dedupe_items: 0,
             bytes: 0,
+            open_log: SweepLog::default(),
+            closed_log: SweepLog::default(),
+            stream_bytes: 0,
+            next_stream: 0,
             stats: OwnerStats::default(),
         }
     }
@@ -278,6 +315,7 @@ impl Owner {
     /// entries go stale: the slot's generation no longer matches).
     fn forget(&mut self, t: &OwnedTopic) {
         self.bytes -= t.replay.bytes() + t.dedupe.bytes();
+        self.stream_bytes -= t.streams.bytes();
         self.replay_items -= t.replay.len();
         self.dedupe_items -= t.dedupe.len();
     }
@@ -307,12 +345,35 @@ impl Owner {
             self.stats.dedupe_hits += 1;
             return PublishOutcome::Duplicate { topic: t.name.clone(), seq, epoch: t.epoch };
         }
+        let admit = match p.stream {
+            None => None,
+            Some(s) => match t.streams.admit(s.name, s.text.len(), self.stream_bytes, &self.lim.streams) {
+                Ok(a) => Some(a),
+                Err(r) => {
+                    self.stats.streams_refused += 1;
+                    return PublishOutcome::Refused(Refused::Stream(r));
+                }
+            },
+        };
         targets.extend(t.interested());
         if targets.iter().any(|&s| !room(s)) {
             targets.clear();
             return PublishOutcome::Refused(Refused::RingFull);
         }
         t.seq += 1;
+        if let (Some(how), Some(s)) = (admit, p.stream) {
+            let uid = self.next_stream;
+            let (added, freed, uid, new) = t.streams.apply(how, s.name, s.text, t.seq, s.end, now, uid);
+            self.stream_bytes = self.stream_bytes + added - freed;
+            if new {
+                self.next_stream += 1;
+                self.stats.streams_opened += 1;
+                self.open_log.push(Entry { slot: idx, gen, key: uid, at: now });
+            }
+            if s.end {
+                self.closed_log.push(Entry { slot: idx, gen, key: uid, at: now });
+            }
+        }
         let meta = PubMeta {
             topic: &t.name,
             seq: t.seq,
@@ -353,6 +414,22 @@ impl Owner {
         since: Option<(u64, &str)>,
         max_replay: usize,
     ) -> SubscribeOutcome {
+        self.subscribe_with(shard, topic, since, max_replay, false)
+    }
+
+    /// [`Owner::subscribe`]; with `streams`, and unless a `since` resume
+    /// recovered, the replay is one rollup publication per stream of the
+    /// topic (its whole text so far, `upto` its last append's seq), in
+    /// order of `upto`: every append after that has a higher seq and comes
+    /// live.
+    pub fn subscribe_with(
+        &mut self,
+        shard: usize,
+        topic: &str,
+        since: Option<(u64, &str)>,
+        max_replay: usize,
+        streams: bool,
+    ) -> SubscribeOutcome {
         let idx = match self.slot_for(topic) {
             Ok(i) => i,
             Err(r) => return SubscribeOutcome::Refused(r),
@@ -372,6 +449,15 @@ impl Owner {
                 Err(ResumeError::Limit) => (Recovery::Failed("limit"), Vec::new()),
             },
         };
+        let mut replay = replay;
+        if streams && !matches!(recovery, Recovery::Recovered(_)) && !t.streams.is_empty() {
+            let mut list: Vec<&super::streams::Stream> = t.streams.iter().collect();
+            list.sort_by_key(|s| s.upto);
+            let mut scratch = Vec::new();
+            for s in list {
+                replay.push(Arc::new(rollup(t, s, &mut scratch)));
+            }
+        }
         let out = SubscribeOutcome::Subscribed { topic: t.name.clone(), seq: t.seq, epoch: t.epoch, recovery, replay };
         self.table.set_idle(idx, false);
         out
@@ -418,6 +504,43 @@ impl Owner {
             self.stats.sweep_budget_hits += 1;
         }
         more
+    }
+
+    /// Drops closed streams kept `keep_closed`, and names (topic, stream)
+    /// the open streams without an append for `idle_timeout` in `abandoned`
+    /// (the caller publishes their `end`; one not ended is named again
+    /// after another `idle_timeout`). An open stream is thus ended between
+    /// one and two `idle_timeout`s after its last append.
+    pub fn sweep_streams(&mut self, now: Instant, max_work: usize, abandoned: &mut Vec<(Arc<str>, Box<str>)>) {
+        let keep = now.checked_sub(self.lim.streams.keep_closed);
+        let mut work = 0;
+        while work < max_work {
+            let Some(e) = self.closed_log.pop_older_than(keep) else { break };
+            work += 1;
+            let Some(slot) = self.table.get_mut(e.slot).filter(|s| s.gen == e.gen) else { continue };
+            if slot.topic.streams.by_uid(e.key).is_some_and(|s| s.ended) {
+                self.stream_bytes -= slot.topic.streams.remove(e.key);
+                self.stats.streams_dropped += 1;
+                self.release_if_quiet(e.slot);
+            }
+        }
+        let idle = self.lim.streams.idle_timeout;
+        let cutoff = now.checked_sub(idle);
+        while work < max_work {
+            let Some(e) = self.open_log.pop_older_than(cutoff) else { break };
+            work += 1;
+            let Some(slot) = self.table.get(e.slot).filter(|s| s.gen == e.gen) else { continue };
+            let Some(s) = slot.topic.streams.by_uid(e.key).filter(|s| !s.ended) else { continue };
+            if s.last + idle <= now {
+                abandoned.push((slot.topic.name.clone(), s.name.clone()));
+            }
+            self.open_log.push(Entry { at: now, ..e });
+        }
+    }
+
+    /// Stream text bytes held on this shard (what `streams.shard_budget_bytes` bounds).
+    pub fn stream_bytes(&self) -> usize {
+        self.stream_bytes
     }
 
     fn log_mut(&mut self, log: Log) -> &mut SweepLog {
@@ -577,6 +700,24 @@ impl Owner {
         v.sort_by_key(|t| std::cmp::Reverse(t.1));
         v.into_iter().map(|(t, s)| (t.to_string(), s)).collect()
     }
+}
+
+/// A stream's rollup: one `msg` with its whole text so far.
+fn rollup(t: &OwnedTopic, s: &super::streams::Stream, scratch: &mut Vec<u8>) -> Publication {
+    let data = serde_json::Value::from(s.text.as_str()).to_string();
+    let name = serde_json::Value::from(&*s.name).to_string();
+    let extra = format!("\"stream\":{name},\"end\":{},\"upto\":{},\"rollup\":true", s.ended, s.upto);
+    let meta = PubMeta {
+        topic: &t.name,
+        seq: s.upto,
+        epoch: t.epoch,
+        prio: None,
+        msg_id: None,
+        from: None,
+        data: &data,
+        extra: Some(&extra),
+    };
+    Publication::native(t.name.clone(), &meta, scratch)
 }
 
 #[cfg(test)]

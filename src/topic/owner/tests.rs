@@ -14,6 +14,7 @@ fn limits() -> OwnerLimits {
         dedupe_count: 100,
         dedupe_age: Duration::from_secs(20),
         budget_bytes: 1 << 30,
+        streams: Default::default(),
     }
 }
 
@@ -23,7 +24,7 @@ fn encode(name: Arc<str>, m: &PubMeta<'_>) -> Publication {
 }
 
 fn publish(o: &mut Owner, topic: &str, msg_id: Option<&str>, now: Instant) -> PublishOutcome {
-    let p = PublishIn { topic, data: "\"x\"", msg_id, prio: None, from: None, extra: None };
+    let p = PublishIn { topic, data: "\"x\"", msg_id, prio: None, from: None, extra: None, stream: None };
     o.publish(&p, now, &mut Vec::new(), |_| true, encode)
 }
 
@@ -55,7 +56,7 @@ fn targets_and_ring_room() {
     assert!(matches!(o.subscribe(2, "a/b", None, usize::MAX), SubscribeOutcome::Subscribed { .. }));
     assert!(matches!(o.subscribe(0, "a/b", None, usize::MAX), SubscribeOutcome::Subscribed { .. }));
     let mut targets = Vec::new();
-    let p = PublishIn { topic: "a/b", data: "1", msg_id: None, prio: None, from: None, extra: None };
+    let p = PublishIn { topic: "a/b", data: "1", msg_id: None, prio: None, from: None, extra: None, stream: None };
     assert!(matches!(o.publish(&p, t0, &mut targets, |_| true, encode), PublishOutcome::Accepted(_)));
     assert_eq!(targets, vec![0, 2]);
     let out = o.publish(&p, t0, &mut targets, |s| s != 2, encode);
@@ -217,4 +218,46 @@ fn logs_stay_bounded_when_per_topic_bounds_do_the_evicting() {
     }
     assert_eq!(o.retained().0, 4);
     assert!(o.log_len() <= 2 * 4 + sweep::COMPACT_SLACK + 1, "log {}", o.log_len());
+}
+
+fn append(o: &mut Owner, topic: &str, text: &str, end: bool, now: Instant) -> PublishOutcome {
+    let data = serde_json::Value::from(text).to_string();
+    let stream = Some(StreamIn { name: "s", text, end });
+    let p = PublishIn { topic, data: &data, msg_id: None, prio: None, from: None, extra: None, stream };
+    o.publish(&p, now, &mut Vec::new(), |_| true, encode)
+}
+
+#[test]
+fn streams_age_in_simulated_time_and_hold_their_topic() {
+    let mut lim = limits();
+    lim.streams.idle_timeout = Duration::from_secs(30);
+    lim.streams.keep_closed = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    let mut o = Owner::new(0, 2, lim);
+    assert_eq!(seq_of(append(&mut o, "a/b", "Hel", false, t0)), 1);
+    assert_eq!(seq_of(append(&mut o, "a/b", "lo", false, s(20))), 2);
+    assert_eq!(o.stream_bytes(), 5);
+    let mut out = Vec::new();
+    // The entry comes up at 30 s, but the last append was at 20 s: not yet.
+    o.sweep_streams(s(31), 100, &mut out);
+    assert!(out.is_empty());
+    // Re-armed at 31 s: named at 61 s (between one and two idle timeouts).
+    o.sweep_streams(s(55), 100, &mut out);
+    assert!(out.is_empty());
+    o.sweep_streams(s(61), 100, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((&*out[0].0, &*out[0].1), ("a/b", "s"));
+    // The topic is not released while its stream is held, even with no
+    // subscriber and the replay aged out.
+    o.sweep(s(1000), 1000);
+    assert!(o.topic("a/b").is_some());
+    // Closed at 1000 s, dropped 60 s later; the topic then holds nothing.
+    assert_eq!(seq_of(append(&mut o, "a/b", "", true, s(1000))), 3);
+    o.sweep_streams(s(1059), 100, &mut out);
+    assert_eq!(o.stream_bytes(), 5);
+    o.sweep_streams(s(1060), 100, &mut out);
+    assert_eq!((o.stream_bytes(), o.stats.streams_dropped), (0, 1));
+    o.sweep(s(2000), 1000);
+    assert!(o.topic("a/b").is_none(), "released once nothing is held");
 }

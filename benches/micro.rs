@@ -185,6 +185,7 @@ fn owner(c: &mut Criterion) {
         groups: cfg.groups.clone(),
         requests: cfg.requests.clone(),
         streams: cfg.streams.clone(),
+        retained: cfg.retained.clone(),
     };
     let lim = policy.owner_limits(&cfg.limits);
     let max = lim.table.max_topics;
@@ -193,7 +194,16 @@ fn owner(c: &mut Criterion) {
     let mut targets = Vec::new();
     let mut scratch = Vec::new();
     let mut publish = |o: &mut Owner, topic: &str| {
-        let p = PublishIn { topic, data: "1", msg_id: None, prio: None, from: None, extra: None, stream: None };
+        let p = PublishIn {
+            topic,
+            data: "1",
+            msg_id: None,
+            prio: None,
+            from: None,
+            extra: None,
+            stream: None,
+            retain: None,
+        };
         o.publish(&p, now, &mut targets, |_| true, |n, m| Publication::native(n, m, &mut scratch))
     };
     let t0 = std::time::Instant::now();

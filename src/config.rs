@@ -83,6 +83,26 @@ pub struct Config {
     /// Token streams (PROTOCOL-EXTENSIONS §4).
     #[serde(default)]
     pub streams: StreamsConfig,
+    /// Retained values (PROTOCOL-EXTENSIONS §5).
+    #[serde(default)]
+    pub retained: RetainedConfig,
+}
+
+/// `[retained]`: bounds of retained values, kept by each topic's owner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetainedConfig {
+    /// Retained values one tenant may hold per shard; past it a `retain`
+    /// publish making a new one gets `overloaded`.
+    pub max_per_tenant: usize,
+    /// Retained value bytes per shard; past it, `overloaded`.
+    pub shard_budget_bytes: usize,
+}
+
+impl Default for RetainedConfig {
+    fn default() -> Self {
+        Self { max_per_tenant: 10_000, shard_budget_bytes: 64 << 20 }
+    }
 }
 
 /// `[streams]`: bounds of token streams, kept by each topic's owner.
@@ -471,6 +491,7 @@ fn embedded() -> Config {
             groups: d.groups,
             requests: d.requests,
             streams: d.streams,
+            retained: d.retained,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -493,6 +514,7 @@ struct EmbeddedDefault {
     groups: GroupsConfig,
     requests: RequestsConfig,
     streams: StreamsConfig,
+    retained: RetainedConfig,
 }
 
 impl Default for ReplayConfig {
@@ -660,6 +682,9 @@ impl Config {
             || st.idle_timeout_ms == 0
         {
             return invalid("streams", "every bound must be positive");
+        }
+        if self.retained.max_per_tenant == 0 || self.retained.shard_budget_bytes == 0 {
+            return invalid("retained", "max_per_tenant and shard_budget_bytes must be positive");
         }
         if g.backoff_base_ms == 0 || g.empty_expire_ms == 0 {
             return invalid("groups", "backoff_base_ms and empty_expire_ms must be positive");

@@ -134,6 +134,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
                 groups: cfg.groups.clone(),
                 requests: cfg.requests.clone(),
                 streams: cfg.streams.clone(),
+                retained: cfg.retained.clone(),
             },
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {

@@ -246,6 +246,10 @@ pub fn render(t: &Totals, draining: bool) -> String {
         "Publishes metered by the shared bucket of a full tenant table.",
         |s| s.tenant_table_overflow,
     );
+    o.per_shard(t, "retained_values", "gauge", "Retained values held (bounded per tenant).", |s| s.retained_values.0);
+    o.per_shard(t, "retained_bytes", "gauge", "Retained value bytes (retained.shard_budget_bytes).", |s| {
+        s.retained_values.1
+    });
     o.per_shard(t, "stream_bytes", "gauge", "Token stream text held (bounded by streams.shard_budget_bytes).", |s| {
         s.stream_bytes
     });
@@ -323,7 +327,13 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 35] = [
+    let counters: [(&str, &str, Field); 37] = [
+        ("retained_expired_total", "Retained values whose ttl_ms passed (the expired msg published).", |s| {
+            s.owner.retained_expired
+        }),
+        ("retained_refused_total", "retain publishes refused at retained.max_per_tenant / shard_budget_bytes.", |s| {
+            s.owner.retained_refused
+        }),
         ("streams_opened_total", "Token streams opened (as owner).", |s| s.owner.streams_opened),
         ("streams_dropped_total", "Closed streams dropped after streams.keep_closed_ms.", |s| s.owner.streams_dropped),
         ("streams_refused_total", "Appends refused at a stream bound (publishes_rejected has the reason).", |s| {

@@ -147,6 +147,8 @@ pub struct Policy {
     pub requests: crate::config::RequestsConfig,
     /// Token stream bounds.
     pub streams: crate::config::StreamsConfig,
+    /// Retained value bounds.
+    pub retained: crate::config::RetainedConfig,
 }
 
 impl Policy {
@@ -181,6 +183,8 @@ impl Policy {
                 keep_closed: Duration::from_millis(self.streams.keep_closed_ms),
                 idle_timeout: Duration::from_millis(self.streams.idle_timeout_ms),
             },
+            retained_per_tenant: self.retained.max_per_tenant,
+            retained_budget_bytes: self.retained.shard_budget_bytes,
         }
     }
 }

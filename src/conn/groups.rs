@@ -131,6 +131,13 @@ pub enum GroupTimer {
         /// The slot's generation.
         gen: u32,
     },
+    /// A retained value's TTL on its owner's shard.
+    Retained {
+        /// Topic.
+        topic: Arc<str>,
+        /// The value's seq (a replaced value's timer finds another seq).
+        seq: u64,
+    },
     /// A group without members may be dropped.
     Expire {
         /// Topic.
@@ -376,6 +383,7 @@ impl ShardCore {
             received_at: self.now,
             extra: Some(extra.into()),
             stream: None,
+            retain: None,
         };
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));
     }
@@ -591,6 +599,7 @@ impl ShardCore {
                     g.ready.push_back(job);
                     self.dispatch_named(&topic, &group);
                 }
+                GroupTimer::Retained { topic, seq } => self.expire_retained(&topic, seq),
                 GroupTimer::Request { slot, gen } => {
                     let origin = crate::mesh::msg::ReqOrigin { shard: self.id, slot, gen };
                     self.on_req_failed(origin, true);
@@ -636,9 +645,33 @@ impl ShardCore {
                 received_at: now,
                 extra: None,
                 stream: Some(Box::new(crate::mesh::msg::StreamArg { name, end: true, reason: Some("abandoned") })),
+                retain: None,
             };
             self.route_to_owner(MeshMsg::Publish(Box::new(req)));
         }
+    }
+
+    /// A retained value's TTL passed: the `expired` msg is published and
+    /// the value cleared, in one step at the owner, if it is still `seq`.
+    fn expire_retained(&mut self, topic: &Arc<str>, seq: u64) {
+        let req = PublishReq {
+            to: Requester { conn: ConnRef { idx: u32::MAX, gen: 0 }, id: None, kind: ReplyKind::Internal },
+            topic: (**topic).into(),
+            data: "null".into(),
+            msg_id: None,
+            prio: None,
+            from: None,
+            received_at: self.now,
+            extra: Some("\"expired\":true".into()),
+            stream: None,
+            retain: Some(Box::new(crate::mesh::msg::RetainArg {
+                retain: false,
+                ttl_ms: None,
+                if_seq: None,
+                expire: Some(seq),
+            })),
+        };
+        self.route_to_owner(MeshMsg::Publish(Box::new(req)));
     }
 
     // ---- the edge ----

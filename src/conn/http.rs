@@ -209,6 +209,7 @@ impl ShardCore {
             prio,
             reply: ReplyKind::Http,
             stream: None,
+            retain: None,
         };
         self.set_busy(idx, 0);
         if let Err(r) = self.submit_publish(idx, args) {
@@ -235,6 +236,7 @@ impl ShardCore {
                         prio,
                         reply,
                         stream: None,
+                        retain: None,
                     };
                     self.submit_publish(idx, args)
                 }

@@ -326,7 +326,21 @@ impl ShardCore {
             Command::Settle { id, topic, group, seq, outcome } => {
                 self.settle_group(idx, conn, id, &topic, &group, seq, outcome)
             }
-            Command::Sub { id, topic, since, group: None, streams } => {
+            Command::Get { id, topic } => {
+                if let Err(e) = name::validate(&topic) {
+                    return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+                }
+                if self.conns[idx].identity.as_ref().is_some_and(|i| !i.may_sub(&topic)) {
+                    self.counters.forbidden += 1;
+                    let msg = "topic outside the token's tenant or caps";
+                    return self.reply_error(idx, id, ErrorCode::Forbidden, msg, None);
+                }
+                if let Err((code, msg, retry)) = self.admit_control(idx, &topic) {
+                    return self.reply_error(idx, id, code, msg, Some(retry));
+                }
+                self.route_to_owner(MeshMsg::Get { conn, id, topic: topic.into() });
+            }
+            Command::Sub { id, topic, since, group: None, streams, last } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
@@ -361,7 +375,7 @@ impl ShardCore {
                 if let Some((tenant, _)) = &tenant {
                     self.tenant_add(tenant, 0, 1);
                 }
-                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since, streams };
+                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since, streams, last };
                 self.route_to_owner(msg);
             }
             Command::Unsub { id, topic, group: None } => {
@@ -374,7 +388,7 @@ impl ShardCore {
                 self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
             }
             Command::Auth { id, token } => self.refresh_token(idx, id, &token),
-            Command::Pub { id, topic, data, msg_id, prio, stream, end } => {
+            Command::Pub { id, topic, data, msg_id, prio, stream, end, retain } => {
                 let args = PubArgs {
                     id,
                     topic: &topic,
@@ -383,6 +397,7 @@ impl ShardCore {
                     prio,
                     reply: ReplyKind::Ws,
                     stream: stream.as_deref().map(|s| (s, end)),
+                    retain,
                 };
                 if let Err(r) = self.submit_publish(idx, args) {
                     if let (ErrorCode::RateLimited, Some(ms)) = (r.code, r.retry_after_ms) {

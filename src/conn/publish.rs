@@ -6,7 +6,7 @@
 
 use crate::conn::core::{ShardCore, OVERLOADED_RETRY_MS};
 use crate::conn::rate::TokenBucket;
-use crate::mesh::msg::StreamArg;
+use crate::mesh::msg::{RetainArg, StreamArg};
 use crate::mesh::{ConnRef, MeshMsg, PublishReq, ReplyKind, Requester};
 use crate::proto::message::{self, ErrorCode};
 use crate::topic::name;
@@ -88,6 +88,9 @@ impl ShardCore {
             received_at: self.now,
             extra: None,
             stream: p.stream.map(|(name, end)| Box::new(StreamArg { name: name.into(), end, reason: None })),
+            retain: p
+                .retain
+                .map(|r| Box::new(RetainArg { retain: true, ttl_ms: r.ttl_ms, if_seq: r.if_seq, expire: None })),
         };
         self.conns[idx].awaiting += 1;
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));
@@ -112,6 +115,8 @@ pub struct PubArgs<'a> {
     pub reply: ReplyKind,
     /// Append to this token stream; whether the append ends it.
     pub stream: Option<(&'a str, bool)>,
+    /// Make it the topic's retained value.
+    pub retain: Option<message::RetainArgs>,
 }
 
 /// Why the ingress shard refused a publication.

@@ -32,6 +32,7 @@ impl ShardCore {
             | MeshMsg::GroupLeave { topic, .. }
             | MeshMsg::GroupSettle { topic, .. } => topic,
             MeshMsg::ReqRoute(r) => &r.topic,
+            MeshMsg::Get { topic, .. } => topic,
             _ => return self.on_mesh(self.id, msg),
         };
         let asks = matches!(
@@ -87,8 +88,23 @@ impl ShardCore {
         }
         match msg {
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
-            MeshMsg::Subscribe { conn, id, topic, since, streams } => {
-                self.owner_subscribe(from, conn, id, &topic, since, streams)
+            MeshMsg::Subscribe { conn, id, topic, since, streams, last } => {
+                let opts = crate::topic::owner::SubOpts { streams, last };
+                self.owner_subscribe(from, conn, id, &topic, since, opts)
+            }
+            MeshMsg::Get { conn, id, topic } => {
+                let value = self.owner.get(&topic, self.now).map(|(p, ttl)| (p, ttl.map(|d| d.as_millis() as u64)));
+                self.send_to(from, MeshMsg::Value { conn, id, value });
+            }
+            MeshMsg::Value { conn, id, value } => {
+                if self.conn_mut(conn).is_none() {
+                    return;
+                }
+                let idx = conn.idx as usize;
+                match value {
+                    Some((p, ttl)) => self.reply(idx, |o| message::value(o, id, &p.topic, p.seq, p.data(), ttl)),
+                    None => self.reply_error(idx, id, ErrorCode::NotFound, "the topic has no retained value", None),
+                }
             }
             MeshMsg::Unsubscribe { conn, id, topic } => self.send_to(from, MeshMsg::Unsubscribed { conn, id, topic }),
             MeshMsg::Release { topic } => {
@@ -158,12 +174,12 @@ impl ShardCore {
         id: Option<u64>,
         topic: &str,
         since: Option<Since>,
-        streams: bool,
+        opts: crate::topic::owner::SubOpts,
     ) {
         // A replay larger than a connection may queue would only be dropped.
         let max_replay = self.limits.outbound_soft_bytes;
         let since = since.as_ref().map(|s| (s.seq, s.epoch.as_str()));
-        let msg = match self.owner.subscribe_with(from, topic, since, max_replay, streams) {
+        let msg = match self.owner.subscribe_with(from, topic, since, max_replay, opts) {
             SubscribeOutcome::Refused(r) => {
                 *self.counters.subscribes_refused.entry(r.label()).or_default() += 1;
                 MeshMsg::SubscribeRefused { conn, id, code: ErrorCode::Overloaded, message: r.message() }
@@ -250,7 +266,15 @@ impl ShardCore {
                 text: t,
                 end: s.end,
             }),
+            retain: req.retain.as_ref().map(|r| crate::topic::owner::RetainIn {
+                retain: r.retain,
+                ttl: r.ttl_ms.map(std::time::Duration::from_millis),
+                if_seq: r.if_seq,
+                expire: r.expire,
+            }),
         };
+        // A new retained value replaces the old one and its expiry timer.
+        let old_timer = if req.retain.is_some() { self.owner.take_retained_timer(&req.topic) } else { None };
         let mut targets = std::mem::take(&mut self.targets);
         let (me, outboxes) = (self.id, &mut self.outboxes);
         let room = |s: usize| {
@@ -271,6 +295,8 @@ impl ShardCore {
                 use crate::topic::streams::StreamRefused;
                 let (code, retry) = match r {
                     crate::topic::owner::Refused::Stream(StreamRefused::Ended) => (ErrorCode::BadRequest, None),
+                    crate::topic::owner::Refused::Conflict => (ErrorCode::Conflict, None),
+                    crate::topic::owner::Refused::RetainedFull => (ErrorCode::Overloaded, None),
                     crate::topic::owner::Refused::Stream(StreamRefused::StreamFull | StreamRefused::TooManyStreams) => {
                         (ErrorCode::Overloaded, None)
                     }
@@ -278,6 +304,16 @@ impl ShardCore {
                 };
                 *self.counters.publishes_rejected.entry(r.label()).or_default() += 1;
                 *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
+                if let Some(t) = old_timer {
+                    self.owner.set_retained_timer(&req.topic, t);
+                }
+                if matches!(r, crate::topic::owner::Refused::Conflict)
+                    && req.to.kind == crate::mesh::ReplyKind::Internal
+                {
+                    // An expiry of a value replaced meanwhile: nothing to do.
+                    self.targets = targets;
+                    return;
+                }
                 let reply = PubReply::Refused { code, message: r.message(), retry_after_ms: retry };
                 self.answer(from, req.to, reply);
             }
@@ -288,6 +324,14 @@ impl ShardCore {
             PublishOutcome::Accepted(publ) => {
                 self.counters.frames_encoded += 1;
                 self.counters.publishes_accepted += 1;
+                if let Some(t) = old_timer {
+                    self.groups.wheel.cancel(t);
+                }
+                if let Some(ttl) = req.retain.as_ref().filter(|r| r.retain).and_then(|r| r.ttl_ms) {
+                    let key = super::groups::GroupTimer::Retained { topic: publ.topic.clone(), seq: publ.seq };
+                    let timer = self.groups.wheel.insert(now + std::time::Duration::from_millis(ttl), key);
+                    self.owner.set_retained_timer(&publ.topic, timer);
+                }
                 let reply = PubReply::Ack { topic: publ.topic.clone(), seq: publ.seq, epoch: publ.epoch, dup: false };
                 self.ack(from, req.to, reply);
                 self.counters.record_ack(req.received_at);

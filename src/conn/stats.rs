@@ -431,6 +431,8 @@ pub struct ShardStats {
     pub owner_bytes: u64,
     /// Token stream text the owner holds (bounded by `streams.shard_budget_bytes`).
     pub stream_bytes: u64,
+    /// Retained values held, and their bytes.
+    pub retained_values: (u64, u64),
     /// Tenant publish buckets tracked (bounded by `rates.max_tenants`).
     pub tenants_tracked: u64,
     /// Publishes metered by the shared bucket of a full tenant table.

@@ -60,6 +60,22 @@ pub struct PublishReq {
     pub extra: Option<Box<str>>,
     /// An append to a token stream.
     pub stream: Option<Box<StreamArg>>,
+    /// Retained-value fields.
+    pub retain: Option<Box<RetainArg>>,
+}
+
+/// The retained-value fields of a publish.
+#[derive(Debug, Clone, Copy)]
+pub struct RetainArg {
+    /// Retain it (false: only `expire`).
+    pub retain: bool,
+    /// Expires after, ms.
+    pub ttl_ms: Option<u64>,
+    /// Only if the retained value's seq is this (0: none).
+    pub if_seq: Option<u64>,
+    /// The server's expiry of the value of this seq: publish the `expired`
+    /// msg and clear the value, only if it is still that one.
+    pub expire: Option<u64>,
 }
 
 /// The token stream fields of a publish.
@@ -203,6 +219,27 @@ pub enum MeshMsg {
         since: Option<Since>,
         /// First a rollup of each token stream.
         streams: bool,
+        /// First the retained value.
+        last: bool,
+    },
+    /// Shard of `conn` → owner: the topic's retained value, please.
+    Get {
+        /// The asking connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Validated topic.
+        topic: Box<str>,
+    },
+    /// Owner → shard of `conn`: the retained value (None: `not_found`) and
+    /// its time to live, ms.
+    Value {
+        /// The asking connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// The value.
+        value: Option<(SharedPub, Option<u64>)>,
     },
     /// Owner → shard of `conn`: the subscription is counted. Every `Deliver`
     /// of this topic sent after this message carries a seq above `seq`, so

@@ -42,6 +42,8 @@ pub enum ErrorCode {
     NotMember,
     /// A `req` nobody can answer.
     NoResponders,
+    /// `if_seq` did not match the retained value's seq.
+    Conflict,
     /// A `req` without a final reply within `timeout_ms`.
     Timeout,
 }
@@ -64,6 +66,7 @@ impl ErrorCode {
             Self::NotMember => "not_member",
             Self::NoResponders => "no_responders",
             Self::Timeout => "timeout",
+            Self::Conflict => "conflict",
         }
     }
 }
@@ -102,6 +105,15 @@ pub enum Command<'a> {
         group: Option<GroupSub<'a>>,
         /// First a rollup of each token stream of the topic.
         streams: bool,
+        /// First the topic's retained value.
+        last: bool,
+    },
+    /// The topic's retained value.
+    Get {
+        /// Echoed in the reply.
+        id: Option<u64>,
+        /// Topic name (not yet validated).
+        topic: Cow<'a, str>,
     },
     /// Unsubscribe (or leave `group`).
     Unsub {
@@ -170,6 +182,8 @@ pub enum Command<'a> {
         stream: Option<Cow<'a, str>>,
         /// This append closes the stream.
         end: bool,
+        /// Make it the topic's retained value.
+        retain: Option<RetainArgs>,
     },
     /// Application-level ping.
     Ping {
@@ -184,6 +198,18 @@ pub enum Command<'a> {
         token: Cow<'a, str>,
     },
 }
+
+/// The retained-value fields of a `pub` (PROTOCOL-EXTENSIONS §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetainArgs {
+    /// The value expires this long after it was published, ms.
+    pub ttl_ms: Option<u64>,
+    /// Only if the retained value's seq is this (0: none).
+    pub if_seq: Option<u64>,
+}
+
+/// Longest `ttl_ms` (7 days).
+pub const MAX_TTL_MS: u64 = 7 * 86_400_000;
 
 /// The group fields of a `sub` (PROTOCOL-EXTENSIONS §2); defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +327,14 @@ struct Wire<'a> {
     end: Option<bool>,
     #[serde(default)]
     streams: Option<bool>,
+    #[serde(default)]
+    retain: Option<bool>,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    if_seq: Option<u64>,
+    #[serde(default)]
+    last: Option<bool>,
 }
 
 /// Longest stream name, bytes.
@@ -364,7 +398,18 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
                     })
                 }
             };
-            Ok(Command::Sub { id, topic, since: wire.since, group, streams: wire.streams.unwrap_or(false) })
+            Ok(Command::Sub {
+                id,
+                topic,
+                since: wire.since,
+                group,
+                streams: wire.streams.unwrap_or(false),
+                last: wire.last.unwrap_or(false),
+            })
+        }
+        "get" => {
+            let topic = need_topic(wire.topic, id)?;
+            Ok(Command::Get { id, topic })
         }
         "unsub" => {
             let topic = need_topic(wire.topic, id)?;
@@ -458,7 +503,27 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
                 }
                 _ => {}
             }
-            Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio, stream: wire.stream, end })
+            let retain = match wire.retain.unwrap_or(false) {
+                true => {
+                    if wire.ttl_ms.is_some_and(|t| !(1..=MAX_TTL_MS).contains(&t)) {
+                        return Err(CommandError::new(
+                            id,
+                            ErrorCode::BadRequest,
+                            "`ttl_ms` must be between 1 and 604800000",
+                        ));
+                    }
+                    Some(RetainArgs { ttl_ms: wire.ttl_ms, if_seq: wire.if_seq })
+                }
+                false if wire.ttl_ms.is_some() || wire.if_seq.is_some() => {
+                    return Err(CommandError::new(
+                        id,
+                        ErrorCode::BadRequest,
+                        "`ttl_ms` and `if_seq` go with `retain: true`",
+                    ));
+                }
+                false => None,
+            };
+            Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio, stream: wire.stream, end, retain })
         }
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -710,6 +775,22 @@ pub enum Recovery {
     Recovered(u64),
     /// Not recovered, for this reason (`epoch_mismatch`, `expired`, `limit`).
     Failed(&'static str),
+}
+
+/// Appends a `value` reply to `get`: the retained value's seq and `data`,
+/// and its time to live when it has one.
+pub fn value(out: &mut Vec<u8>, id: Option<u64>, topic: &str, seq: u64, data: &str, ttl_ms: Option<u64>) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"value\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"seq\":{seq}");
+        if let Some(t) = ttl_ms {
+            let _ = write!(o, ",\"ttl_ms\":{t}");
+        }
+        o.extend_from_slice(b",\"data\":");
+        o.extend_from_slice(data.as_bytes());
+        o.push(b'}');
+    });
 }
 
 /// Appends a `subscribed` reply.

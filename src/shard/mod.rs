@@ -444,6 +444,10 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         retained: core.owner.retained(),
         owner_bytes: core.owner.bytes() as u64,
         stream_bytes: core.owner.stream_bytes() as u64,
+        retained_values: {
+            let (n, b) = core.owner.retained_values();
+            (n as u64, b as u64)
+        },
         tenants_tracked: core.tenants.len() as u64,
         tenant_table_overflow: core.tenants.overflowed,
         owner: core.owner.stats.clone(),

@@ -86,6 +86,19 @@ pub struct OwnedTopic {
     pub dedupe: DedupeWindow,
     /// Open and recently closed token streams.
     pub streams: super::streams::Streams,
+    /// The retained value (PROTOCOL-EXTENSIONS §5).
+    pub retained: Option<Retained>,
+}
+
+/// A topic's retained value.
+#[derive(Debug)]
+pub struct Retained {
+    /// The publication.
+    pub publ: super::publication::SharedPub,
+    /// When it expires.
+    pub expires: Option<std::time::Instant>,
+    /// Its expiry timer on the shard's wheel (cancelled when replaced).
+    pub timer: Option<super::wheel::TimerId>,
 }
 
 impl OwnedTopic {
@@ -100,6 +113,7 @@ impl OwnedTopic {
             replay: ReplayRing::default(),
             dedupe: DedupeWindow::default(),
             streams: super::streams::Streams::default(),
+            retained: None,
         }
     }
 
@@ -137,7 +151,11 @@ impl OwnedTopic {
     /// No subscriber, nothing retained, no `msg_id` remembered, no stream: dropping it
     /// loses nothing but its seq and epoch.
     pub fn holds_nothing(&self) -> bool {
-        self.total == 0 && self.replay.is_empty() && self.dedupe.is_empty() && self.streams.is_empty()
+        self.total == 0
+            && self.replay.is_empty()
+            && self.dedupe.is_empty()
+            && self.streams.is_empty()
+            && self.retained.is_none()
     }
 }
 

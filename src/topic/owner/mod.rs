@@ -63,6 +63,10 @@ pub struct OwnerLimits {
     pub budget_bytes: usize,
     /// Token stream bounds.
     pub streams: StreamLimits,
+    /// Retained values per tenant per shard.
+    pub retained_per_tenant: usize,
+    /// Retained value bytes per shard.
+    pub retained_budget_bytes: usize,
 }
 
 /// A publication as the owner receives it.
@@ -83,6 +87,23 @@ pub struct PublishIn<'a> {
     pub extra: Option<&'a str>,
     /// An append to a token stream.
     pub stream: Option<StreamIn<'a>>,
+    /// Retained-value fields.
+    pub retain: Option<RetainIn>,
+}
+
+/// What a publish asks of the topic's retained value.
+#[derive(Debug, Clone, Copy)]
+pub struct RetainIn {
+    /// Make it the retained value.
+    pub retain: bool,
+    /// Expires this long after now.
+    pub ttl: Option<Duration>,
+    /// Only if the retained value's seq is this (0: none).
+    pub if_seq: Option<u64>,
+    /// The server's expiry of the value of this seq: the publication (the
+    /// `expired` msg) goes out and the value is cleared only if it is still
+    /// that one.
+    pub expire: Option<u64>,
 }
 
 /// An append to a token stream, as the owner receives it.
@@ -108,6 +129,10 @@ pub enum Refused {
     RingFull,
     /// A token stream bound.
     Stream(StreamRefused),
+    /// `if_seq` did not match (or an expiry of a value already replaced).
+    Conflict,
+    /// `retained.max_per_tenant` or `retained.shard_budget_bytes`.
+    RetainedFull,
 }
 
 impl Refused {
@@ -118,6 +143,8 @@ impl Refused {
             Self::TenantQuota => "tenant_topic_quota",
             Self::RingFull => "overloaded",
             Self::Stream(r) => r.label(),
+            Self::Conflict => "conflict",
+            Self::RetainedFull => "retained_full",
         }
     }
 
@@ -128,6 +155,8 @@ impl Refused {
             Self::TenantQuota => "the tenant holds its maximum number of topics on this shard",
             Self::RingFull => "engine overloaded (mesh ring full); retry later",
             Self::Stream(r) => r.message(),
+            Self::Conflict => "the retained value's seq is not if_seq",
+            Self::RetainedFull => "the tenant or shard holds its maximum of retained values",
         }
     }
 }
@@ -223,6 +252,19 @@ pub struct OwnerStats {
     pub streams_dropped: u64,
     /// Appends refused at a stream bound.
     pub streams_refused: u64,
+    /// Retained values expired (their TTL passed).
+    pub retained_expired: u64,
+    /// Retaining publishes refused at `retained.max_per_tenant` / `shard_budget_bytes`.
+    pub retained_refused: u64,
+}
+
+/// What a subscribe asks for beyond the subscription.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubOpts {
+    /// A rollup of each token stream first.
+    pub streams: bool,
+    /// The retained value first.
+    pub last: bool,
 }
 
 /// The owner state of one shard.
@@ -245,6 +287,9 @@ pub struct Owner {
     closed_log: SweepLog,
     stream_bytes: usize,
     next_stream: u64,
+    /// Retained values per tenant, and their bytes.
+    retained_tenants: std::collections::HashMap<Box<str>, usize>,
+    retained_bytes: usize,
     /// Counters.
     pub stats: OwnerStats,
 }
@@ -272,6 +317,8 @@ impl Owner {
             closed_log: SweepLog::default(),
             stream_bytes: 0,
             next_stream: 0,
+            retained_tenants: std::collections::HashMap::new(),
+            retained_bytes: 0,
             stats: OwnerStats::default(),
         }
     }
@@ -316,6 +363,16 @@ impl Owner {
     fn forget(&mut self, t: &OwnedTopic) {
         self.bytes -= t.replay.bytes() + t.dedupe.bytes();
         self.stream_bytes -= t.streams.bytes();
+        if let Some(r) = &t.retained {
+            self.retained_bytes -= r.publ.bytes();
+            let tenant = tenant_of(&t.name);
+            if let Some(n) = self.retained_tenants.get_mut(tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    self.retained_tenants.remove(tenant);
+                }
+            }
+        }
         self.replay_items -= t.replay.len();
         self.dedupe_items -= t.dedupe.len();
     }
@@ -355,6 +412,23 @@ impl Owner {
                 }
             },
         };
+        if let Some(r) = p.retain {
+            let current = t.retained.as_ref().map_or(0, |v| v.publ.seq);
+            if r.expire.is_some_and(|s| s != current) || r.if_seq.is_some_and(|s| s != current) {
+                return PublishOutcome::Refused(Refused::Conflict);
+            }
+            let tenant = tenant_of(p.topic);
+            let held = self.retained_tenants.get(tenant).copied().unwrap_or(0);
+            let new = r.retain && t.retained.is_none();
+            let add = p.data.len() + p.topic.len() + 256;
+            if r.retain
+                && ((new && held >= self.lim.retained_per_tenant)
+                    || self.retained_bytes + add > self.lim.retained_budget_bytes)
+            {
+                self.stats.retained_refused += 1;
+                return PublishOutcome::Refused(Refused::RetainedFull);
+            }
+        }
         targets.extend(t.interested());
         if targets.iter().any(|&s| !room(s)) {
             targets.clear();
@@ -385,6 +459,27 @@ impl Owner {
             extra: p.extra,
         };
         let publ: SharedPub = Arc::new(encode(t.name.clone(), &meta));
+        if let Some(r) = p.retain {
+            let tenant = tenant_of(p.topic);
+            if let Some(old) = t.retained.take() {
+                self.retained_bytes -= old.publ.bytes();
+                if let Some(n) = self.retained_tenants.get_mut(tenant) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.retained_tenants.remove(tenant);
+                    }
+                }
+                if r.expire.is_some() {
+                    self.stats.retained_expired += 1;
+                }
+            }
+            if r.retain {
+                self.retained_bytes += publ.bytes();
+                *self.retained_tenants.entry(tenant.into()).or_default() += 1;
+                t.retained =
+                    Some(super::owned::Retained { publ: publ.clone(), expires: r.ttl.map(|d| now + d), timer: None });
+            }
+        }
         let (dropped, freed) = t.replay.push(publ.clone(), now, &self.lim.replay);
         self.bytes = self.bytes + publ.bytes() - freed;
         self.replay_items = self.replay_items + 1 - dropped;
@@ -414,7 +509,33 @@ impl Owner {
         since: Option<(u64, &str)>,
         max_replay: usize,
     ) -> SubscribeOutcome {
-        self.subscribe_with(shard, topic, since, max_replay, false)
+        self.subscribe_with(shard, topic, since, max_replay, SubOpts::default())
+    }
+
+    /// The retained value of `topic` and its time to live at `now`.
+    pub fn get(&self, topic: &str, now: Instant) -> Option<(SharedPub, Option<Duration>)> {
+        let r = self.topic(topic)?.retained.as_ref()?;
+        Some((r.publ.clone(), r.expires.map(|e| e.saturating_duration_since(now))))
+    }
+
+    /// The expiry timer of `topic`'s retained value, taken (to cancel it
+    /// when the value is replaced or expired).
+    pub fn take_retained_timer(&mut self, topic: &str) -> Option<super::wheel::TimerId> {
+        let i = self.table.find(topic)?;
+        self.table.get_mut(i)?.topic.retained.as_mut()?.timer.take()
+    }
+
+    /// Records the expiry timer of `topic`'s retained value.
+    pub fn set_retained_timer(&mut self, topic: &str, timer: super::wheel::TimerId) {
+        let Some(i) = self.table.find(topic) else { return };
+        if let Some(r) = self.table.get_mut(i).and_then(|s| s.topic.retained.as_mut()) {
+            r.timer = Some(timer);
+        }
+    }
+
+    /// Retained values held on this shard, and their bytes.
+    pub fn retained_values(&self) -> (usize, usize) {
+        (self.retained_tenants.values().sum(), self.retained_bytes)
     }
 
     /// [`Owner::subscribe`]; with `streams`, and unless a `since` resume
@@ -428,7 +549,7 @@ impl Owner {
         topic: &str,
         since: Option<(u64, &str)>,
         max_replay: usize,
-        streams: bool,
+        opts: SubOpts,
     ) -> SubscribeOutcome {
         let idx = match self.slot_for(topic) {
             Ok(i) => i,
@@ -450,7 +571,23 @@ impl Owner {
             },
         };
         let mut replay = replay;
-        if streams && !matches!(recovery, Recovery::Recovered(_)) && !t.streams.is_empty() {
+        if opts.last {
+            if let Some(r) = &t.retained {
+                let p = &r.publ;
+                let meta = PubMeta {
+                    topic: &t.name,
+                    seq: p.seq,
+                    epoch: p.epoch,
+                    prio: p.prio_given(),
+                    msg_id: p.msg_id.as_deref(),
+                    from: p.from.as_ref(),
+                    data: p.data(),
+                    extra: Some("\"retained\":true"),
+                };
+                replay.insert(0, Arc::new(Publication::native(t.name.clone(), &meta, &mut Vec::new())));
+            }
+        }
+        if opts.streams && !matches!(recovery, Recovery::Recovered(_)) && !t.streams.is_empty() {
             let mut list: Vec<&super::streams::Stream> = t.streams.iter().collect();
             list.sort_by_key(|s| s.upto);
             let mut scratch = Vec::new();

@@ -15,6 +15,8 @@ fn limits() -> OwnerLimits {
         dedupe_age: Duration::from_secs(20),
         budget_bytes: 1 << 30,
         streams: Default::default(),
+        retained_per_tenant: 100,
+        retained_budget_bytes: 1 << 20,
     }
 }
 
@@ -24,7 +26,7 @@ fn encode(name: Arc<str>, m: &PubMeta<'_>) -> Publication {
 }
 
 fn publish(o: &mut Owner, topic: &str, msg_id: Option<&str>, now: Instant) -> PublishOutcome {
-    let p = PublishIn { topic, data: "\"x\"", msg_id, prio: None, from: None, extra: None, stream: None };
+    let p = PublishIn { topic, data: "\"x\"", msg_id, prio: None, from: None, extra: None, stream: None, retain: None };
     o.publish(&p, now, &mut Vec::new(), |_| true, encode)
 }
 
@@ -56,7 +58,16 @@ fn targets_and_ring_room() {
     assert!(matches!(o.subscribe(2, "a/b", None, usize::MAX), SubscribeOutcome::Subscribed { .. }));
     assert!(matches!(o.subscribe(0, "a/b", None, usize::MAX), SubscribeOutcome::Subscribed { .. }));
     let mut targets = Vec::new();
-    let p = PublishIn { topic: "a/b", data: "1", msg_id: None, prio: None, from: None, extra: None, stream: None };
+    let p = PublishIn {
+        topic: "a/b",
+        data: "1",
+        msg_id: None,
+        prio: None,
+        from: None,
+        extra: None,
+        stream: None,
+        retain: None,
+    };
     assert!(matches!(o.publish(&p, t0, &mut targets, |_| true, encode), PublishOutcome::Accepted(_)));
     assert_eq!(targets, vec![0, 2]);
     let out = o.publish(&p, t0, &mut targets, |s| s != 2, encode);
@@ -223,7 +234,7 @@ fn logs_stay_bounded_when_per_topic_bounds_do_the_evicting() {
 fn append(o: &mut Owner, topic: &str, text: &str, end: bool, now: Instant) -> PublishOutcome {
     let data = serde_json::Value::from(text).to_string();
     let stream = Some(StreamIn { name: "s", text, end });
-    let p = PublishIn { topic, data: &data, msg_id: None, prio: None, from: None, extra: None, stream };
+    let p = PublishIn { topic, data: &data, msg_id: None, prio: None, from: None, extra: None, stream, retain: None };
     o.publish(&p, now, &mut Vec::new(), |_| true, encode)
 }
 

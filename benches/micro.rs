@@ -89,7 +89,7 @@ fn ring(c: &mut Criterion) {
             let mut sent = 0;
             while sent < N {
                 if out.has_room(1) {
-                    out.push(MeshMsg::Deliver { publ: publ.clone(), received_at: Instant::now() });
+                    out.push(MeshMsg::Deliver { publ: publ.clone(), received_at: Instant::now(), receipt: None });
                     sent += 1;
                 }
             }
@@ -235,10 +235,10 @@ fn critical(c: &mut Criterion) {
     use std::rc::Rc;
     let mut o = Outbound::default();
     for i in 0..10_000u64 {
-        let d = Rc::new(Delivery { publ: Publication::sample(&format!("t/r{}", i % 100), i / 100 + 1, DATA) });
+        let d = Rc::new(Delivery::new(Publication::sample(&format!("t/r{}", i % 100), i / 100 + 1, DATA)));
         o.push_frame(&d, Prio::Normal, usize::MAX, usize::MAX);
     }
-    let crit = Rc::new(Delivery { publ: Publication::sample("t/r7", 1_000_000, DATA) });
+    let crit = Rc::new(Delivery::new(Publication::sample("t/r7", 1_000_000, DATA)));
     let mut g = c.benchmark_group("outbound");
     g.bench_function("critical_push_over_10k_queued_normal", |b| {
         b.iter(|| black_box(o.push_frame(&crit, Prio::Critical, usize::MAX, usize::MAX)))

@@ -457,6 +457,8 @@ pub struct Limits {
     pub max_connections_per_shard: usize,
     /// Subscriptions per connection.
     pub max_subscriptions_per_connection: usize,
+    /// Delivery receipts outstanding per connection.
+    pub max_receipts_per_connection: usize,
     /// Outbound soft limit per connection, bytes.
     pub outbound_soft_bytes: usize,
     /// Outbound hard limit per connection, bytes.
@@ -586,6 +588,7 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             max_connections_per_shard: 200_000,
             max_subscriptions_per_connection: 1024,
+            max_receipts_per_connection: 1024,
             outbound_soft_bytes: 1 << 20,
             outbound_hard_bytes: 4 << 20,
             max_topics_per_shard: 1_000_000,

@@ -327,7 +327,8 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 37] = [
+    let counters: [(&str, &str, Field); 38] = [
+        ("receipts_sent_total", "Delivery receipts sent to publishers.", |s| s.counters.receipts_sent),
         ("retained_expired_total", "Retained values whose ttl_ms passed (the expired msg published).", |s| {
             s.owner.retained_expired
         }),

@@ -48,6 +48,8 @@ pub struct ShardCore {
     pub groups: super::groups::Groups,
     /// Requests this shard's connections made, and requests it serves.
     pub requests: super::requests::Requests,
+    /// Delivery receipts: parts finished here, and receipts being assembled.
+    pub receipts: super::receipts::Receipts,
     /// Outboxes to the other shards (None at `id`).
     pub outboxes: Vec<Option<Outbox>>,
     /// Counters and latency histograms.
@@ -228,6 +230,7 @@ impl ShardCore {
             parked: Default::default(),
             fanout_left: 0,
             wake_later: Vec::new(),
+            receipts: Default::default(),
             batching: false,
             held: Default::default(),
             clock0: (Instant::now(), unix_secs()),
@@ -364,6 +367,9 @@ impl ShardCore {
         }
         self.requests_on_close(conn.requests, conn.serving);
         let me = ConnRef { idx: idx as u32, gen: conn.gen };
+        if conn.receipts > 0 {
+            self.receipts_on_close(me);
+        }
         for (topic, group) in conn.groups {
             // What the member held goes to the group's other members.
             let msg = crate::mesh::MeshMsg::GroupLeave {

@@ -36,6 +36,11 @@ pub struct SubscribeAnswer {
 impl ShardCore {
     /// The owner answered a publish of one of this shard's connections:
     /// encode it for the connection's protocol.
+    fn reply_ack_then_receipt(&mut self, to: Requester, reply: PubReply, topic: std::sync::Arc<str>, seq: u64) {
+        self.answer_publisher(to, reply);
+        self.receipt_acked(to.conn, to.id, &topic, seq);
+    }
+
     pub(crate) fn on_published(&mut self, to: Requester, reply: PubReply) {
         if to.kind == ReplyKind::Internal {
             if matches!(reply, PubReply::Refused { .. }) {
@@ -48,6 +53,22 @@ impl ShardCore {
             return;
         };
         c.awaiting = c.awaiting.saturating_sub(1);
+        if to.receipt {
+            match &reply {
+                PubReply::Ack { topic, seq, dup: false, .. } => {
+                    let (topic, seq) = (topic.clone(), *seq);
+                    // The ack is queued first, below; the receipt after it.
+                    self.reply_ack_then_receipt(to, reply, topic, seq);
+                    return;
+                }
+                _ => self.receipt_void(to.conn),
+            }
+        }
+        self.answer_publisher(to, reply);
+    }
+
+    /// Queues the owner's answer to a publish in the publisher's protocol.
+    fn answer_publisher(&mut self, to: Requester, reply: PubReply) {
         let idx = to.conn.idx as usize;
         let answer = match &reply {
             PubReply::Ack { topic, seq, epoch, dup } => Answer::Ack { topic, seq: *seq, epoch: *epoch, dup: *dup },
@@ -111,7 +132,7 @@ impl ShardCore {
         // replay below the soft limit).
         let hard = self.limits.outbound_hard_bytes;
         for publ in a.replay {
-            let d = Rc::new(Delivery { publ });
+            let d = Rc::new(Delivery::new(publ));
             let Some(c) = self.conns.get_mut(idx) else {
                 return;
             };
@@ -161,12 +182,35 @@ impl ShardCore {
     /// Parked fanouts run in arrival order, and a new one queues behind
     /// them, so every subscriber still sees a topic's seqs in order.
     pub fn fanout_local(&mut self, publ: SharedPub, received_at: Instant) {
+        self.fanout_local_with(publ, received_at, None);
+    }
+
+    /// [`ShardCore::fanout_local`], counting this shard's part of the
+    /// publication's receipt when `receipt` says where it goes.
+    pub fn fanout_local_with(
+        &mut self,
+        publ: SharedPub,
+        received_at: Instant,
+        receipt: Option<Box<crate::mesh::msg::ReceiptTo>>,
+    ) {
         let Some(lt) = self.local.get(&publ.topic) else {
+            if let Some(to) = receipt {
+                // Nobody here any more: an empty part.
+                self.receipts.sink.borrow_mut().push((*to, publ.topic.clone(), publ.seq, 0, 0));
+            }
             return;
         };
         let n = lt.subs.len();
         let prio = publ.prio;
-        let frame = Rc::new(Delivery { publ });
+        let ticket = receipt.map(|to| {
+            Box::new(super::outbound::Ticket {
+                to: *to,
+                offered: Default::default(),
+                written: Default::default(),
+                sink: self.receipts.sink.clone(),
+            })
+        });
+        let frame = Rc::new(Delivery { publ, receipt: ticket });
         if self.parked.is_empty() && n <= self.fanout_left {
             self.fanout_left -= n;
             self.push_slice(&frame, prio, 0, n);
@@ -269,6 +313,9 @@ impl ShardCore {
         let (soft, hard) = (self.limits.outbound_soft_bytes, self.limits.outbound_hard_bytes);
         let defer = self.batching || !self.parked.is_empty();
         let mut slow = Vec::new();
+        if let Some(t) = &frame.receipt {
+            t.offered.set(t.offered.get() + (to - from) as u32);
+        }
         for &c in &lt.subs[from..to] {
             let Some(conn) = self.conns.get_mut(c as usize) else {
                 self.counters.internal_errors += 1;

@@ -374,7 +374,12 @@ impl ShardCore {
         extra.push_str(&serde_json::Value::from(&**name).to_string());
         extra.push_str(&format!(",\"seq\":{},\"attempts\":{},\"reason\":\"{reason}\"}}", job.publ.seq, job.attempts));
         let req = PublishReq {
-            to: Requester { conn: ConnRef { idx: u32::MAX, gen: 0 }, id: None, kind: ReplyKind::Internal },
+            to: Requester {
+                conn: ConnRef { idx: u32::MAX, gen: 0 },
+                id: None,
+                kind: ReplyKind::Internal,
+                receipt: false,
+            },
             topic: (*dlq).into(),
             data: job.publ.data().into(),
             msg_id: None,
@@ -636,7 +641,12 @@ impl ShardCore {
         for (topic, name) in abandoned {
             self.counters.streams_abandoned += 1;
             let req = PublishReq {
-                to: Requester { conn: ConnRef { idx: u32::MAX, gen: 0 }, id: None, kind: ReplyKind::Internal },
+                to: Requester {
+                    conn: ConnRef { idx: u32::MAX, gen: 0 },
+                    id: None,
+                    kind: ReplyKind::Internal,
+                    receipt: false,
+                },
                 topic: (*topic).into(),
                 data: "\"\"".into(),
                 msg_id: None,
@@ -655,7 +665,12 @@ impl ShardCore {
     /// the value cleared, in one step at the owner, if it is still `seq`.
     fn expire_retained(&mut self, topic: &Arc<str>, seq: u64) {
         let req = PublishReq {
-            to: Requester { conn: ConnRef { idx: u32::MAX, gen: 0 }, id: None, kind: ReplyKind::Internal },
+            to: Requester {
+                conn: ConnRef { idx: u32::MAX, gen: 0 },
+                id: None,
+                kind: ReplyKind::Internal,
+                receipt: false,
+            },
             topic: (**topic).into(),
             data: "null".into(),
             msg_id: None,

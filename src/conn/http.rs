@@ -210,6 +210,7 @@ impl ShardCore {
             reply: ReplyKind::Http,
             stream: None,
             retain: None,
+            receipt: false,
         };
         self.set_busy(idx, 0);
         if let Err(r) = self.submit_publish(idx, args) {
@@ -237,6 +238,7 @@ impl ShardCore {
                         reply,
                         stream: None,
                         retain: None,
+                        receipt: false,
                     };
                     self.submit_publish(idx, args)
                 }

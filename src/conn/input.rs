@@ -388,7 +388,7 @@ impl ShardCore {
                 self.route_to_owner(MeshMsg::Unsubscribe { conn, id, topic: topic.into() });
             }
             Command::Auth { id, token } => self.refresh_token(idx, id, &token),
-            Command::Pub { id, topic, data, msg_id, prio, stream, end, retain } => {
+            Command::Pub { id, topic, data, msg_id, prio, stream, end, retain, receipt } => {
                 let args = PubArgs {
                     id,
                     topic: &topic,
@@ -398,6 +398,7 @@ impl ShardCore {
                     reply: ReplyKind::Ws,
                     stream: stream.as_deref().map(|s| (s, end)),
                     retain,
+                    receipt,
                 };
                 if let Err(r) = self.submit_publish(idx, args) {
                     if let (ErrorCode::RateLimited, Some(ms)) = (r.code, r.retry_after_ms) {

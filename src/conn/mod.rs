@@ -20,6 +20,7 @@ pub mod logs;
 pub mod outbound;
 pub mod publish;
 pub mod rate;
+pub mod receipts;
 pub mod requests;
 pub mod routing;
 pub mod state;

@@ -29,9 +29,52 @@ use crate::proto::message::{self, Prio};
 pub struct Delivery {
     /// The publication, with its encoded frame.
     pub publ: SharedPub,
+    /// Only when the publisher asked for a receipt: counts of this shard's
+    /// subscribers, reported when the last of them is done with the frame.
+    pub receipt: Option<Box<Ticket>>,
+}
+
+/// This shard's part of a publication's receipt, counted while its frame is
+/// queued and reported when the last reference is dropped (every
+/// subscriber's writer copied it into a send, or dropped it).
+#[derive(Debug)]
+pub struct Ticket {
+    /// Where the part goes.
+    pub to: crate::mesh::msg::ReceiptTo,
+    /// Subscribers the frame was offered to.
+    pub offered: std::cell::Cell<u32>,
+    /// Subscribers it was written to.
+    pub written: std::cell::Cell<u32>,
+    /// The shard's finished parts.
+    pub sink: ReceiptSink,
+}
+
+/// Finished receipt parts of a shard: (to, topic, seq, delivered, dropped).
+pub type ReceiptSink = Rc<std::cell::RefCell<Vec<(crate::mesh::msg::ReceiptTo, Arc<str>, u64, u32, u32)>>>;
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(t) = self.receipt.take() {
+            let (w, o) = (t.written.get(), t.offered.get());
+            t.sink.borrow_mut().push((t.to, self.publ.topic.clone(), self.publ.seq, w, o.saturating_sub(w)));
+        }
+    }
 }
 
 impl Delivery {
+    /// A delivery without a receipt.
+    pub fn new(publ: SharedPub) -> Self {
+        Self { publ, receipt: None }
+    }
+
+    /// The frame was copied into a send (receipts count it delivered).
+    #[inline]
+    pub fn written(&self) {
+        if let Some(t) = &self.receipt {
+            t.written.set(t.written.get() + 1);
+        }
+    }
+
     /// The native frame.
     pub fn frame(&self) -> &[u8] {
         &self.publ.frame
@@ -271,6 +314,7 @@ impl Outbound {
             let Some(f) = self.critical.pop_front() else {
                 break;
             };
+            f.written();
             out.extend_from_slice(f.frame());
             self.bytes -= f.frame().len();
         }
@@ -298,6 +342,7 @@ impl Outbound {
                     }
                     match item {
                         Item::Frame(f) => {
+                            f.written();
                             out.extend_from_slice(f.frame());
                             self.bytes -= f.frame().len();
                         }
@@ -365,7 +410,7 @@ mod tests {
         };
         let frame: Box<[u8]> = data.as_bytes().into();
         let publ = crate::topic::publication::Publication::new(Arc::from(topic), &meta, frame, (0, len));
-        Rc::new(Delivery { publ: Arc::new(publ) })
+        Rc::new(Delivery::new(Arc::new(publ)))
     }
 
     fn drain(o: &mut Outbound) -> Vec<u8> {

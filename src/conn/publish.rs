@@ -77,9 +77,22 @@ impl ShardCore {
             let message = "engine overloaded (mesh ring full); retry later".into();
             return Err(Refusal { code: ErrorCode::Overloaded, message, retry_after_ms: Some(OVERLOADED_RETRY_MS) });
         }
+        if p.receipt {
+            let max = self.limits.max_receipts_per_connection;
+            if self.conns[idx].receipts as usize >= max {
+                *self.counters.publishes_rejected.entry("receipts").or_default() += 1;
+                let message = format!("at most {max} receipts outstanding per connection; retry later");
+                return Err(Refusal {
+                    code: ErrorCode::Overloaded,
+                    message,
+                    retry_after_ms: Some(OVERLOADED_RETRY_MS),
+                });
+            }
+            self.conns[idx].receipts += 1;
+        }
         let gen = self.conns[idx].gen;
         let req = PublishReq {
-            to: Requester { conn: ConnRef { idx: idx as u32, gen }, id: p.id, kind: p.reply },
+            to: Requester { conn: ConnRef { idx: idx as u32, gen }, id: p.id, kind: p.reply, receipt: p.receipt },
             topic: p.topic.into(),
             data: p.data.into(),
             msg_id: p.msg_id.map(Into::into),
@@ -117,6 +130,8 @@ pub struct PubArgs<'a> {
     pub stream: Option<(&'a str, bool)>,
     /// Make it the topic's retained value.
     pub retain: Option<message::RetainArgs>,
+    /// Send a `receipt` when every subscriber got it.
+    pub receipt: bool,
 }
 
 /// Why the ingress shard refused a publication.

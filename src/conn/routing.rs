@@ -112,7 +112,10 @@ impl ShardCore {
                     self.counters.internal_errors += 1;
                 }
             }
-            MeshMsg::Deliver { publ, received_at } => self.fanout_local(publ, received_at),
+            MeshMsg::Deliver { publ, received_at, receipt } => self.fanout_local_with(publ, received_at, receipt),
+            MeshMsg::ReceiptPart { to, topic, seq, delivered, dropped } => {
+                self.on_receipt_part(to, topic, seq, delivered, dropped)
+            }
             MeshMsg::Published { to, reply } => self.on_published(to, reply),
             MeshMsg::Subscribed { conn, id, topic, seq, epoch, recovery, replay } => {
                 let answer = crate::conn::deliver::SubscribeAnswer { topic, seq, epoch, recovery, replay };
@@ -335,7 +338,25 @@ impl ShardCore {
                 let reply = PubReply::Ack { topic: publ.topic.clone(), seq: publ.seq, epoch: publ.epoch, dup: false };
                 self.ack(from, req.to, reply);
                 self.counters.record_ack(req.received_at);
-                self.deliver_to(&targets, &publ, req.received_at);
+                if req.to.receipt {
+                    let to =
+                        crate::mesh::msg::ReceiptTo { shard: from, conn: req.to.conn, of: targets.len().max(1) as u32 };
+                    if targets.is_empty() {
+                        self.send_to(
+                            from,
+                            MeshMsg::ReceiptPart {
+                                to,
+                                topic: publ.topic.clone(),
+                                seq: publ.seq,
+                                delivered: 0,
+                                dropped: 0,
+                            },
+                        );
+                    }
+                    self.deliver_receipted(&targets, &publ, req.received_at, to);
+                } else {
+                    self.deliver_to(&targets, &publ, req.received_at);
+                }
                 if !self.groups.is_empty() {
                     self.groups_offer(&publ);
                 }
@@ -365,13 +386,32 @@ impl ShardCore {
         }
     }
 
+    /// [`ShardCore::deliver_to`] for a publish with `receipt`: each target
+    /// shard reports its part to the publisher's shard.
+    fn deliver_receipted(
+        &mut self,
+        targets: &[usize],
+        publ: &SharedPub,
+        received_at: Instant,
+        to: crate::mesh::msg::ReceiptTo,
+    ) {
+        for &s in targets {
+            let receipt = Some(Box::new(to));
+            if s == self.id {
+                self.fanout_local_with(publ.clone(), received_at, receipt);
+            } else if let Some(out) = self.outboxes[s].as_mut() {
+                out.push(MeshMsg::Deliver { publ: publ.clone(), received_at, receipt });
+            }
+        }
+    }
+
     /// Hands a publication to every target shard (itself included).
     fn deliver_to(&mut self, targets: &[usize], publ: &SharedPub, received_at: Instant) {
         for &s in targets {
             if s == self.id {
                 self.fanout_local(publ.clone(), received_at);
             } else if let Some(out) = self.outboxes[s].as_mut() {
-                out.push(MeshMsg::Deliver { publ: publ.clone(), received_at });
+                out.push(MeshMsg::Deliver { publ: publ.clone(), received_at, receipt: None });
             }
         }
     }

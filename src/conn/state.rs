@@ -63,6 +63,8 @@ pub struct Conn {
     pub pending_subs: u32,
     /// Publishes routed to an owner and not answered yet.
     pub awaiting: u32,
+    /// Publishes with `receipt` whose receipt is not sent yet.
+    pub receipts: u32,
     /// The peer shut its write side (EOF): nothing more is read; the
     /// connection lives until what it is owed is answered and flushed.
     pub peer_eof: bool,
@@ -109,6 +111,7 @@ impl Conn {
             subs: SmallVec::new(),
             pending_subs: 0,
             awaiting: 0,
+            receipts: 0,
             peer_eof: false,
             fanout_wait: false,
             waker: None,

@@ -253,6 +253,8 @@ pub struct Counters {
     pub replies_too_large: u64,
     /// Open streams the server ended for idleness (`reason: abandoned`).
     pub streams_abandoned: u64,
+    /// Delivery receipts sent to publishers.
+    pub receipts_sent: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS connections dropped for a TLS error (bad handshake, bad record,
@@ -348,6 +350,7 @@ impl Counters {
             replies_dropped: 0,
             replies_too_large: 0,
             streams_abandoned: 0,
+            receipts_sent: 0,
             tls_handshakes: 0,
             tls_errors: 0,
             tls_reloads: 0,

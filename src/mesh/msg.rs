@@ -17,7 +17,7 @@ pub use crate::topic::publication::SharedPub;
 /// A connection on some shard: its slot and the slot's generation, so a
 /// reply to a connection that has gone (and whose slot was reused) is
 /// recognised and dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnRef {
     /// Slot index in the shard's connection slab.
     pub idx: u32,
@@ -36,6 +36,20 @@ pub struct Requester {
     pub id: Option<u64>,
     /// How the edge answers.
     pub kind: ReplyKind,
+    /// The publisher asked for a `receipt`.
+    pub receipt: bool,
+}
+
+/// Where a publication's receipt parts go: the publisher's shard and
+/// connection, and how many parts (interested shards) make it whole.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptTo {
+    /// The publisher's shard.
+    pub shard: usize,
+    /// The publisher.
+    pub conn: ConnRef,
+    /// Parts to expect.
+    pub of: u32,
 }
 
 /// A publish on its way to the owner.
@@ -197,6 +211,22 @@ pub enum MeshMsg {
         publ: SharedPub,
         /// When the publish was read off the publisher's socket.
         received_at: Instant,
+        /// The publisher wants a receipt: where this shard's part goes.
+        receipt: Option<Box<ReceiptTo>>,
+    },
+    /// A shard that delivered a publication → the publisher's shard: how
+    /// many of its subscribers the frame was written to, and dropped for.
+    ReceiptPart {
+        /// Whose receipt.
+        to: ReceiptTo,
+        /// The publication's topic.
+        topic: Arc<str>,
+        /// Its seq.
+        seq: u64,
+        /// Subscribers it was written to.
+        delivered: u32,
+        /// Subscribers it was dropped for (slow, closing).
+        dropped: u32,
     },
     /// Owner → shard of the requester: the answer to its publish, encoded
     /// there for the requester's wire format.

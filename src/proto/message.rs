@@ -184,6 +184,8 @@ pub enum Command<'a> {
         end: bool,
         /// Make it the topic's retained value.
         retain: Option<RetainArgs>,
+        /// Send a `receipt` once every subscriber of the moment got it.
+        receipt: bool,
     },
     /// Application-level ping.
     Ping {
@@ -335,6 +337,8 @@ struct Wire<'a> {
     if_seq: Option<u64>,
     #[serde(default)]
     last: Option<bool>,
+    #[serde(default)]
+    receipt: Option<bool>,
 }
 
 /// Longest stream name, bytes.
@@ -523,7 +527,8 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
                 }
                 false => None,
             };
-            Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio, stream: wire.stream, end, retain })
+            let receipt = wire.receipt.unwrap_or(false);
+            Ok(Command::Pub { id, topic, data, msg_id: wire.msg_id, prio, stream: wire.stream, end, retain, receipt })
         }
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -775,6 +780,15 @@ pub enum Recovery {
     Recovered(u64),
     /// Not recovered, for this reason (`epoch_mismatch`, `expired`, `limit`).
     Failed(&'static str),
+}
+
+/// Appends a delivery `receipt` for publish `id`.
+pub fn receipt(out: &mut Vec<u8>, id: Option<u64>, topic: &str, seq: u64, delivered: u64, dropped: u64) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"receipt\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"seq\":{seq},\"delivered\":{delivered},\"dropped\":{dropped}}}");
+    });
 }
 
 /// Appends a `value` reply to `get`: the retained value's seq and `data`,

@@ -393,6 +393,10 @@ impl Task {
             let mut wbuf = ctx.wbuf.borrow_mut();
             wbuf.clear();
             conn.out.fill(&mut wbuf, WRITE_CHUNK);
+            if !core.receipts.sink.borrow().is_empty() {
+                // A receipt part finished here: the mesh task sends it.
+                ctx.bell.notify();
+            }
             if wbuf.is_empty() {
                 drop(wbuf);
                 resume_pipelined(core, self.idx, cx);
@@ -481,6 +485,10 @@ impl Task {
             let mut wbuf = ctx.wbuf.borrow_mut();
             wbuf.clear();
             conn.out.fill(&mut wbuf, WRITE_CHUNK);
+            if !core.receipts.sink.borrow().is_empty() {
+                // A receipt part finished here: the mesh task sends it.
+                ctx.bell.notify();
+            }
             if wbuf.is_empty() {
                 drop(wbuf);
                 resume_pipelined(core, self.idx, cx);

@@ -227,6 +227,7 @@ async fn sweep_owner(ctx: Rc<ShardCtx>) {
                 core.tick(std::time::Instant::now());
                 let now = core.now;
                 core.sweep_streams(now);
+                core.flush_receipts();
                 core.owner.sweep(now, SWEEP_WORK)
             };
             if !more {
@@ -330,6 +331,7 @@ impl MeshTask {
     fn has_work(&self) -> bool {
         !self.control.is_empty()
             || self.inboxes.iter().any(|(_, c)| c.slots() > 0)
+            || !self.ctx.core.borrow().receipts.sink.borrow().is_empty()
             || self.ctx.core.borrow().fanout_pending()
     }
 
@@ -386,6 +388,7 @@ impl MeshTask {
             }
         }
         core.end_batch();
+        core.flush_receipts();
         handled
     }
 

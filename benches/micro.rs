@@ -120,6 +120,7 @@ pub fn core_with_subscribers(n: usize) -> ShardCore {
                 epoch,
                 recovery: Recovery::NotAsked,
                 replay: Vec::new(),
+                member: None,
             },
         );
     }
@@ -186,6 +187,7 @@ fn owner(c: &mut Criterion) {
         requests: cfg.requests.clone(),
         streams: cfg.streams.clone(),
         retained: cfg.retained.clone(),
+        presence: cfg.presence.clone(),
     };
     let lim = policy.owner_limits(&cfg.limits);
     let max = lim.table.max_topics;

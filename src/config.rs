@@ -86,6 +86,26 @@ pub struct Config {
     /// Retained values (PROTOCOL-EXTENSIONS §5).
     #[serde(default)]
     pub retained: RetainedConfig,
+    /// Presence (PROTOCOL-EXTENSIONS §6).
+    #[serde(default)]
+    pub presence: PresenceConfig,
+}
+
+/// `[presence]`: bounds of presence, kept by each topic's owner.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Subscribers a `presence` reply lists at most (`count` stays exact).
+    pub max_list: usize,
+    /// Subscribers with `presence: true` (join/leave events) one tenant may
+    /// have per shard; past it such a `sub` gets `overloaded`.
+    pub max_watchers_per_tenant: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { max_list: 100, max_watchers_per_tenant: 10_000 }
+    }
 }
 
 /// `[retained]`: bounds of retained values, kept by each topic's owner.
@@ -494,6 +514,7 @@ fn embedded() -> Config {
             requests: d.requests,
             streams: d.streams,
             retained: d.retained,
+            presence: d.presence,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -517,6 +538,7 @@ struct EmbeddedDefault {
     requests: RequestsConfig,
     streams: StreamsConfig,
     retained: RetainedConfig,
+    presence: PresenceConfig,
 }
 
 impl Default for ReplayConfig {
@@ -688,6 +710,9 @@ impl Config {
         }
         if self.retained.max_per_tenant == 0 || self.retained.shard_budget_bytes == 0 {
             return invalid("retained", "max_per_tenant and shard_budget_bytes must be positive");
+        }
+        if self.presence.max_list == 0 || self.presence.max_watchers_per_tenant == 0 {
+            return invalid("presence", "max_list and max_watchers_per_tenant must be positive");
         }
         if g.backoff_base_ms == 0 || g.empty_expire_ms == 0 {
             return invalid("groups", "backoff_base_ms and empty_expire_ms must be positive");

@@ -135,6 +135,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
                 requests: cfg.requests.clone(),
                 streams: cfg.streams.clone(),
                 retained: cfg.retained.clone(),
+                presence: cfg.presence.clone(),
             },
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {

@@ -68,6 +68,7 @@ fn core_with(n: usize) -> ShardCore {
                 epoch,
                 recovery: Recovery::NotAsked,
                 replay: Vec::new(),
+                member: None,
             },
         );
     }

@@ -50,6 +50,8 @@ pub struct ShardCore {
     pub requests: super::requests::Requests,
     /// Delivery receipts: parts finished here, and receipts being assembled.
     pub receipts: super::receipts::Receipts,
+    /// Reused list of presence watchers to tell.
+    pub(crate) presence_tell: Vec<crate::topic::presence::Place>,
     /// Outboxes to the other shards (None at `id`).
     pub outboxes: Vec<Option<Outbox>>,
     /// Counters and latency histograms.
@@ -151,6 +153,8 @@ pub struct Policy {
     pub streams: crate::config::StreamsConfig,
     /// Retained value bounds.
     pub retained: crate::config::RetainedConfig,
+    /// Presence bounds.
+    pub presence: crate::config::PresenceConfig,
 }
 
 impl Policy {
@@ -187,6 +191,8 @@ impl Policy {
             },
             retained_per_tenant: self.retained.max_per_tenant,
             retained_budget_bytes: self.retained.shard_budget_bytes,
+            presence_max_list: self.presence.max_list,
+            presence_max_watchers_per_tenant: self.presence.max_watchers_per_tenant,
         }
     }
 }
@@ -231,6 +237,7 @@ impl ShardCore {
             fanout_left: 0,
             wake_later: Vec::new(),
             receipts: Default::default(),
+            presence_tell: Vec::new(),
             batching: false,
             held: Default::default(),
             clock0: (Instant::now(), unix_secs()),
@@ -361,9 +368,10 @@ impl ShardCore {
             let held = conn.subs.len() as u64 + u64::from(conn.pending_subs);
             self.tenant_add(&id.tenant, -1, -(held as i64));
         }
+        let member = conn.member(ConnRef { idx: idx as u32, gen: conn.gen });
         for sub in conn.subs {
             self.unlink(idx as u32, &sub.topic, sub.pos);
-            self.release(sub.topic);
+            self.release(sub.topic, Some(member.clone()));
         }
         self.requests_on_close(conn.requests, conn.serving);
         let me = ConnRef { idx: idx as u32, gen: conn.gen };

@@ -31,6 +31,8 @@ pub struct SubscribeAnswer {
     pub recovery: Recovery,
     /// Replayed publications, in order.
     pub replay: Vec<SharedPub>,
+    /// The presence member the subscribe brought.
+    pub member: Option<Box<crate::mesh::msg::Member>>,
 }
 
 impl ShardCore {
@@ -100,7 +102,7 @@ impl ShardCore {
         self.settle_fanout();
         let idx = conn.idx as usize;
         let Some(c) = self.conns.get_mut(idx).filter(|c| c.gen == conn.gen) else {
-            return self.release(a.topic);
+            return self.release(a.topic, a.member);
         };
         c.pending_subs = c.pending_subs.saturating_sub(1);
         let tenant = c.identity.as_ref().map(|i| i.tenant.clone());
@@ -111,7 +113,7 @@ impl ShardCore {
         }
         let Some(c) = self.conns.get_mut(idx) else { return };
         if c.phase == Phase::Closing {
-            return self.release(a.topic);
+            return self.release(a.topic, a.member);
         }
         if c.sub_index(&a.topic).is_some() {
             // Already subscribed: the owner counted this request again. With a
@@ -119,7 +121,7 @@ impl ShardCore {
             if !a.replay.is_empty() {
                 c.out.purge_topic(&a.topic);
             }
-            self.release(a.topic.clone());
+            self.release(a.topic.clone(), None);
         } else {
             let (name, pos) = self.local.add(&a.topic, conn.idx);
             c.subs.push(Sub { topic: name, pos });
@@ -157,6 +159,7 @@ impl ShardCore {
             return self.reply_error(idx, id, ErrorCode::NotSubscribed, "not subscribed to this topic", None);
         };
         let sub = c.subs.swap_remove(i);
+        let member = c.member(conn);
         if let Some(t) = c.identity.as_ref().map(|i| i.tenant.clone()) {
             self.tenant_add(&t, 0, -1);
         }
@@ -166,14 +169,14 @@ impl ShardCore {
         // is queued for the topic is dropped (PROTOCOL.md, server messages).
         c.out.purge_topic(topic);
         self.unlink(conn.idx, &sub.topic, sub.pos);
-        self.release(sub.topic);
+        self.release(sub.topic, Some(member));
         self.counters.unsubscribes += 1;
         self.reply(idx, |o| message::unsubscribed(o, id, topic));
     }
 
     /// Gives one subscription of this shard back to the topic's owner.
-    pub(crate) fn release(&mut self, topic: Arc<str>) {
-        self.route_to_owner(crate::mesh::MeshMsg::Release { topic });
+    pub(crate) fn release(&mut self, topic: Arc<str>, leave: Option<Box<crate::mesh::msg::Member>>) {
+        self.route_to_owner(crate::mesh::MeshMsg::Release { topic, leave });
     }
 
     /// Queues a publication on every local subscriber of its topic, within

@@ -340,7 +340,21 @@ impl ShardCore {
                 }
                 self.route_to_owner(MeshMsg::Get { conn, id, topic: topic.into() });
             }
-            Command::Sub { id, topic, since, group: None, streams, last } => {
+            Command::Presence { id, topic } => {
+                if let Err(e) = name::validate(&topic) {
+                    return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+                }
+                if self.conns[idx].identity.as_ref().is_some_and(|i| !i.may_sub(&topic)) {
+                    self.counters.forbidden += 1;
+                    let msg = "topic outside the token's tenant or caps";
+                    return self.reply_error(idx, id, ErrorCode::Forbidden, msg, None);
+                }
+                if let Err((code, msg, retry)) = self.admit_control(idx, &topic) {
+                    return self.reply_error(idx, id, code, msg, Some(retry));
+                }
+                self.route_to_owner(MeshMsg::PresenceGet { conn, id, topic: topic.into() });
+            }
+            Command::Sub { id, topic, since, group: None, streams, last, presence } => {
                 if let Err(e) = name::validate(&topic) {
                     return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
                 }
@@ -375,7 +389,14 @@ impl ShardCore {
                 if let Some((tenant, _)) = &tenant {
                     self.tenant_add(tenant, 0, 1);
                 }
-                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since, streams, last };
+                // Presence: a new subscriber joins (a repeated `sub` does not).
+                let c = &self.conns[idx];
+                let member = c.sub_index(&topic).is_none().then(|| {
+                    let mut m = c.member(conn);
+                    m.watch = presence;
+                    m
+                });
+                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since, streams, last, member };
                 self.route_to_owner(msg);
             }
             Command::Unsub { id, topic, group: None } => {

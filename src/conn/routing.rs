@@ -8,12 +8,14 @@
 //!
 //! [`Owner`]: crate::topic::owner::Owner
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::core::{ShardCore, OVERLOADED_RETRY_MS};
-use crate::mesh::{MeshMsg, PubReply, PublishReq, Requester, SharedPub};
+use crate::mesh::{ConnRef, MeshMsg, PubReply, PublishReq, Requester, SharedPub};
 use crate::proto::message::{self, ErrorCode, Since};
 use crate::topic::owner::{PublishIn, PublishOutcome, Recovery, SubscribeOutcome};
+use crate::topic::presence::Place;
 use crate::topic::publication::Publication;
 use crate::topic::OwnerRef;
 
@@ -27,12 +29,12 @@ impl ShardCore {
         let topic: &str = match &msg {
             MeshMsg::Publish(r) => &r.topic,
             MeshMsg::Subscribe { topic, .. } | MeshMsg::Unsubscribe { topic, .. } => topic,
-            MeshMsg::Release { topic } => topic,
+            MeshMsg::Release { topic, .. } => topic,
             MeshMsg::GroupJoin { topic, .. }
             | MeshMsg::GroupLeave { topic, .. }
             | MeshMsg::GroupSettle { topic, .. } => topic,
             MeshMsg::ReqRoute(r) => &r.topic,
-            MeshMsg::Get { topic, .. } => topic,
+            MeshMsg::Get { topic, .. } | MeshMsg::PresenceGet { topic, .. } => topic,
             _ => return self.on_mesh(self.id, msg),
         };
         let asks = matches!(
@@ -88,9 +90,28 @@ impl ShardCore {
         }
         match msg {
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
-            MeshMsg::Subscribe { conn, id, topic, since, streams, last } => {
+            MeshMsg::Subscribe { conn, id, topic, since, streams, last, member } => {
                 let opts = crate::topic::owner::SubOpts { streams, last };
-                self.owner_subscribe(from, conn, id, &topic, since, opts)
+                self.owner_subscribe(from, conn, id, &topic, since, opts, member)
+            }
+            MeshMsg::PresenceGet { conn, id, topic } => {
+                let (count, list) = self.owner.presence_of(&topic);
+                let clients: Vec<(&str, String)> = list.iter().map(|(p, c)| (&**c, conn_name(*p))).collect();
+                let mut frame = Vec::new();
+                message::presence(&mut frame, id, &topic, count, &clients);
+                self.send_to(from, MeshMsg::PresenceAnswer { conn, frame: frame.into() });
+            }
+            MeshMsg::PresenceAnswer { conn, frame } => {
+                if self.conn_mut(conn).is_some() {
+                    self.reply(conn.idx as usize, |o| o.extend_from_slice(&frame));
+                }
+            }
+            MeshMsg::PresenceEvent { conns, frame } => {
+                for conn in conns {
+                    if self.conn_mut(conn).is_some() {
+                        self.reply(conn.idx as usize, |o| o.extend_from_slice(&frame));
+                    }
+                }
             }
             MeshMsg::Get { conn, id, topic } => {
                 let value = self.owner.get(&topic, self.now).map(|(p, ttl)| (p, ttl.map(|d| d.as_millis() as u64)));
@@ -107,7 +128,14 @@ impl ShardCore {
                 }
             }
             MeshMsg::Unsubscribe { conn, id, topic } => self.send_to(from, MeshMsg::Unsubscribed { conn, id, topic }),
-            MeshMsg::Release { topic } => {
+            MeshMsg::Release { topic, leave } => {
+                if let Some(m) = leave {
+                    let at = place(from, m.conn);
+                    let mut tell = std::mem::take(&mut self.presence_tell);
+                    self.owner.presence_leave(&topic, at, &mut tell);
+                    self.tell_presence("leave", &topic, &m.client, at, &tell);
+                    self.presence_tell = tell;
+                }
                 if !self.owner.release(from, &topic, self.now) {
                     self.counters.internal_errors += 1;
                 }
@@ -117,8 +145,8 @@ impl ShardCore {
                 self.on_receipt_part(to, topic, seq, delivered, dropped)
             }
             MeshMsg::Published { to, reply } => self.on_published(to, reply),
-            MeshMsg::Subscribed { conn, id, topic, seq, epoch, recovery, replay } => {
-                let answer = crate::conn::deliver::SubscribeAnswer { topic, seq, epoch, recovery, replay };
+            MeshMsg::Subscribed { conn, id, topic, seq, epoch, recovery, replay, member } => {
+                let answer = crate::conn::deliver::SubscribeAnswer { topic, seq, epoch, recovery, replay, member };
                 self.on_subscribed(conn, id, answer)
             }
             MeshMsg::SubscribeRefused { conn, id, code, message } => {
@@ -170,6 +198,7 @@ impl ShardCore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn owner_subscribe(
         &mut self,
         from: usize,
@@ -178,6 +207,7 @@ impl ShardCore {
         topic: &str,
         since: Option<Since>,
         opts: crate::topic::owner::SubOpts,
+        member: Option<Box<crate::mesh::msg::Member>>,
     ) {
         // A replay larger than a connection may queue would only be dropped.
         let max_replay = self.limits.outbound_soft_bytes;
@@ -200,10 +230,47 @@ impl ShardCore {
                         message::Recovery::Failed(reason)
                     }
                 };
-                MeshMsg::Subscribed { conn, id, topic, seq, epoch, recovery, replay }
+                if let Some(m) = &member {
+                    let at = place(from, m.conn);
+                    let mut tell = std::mem::take(&mut self.presence_tell);
+                    let ok = self.owner.presence_join(&topic, at, m.client.clone(), m.watch, &mut tell);
+                    if ok {
+                        self.tell_presence("join", &topic, &m.client, at, &tell);
+                    }
+                    self.presence_tell = tell;
+                    if !ok {
+                        self.owner.release(from, &topic, self.now);
+                        *self.counters.subscribes_refused.entry("presence_watchers").or_default() += 1;
+                        let message = "the tenant holds presence.max_watchers_per_tenant presence watchers";
+                        let msg = MeshMsg::SubscribeRefused { conn, id, code: ErrorCode::Overloaded, message };
+                        return self.send_to(from, msg);
+                    }
+                }
+                MeshMsg::Subscribed { conn, id, topic, seq, epoch, recovery, replay, member }
             }
         };
         self.send_to(from, msg);
+    }
+
+    /// Sends a `join`/`leave` event about `at` to the watchers in `tell`,
+    /// one message per shard.
+    fn tell_presence(&mut self, op: &str, topic: &str, client: &str, at: Place, tell: &[Place]) {
+        if tell.is_empty() {
+            return;
+        }
+        let mut frame = Vec::new();
+        message::presence_event(&mut frame, op, topic, client, &conn_name(at));
+        let frame: Arc<[u8]> = frame.into();
+        for s in 0..self.map.shards {
+            let conns: Vec<ConnRef> = tell
+                .iter()
+                .filter(|p| p.0 == s)
+                .map(|p| ConnRef { idx: (p.1 >> 32) as u32, gen: p.1 as u32 })
+                .collect();
+            if !conns.is_empty() {
+                self.send_to(s, MeshMsg::PresenceEvent { conns, frame: frame.clone() });
+            }
+        }
     }
 
     /// Sends the owner's answer to the requester's shard.
@@ -472,4 +539,14 @@ impl HeldAcks {
     pub fn is_empty(&self) -> bool {
         self.held == 0
     }
+}
+
+/// A subscriber's presence place: its shard and connection.
+fn place(shard: usize, c: ConnRef) -> Place {
+    (shard, (u64::from(c.idx) << 32) | u64::from(c.gen))
+}
+
+/// A presence place as the `conn` field names it: `<shard>.<slot>.<gen>`.
+fn conn_name(p: Place) -> String {
+    format!("{}.{}.{}", p.0, p.1 >> 32, p.1 as u32)
 }

@@ -100,6 +100,12 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// This connection as presence names it (`watch` unset).
+    pub fn member(&self, me: crate::mesh::ConnRef) -> Box<crate::mesh::msg::Member> {
+        let client = self.identity.as_ref().map_or_else(|| std::sync::Arc::from("anon"), |i| i.sub.clone());
+        Box::new(crate::mesh::msg::Member { conn: me, client, watch: false })
+    }
+
     /// A fresh connection in the handshake phase.
     pub fn new(gen: u32, now: Instant) -> Self {
         Self {

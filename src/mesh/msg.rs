@@ -78,6 +78,17 @@ pub struct PublishReq {
     pub retain: Option<Box<RetainArg>>,
 }
 
+/// A subscriber as presence knows it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its connection (on the sending shard).
+    pub conn: ConnRef,
+    /// The token's `sub`, or `anon`.
+    pub client: Arc<str>,
+    /// It wants `join`/`leave` events (subscribe only).
+    pub watch: bool,
+}
+
 /// The retained-value fields of a publish.
 #[derive(Debug, Clone, Copy)]
 pub struct RetainArg {
@@ -251,6 +262,8 @@ pub enum MeshMsg {
         streams: bool,
         /// First the retained value.
         last: bool,
+        /// Presence: the subscriber, and whether it wants join/leave events.
+        member: Option<Box<Member>>,
     },
     /// Shard of `conn` → owner: the topic's retained value, please.
     Get {
@@ -291,6 +304,9 @@ pub enum MeshMsg {
         recovery: Recovery,
         /// With `Recovery::Recovered`: the missed publications, in order.
         replay: Vec<SharedPub>,
+        /// The presence member the subscribe brought (given back with its
+        /// `Release` if the connection is gone meanwhile).
+        member: Option<Box<Member>>,
     },
     /// Owner → shard of `conn`: the subscription was refused (nothing was
     /// counted); send `error` with `code`.
@@ -334,6 +350,32 @@ pub enum MeshMsg {
     Release {
         /// The topic.
         topic: Arc<str>,
+        /// A subscriber leaves (None: a count given back for a duplicate).
+        leave: Option<Box<Member>>,
+    },
+    /// Owner → a watcher's shard: a `join` or `leave` frame for these of
+    /// its connections (subscribers with `presence: true`).
+    PresenceEvent {
+        /// The watchers there.
+        conns: Vec<ConnRef>,
+        /// The encoded frame.
+        frame: Arc<[u8]>,
+    },
+    /// Shard of `conn` → owner: a `presence` query.
+    PresenceGet {
+        /// The asking connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Validated topic.
+        topic: Box<str>,
+    },
+    /// Owner → shard of `conn`: the encoded `presence` reply.
+    PresenceAnswer {
+        /// The asking connection.
+        conn: ConnRef,
+        /// The frame.
+        frame: Box<[u8]>,
     },
     /// Shard of `conn` → owner: join (or re-join) a consumer group.
     GroupJoin {

@@ -179,7 +179,7 @@ mod tests {
     use super::*;
 
     fn release(t: &str) -> MeshMsg {
-        MeshMsg::Release { topic: Arc::from(t) }
+        MeshMsg::Release { topic: Arc::from(t), leave: None }
     }
 
     #[test]
@@ -209,11 +209,11 @@ mod tests {
         assert!(!out.has_room(1), "data refused while control waits");
         let cons = &mut e1.inboxes[0].1;
         let mut seen = Vec::new();
-        while let Ok(MeshMsg::Release { topic }) = cons.pop() {
+        while let Ok(MeshMsg::Release { topic, .. }) = cons.pop() {
             seen.push(topic.to_string());
         }
         assert!(!out.flush_overflow());
-        while let Ok(MeshMsg::Release { topic }) = cons.pop() {
+        while let Ok(MeshMsg::Release { topic, .. }) = cons.pop() {
             seen.push(topic.to_string());
         }
         let want: Vec<_> = (0..CONTROL_RESERVE + 5).map(|i| format!("t/{i}")).collect();

@@ -107,6 +107,15 @@ pub enum Command<'a> {
         streams: bool,
         /// First the topic's retained value.
         last: bool,
+        /// Also `join`/`leave` events of the topic.
+        presence: bool,
+    },
+    /// Who is subscribed to a topic.
+    Presence {
+        /// Echoed in the reply.
+        id: Option<u64>,
+        /// Topic name (not yet validated).
+        topic: Cow<'a, str>,
     },
     /// The topic's retained value.
     Get {
@@ -339,6 +348,8 @@ struct Wire<'a> {
     last: Option<bool>,
     #[serde(default)]
     receipt: Option<bool>,
+    #[serde(default)]
+    presence: Option<bool>,
 }
 
 /// Longest stream name, bytes.
@@ -409,7 +420,12 @@ pub fn parse_command(text: &str) -> Result<Command<'_>, CommandError> {
                 group,
                 streams: wire.streams.unwrap_or(false),
                 last: wire.last.unwrap_or(false),
+                presence: wire.presence.unwrap_or(false),
             })
+        }
+        "presence" => {
+            let topic = need_topic(wire.topic, id)?;
+            Ok(Command::Presence { id, topic })
         }
         "get" => {
             let topic = need_topic(wire.topic, id)?;
@@ -780,6 +796,34 @@ pub enum Recovery {
     Recovered(u64),
     /// Not recovered, for this reason (`epoch_mismatch`, `expired`, `limit`).
     Failed(&'static str),
+}
+
+/// Appends a `join` or `leave` event.
+pub fn presence_event(out: &mut Vec<u8>, op: &str, topic: &str, client: &str, conn: &str) {
+    append_text_frame(out, |o| {
+        let _ = write!(o, "{{\"op\":\"{op}\",\"topic\":\"{topic}\",\"client\":");
+        json_str(o, client);
+        let _ = write!(o, ",\"conn\":\"{conn}\"}}");
+    });
+}
+
+/// Appends a `presence` reply: the exact count and the listed clients
+/// (client, conn id).
+pub fn presence(out: &mut Vec<u8>, id: Option<u64>, topic: &str, count: u64, clients: &[(&str, String)]) {
+    append_text_frame(out, |o| {
+        o.extend_from_slice(b"{\"op\":\"presence\"");
+        id_field(o, id);
+        let _ = write!(o, ",\"topic\":\"{topic}\",\"count\":{count},\"clients\":[");
+        for (i, (client, conn)) in clients.iter().enumerate() {
+            if i > 0 {
+                o.push(b',');
+            }
+            o.extend_from_slice(b"{\"client\":");
+            json_str(o, client);
+            let _ = write!(o, ",\"conn\":\"{conn}\"}}");
+        }
+        o.extend_from_slice(b"]}");
+    });
 }
 
 /// Appends a delivery `receipt` for publish `id`.

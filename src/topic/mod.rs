@@ -19,6 +19,7 @@ pub mod local;
 pub mod name;
 pub mod owned;
 pub mod owner;
+pub mod presence;
 pub mod publication;
 pub mod replay;
 pub mod streams;

@@ -88,6 +88,8 @@ pub struct OwnedTopic {
     pub streams: super::streams::Streams,
     /// The retained value (PROTOCOL-EXTENSIONS §5).
     pub retained: Option<Retained>,
+    /// Who is subscribed, as far as presence lists and events need.
+    pub presence: super::presence::Presence,
 }
 
 /// A topic's retained value.
@@ -114,6 +116,7 @@ impl OwnedTopic {
             dedupe: DedupeWindow::default(),
             streams: super::streams::Streams::default(),
             retained: None,
+            presence: Default::default(),
         }
     }
 

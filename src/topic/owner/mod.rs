@@ -67,6 +67,10 @@ pub struct OwnerLimits {
     pub retained_per_tenant: usize,
     /// Retained value bytes per shard.
     pub retained_budget_bytes: usize,
+    /// Subscribers a topic's presence list names at most.
+    pub presence_max_list: usize,
+    /// Presence watchers (`presence: true`) per tenant per shard.
+    pub presence_max_watchers_per_tenant: usize,
 }
 
 /// A publication as the owner receives it.
@@ -290,6 +294,8 @@ pub struct Owner {
     /// Retained values per tenant, and their bytes.
     retained_tenants: std::collections::HashMap<Box<str>, usize>,
     retained_bytes: usize,
+    /// Presence watchers per tenant.
+    watchers: std::collections::HashMap<Box<str>, usize>,
     /// Counters.
     pub stats: OwnerStats,
 }
@@ -319,6 +325,7 @@ impl Owner {
             next_stream: 0,
             retained_tenants: std::collections::HashMap::new(),
             retained_bytes: 0,
+            watchers: std::collections::HashMap::new(),
             stats: OwnerStats::default(),
         }
     }
@@ -510,6 +517,63 @@ impl Owner {
         max_replay: usize,
     ) -> SubscribeOutcome {
         self.subscribe_with(shard, topic, since, max_replay, SubOpts::default())
+    }
+
+    /// A subscriber of `topic` (already counted by `subscribe`) joins its
+    /// presence: listed if the list has room, a watcher with `watch`.
+    /// Returns the watchers to tell (not the joiner), or false when the
+    /// tenant holds `presence_max_watchers_per_tenant` watchers.
+    pub fn presence_join(
+        &mut self,
+        topic: &str,
+        at: super::presence::Place,
+        client: Arc<str>,
+        watch: bool,
+        tell: &mut Vec<super::presence::Place>,
+    ) -> bool {
+        tell.clear();
+        let tenant = tenant_of(topic);
+        let held = self.watchers.get(tenant).copied().unwrap_or(0);
+        if watch && held >= self.lim.presence_max_watchers_per_tenant {
+            return false;
+        }
+        let max = self.lim.presence_max_list;
+        let Some(i) = self.table.find(topic) else { return true };
+        let Some(slot) = self.table.get_mut(i) else { return true };
+        let p = &mut slot.topic.presence;
+        tell.extend(p.watchers_but(at));
+        let before = p.watcher_count();
+        p.join(at, client, watch, max);
+        if p.watcher_count() > before {
+            *self.watchers.entry(tenant.into()).or_default() += 1;
+        }
+        true
+    }
+
+    /// A subscriber of `topic` leaves its presence; the watchers to tell.
+    pub fn presence_leave(&mut self, topic: &str, at: super::presence::Place, tell: &mut Vec<super::presence::Place>) {
+        tell.clear();
+        let Some(i) = self.table.find(topic) else { return };
+        let Some(slot) = self.table.get_mut(i) else { return };
+        let p = &mut slot.topic.presence;
+        if p.leave(at) {
+            let tenant = tenant_of(topic);
+            if let Some(n) = self.watchers.get_mut(tenant) {
+                *n -= 1;
+                if *n == 0 {
+                    self.watchers.remove(tenant);
+                }
+            }
+        }
+        tell.extend(p.watchers_but(at));
+    }
+
+    /// `topic`'s subscriber count (exact) and its listed subscribers.
+    pub fn presence_of(&self, topic: &str) -> (u64, Vec<(super::presence::Place, Arc<str>)>) {
+        match self.topic(topic) {
+            Some(t) => (t.subscriptions(), t.presence.list().to_vec()),
+            None => (0, Vec::new()),
+        }
     }
 
     /// The retained value of `topic` and its time to live at `now`.

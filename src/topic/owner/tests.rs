@@ -17,6 +17,8 @@ fn limits() -> OwnerLimits {
         streams: Default::default(),
         retained_per_tenant: 100,
         retained_budget_bytes: 1 << 20,
+        presence_max_list: 100,
+        presence_max_watchers_per_tenant: 100,
     }
 }
 

@@ -253,3 +253,71 @@ fn a_resume_that_recovers_replays_and_one_that_does_not_gets_the_rollup() {
     assert_eq!((&m["data"], &m["rollup"]), (&json!("one two "), &json!(true)), "{m}");
     server.shutdown();
 }
+
+#[test]
+fn a_stalled_reader_gets_merged_appends_whose_text_is_whole_and_gaps_for_the_rest() {
+    let server = server_with(|c| {
+        high_rates(c);
+        c.limits.outbound_soft_bytes = 32 * 1024;
+        c.limits.outbound_hard_bytes = 32 << 20;
+        c.streams.max_stream_bytes = 16 << 20;
+    });
+    let addr = server.local_addr();
+    let topic = "acme/stalled";
+    // A reader with a tiny receive buffer that reads nothing for now.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let stream: std::net::TcpStream = s.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
+    let mut r = Client { ws, shard: 0 };
+    assert_eq!(r.ask(json!({"op":"sub","id":1,"topic":topic}))["op"], "subscribed");
+    let mut p = Client::connect(addr);
+    let mut full = String::new();
+    // Enough to fill the socket buffers on both sides and pass the soft limit.
+    let n = 8000;
+    let mut sent = 0;
+    for i in 0..n {
+        let t = format!("tok{i:05}-{} ", "z".repeat(1000));
+        full.push_str(&t);
+        let mut cmd = json!({"op":"pub","id":i,"topic":topic,"data":t,"stream":"answer"});
+        if i + 1 == n {
+            cmd["end"] = json!(true);
+        }
+        p.send(cmd);
+        sent += 1;
+        if i % 100 == 50 {
+            // A plain publication in between: dropped ones become gaps.
+            p.send(json!({"op":"pub","topic":topic,"data":{"plain": i}}));
+            sent += 1;
+        }
+    }
+    for _ in 0..sent {
+        let a = p.recv();
+        assert_eq!(a["op"], "ack", "{a}");
+    }
+    let (mut text, mut rollups, mut gaps, mut ended) = (String::new(), 0, 0, false);
+    while !ended {
+        let v = r.recv();
+        match v["op"].as_str() {
+            Some("msg") if v.get("stream").is_some() => {
+                if v["rollup"] == true {
+                    rollups += 1;
+                    assert_eq!(v["upto"], v["seq"], "{v}");
+                }
+                text.push_str(v["data"].as_str().unwrap());
+                ended = v["end"] == true;
+            }
+            Some("gap") => gaps += 1,
+            _ => {}
+        }
+    }
+    assert!(rollups > 0, "the stalled reader got merged appends");
+    assert!(gaps > 0, "plain publications past the soft limit still become gaps");
+    assert_eq!(text.len(), full.len());
+    assert!(text == full, "merged + delivered appends = the whole text, in order");
+    let t = server.stats();
+    assert!(t.sum(|s| s.counters.stream_appends_merged) > 0);
+    server.shutdown();
+}

@@ -327,7 +327,10 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 38] = [
+    let counters: [(&str, &str, Field); 39] = [
+        ("stream_appends_merged_total", "Stream appends past the soft limit merged into one rollup msg.", |s| {
+            s.counters.stream_appends_merged
+        }),
         ("receipts_sent_total", "Delivery receipts sent to publishers.", |s| s.counters.receipts_sent),
         ("retained_expired_total", "Retained values whose ttl_ms passed (the expired msg published).", |s| {
             s.owner.retained_expired

@@ -338,6 +338,7 @@ impl ShardCore {
                     }
                 }
                 Push::Dropped => self.counters.dropped_slow += 1,
+                Push::Merged => self.counters.stream_appends_merged += 1,
                 Push::Overflow => slow.push(c as usize),
             }
         }

@@ -109,6 +109,44 @@ struct Gap {
 enum Item {
     Frame(LocalFrame),
     Gap(Box<Gap>),
+    /// Appends of one token stream dropped past the soft limit, merged
+    /// into one `rollup` msg at the place of the first.
+    Merge(Rc<std::cell::RefCell<Merge>>),
+}
+
+/// A slow reader's merged appends of one stream.
+#[derive(Debug)]
+pub struct Merge {
+    topic: Arc<str>,
+    epoch: crate::topic::owned::Epoch,
+    stream: Box<str>,
+    text: String,
+    upto: u64,
+    end: bool,
+}
+
+impl Merge {
+    /// Bytes it is charged (what it will encode to, about).
+    fn charge(&self) -> usize {
+        self.text.len() + self.stream.len() + self.topic.len() + 128
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        let data = serde_json::Value::from(self.text.as_str()).to_string();
+        let name = serde_json::Value::from(&*self.stream).to_string();
+        let extra = format!("\"stream\":{name},\"end\":{},\"upto\":{},\"rollup\":true", self.end, self.upto);
+        let m = message::MsgFields {
+            topic: &self.topic,
+            seq: self.upto,
+            epoch: self.epoch.as_str(),
+            msg_id: None,
+            prio: None,
+            from: None,
+            data: &data,
+            extra: Some(&extra),
+        };
+        message::msg(out, &m);
+    }
 }
 
 /// What happened to a queued frame.
@@ -118,6 +156,8 @@ pub enum Push {
     Queued,
     /// A normal frame dropped past the soft limit; a `gap` will say so.
     Dropped,
+    /// A stream append past the soft limit, merged into a `rollup` msg.
+    Merged,
     /// Past the hard limit: the connection must be closed as a slow consumer.
     Overflow,
 }
@@ -144,6 +184,9 @@ pub struct Outbound {
     overtaken: Vec<(Arc<str>, u64)>,
     /// Bytes held in all lanes and `pending`.
     bytes: usize,
+    /// Merges still taking dropped appends (a queued append of the same
+    /// stream, or the writer reaching the merge, closes one).
+    open_merges: Vec<Rc<std::cell::RefCell<Merge>>>,
 }
 
 impl Outbound {
@@ -191,11 +234,75 @@ impl Outbound {
                 }
                 self.critical.push_back(d.clone());
             }
-            Prio::Normal if self.bytes + len > soft => return self.note_drop(d.topic(), d.seq(), hard),
-            Prio::Normal => self.normal.push_back(Item::Frame(d.clone())),
+            Prio::Normal if self.bytes + len > soft => {
+                if d.publ.stream.is_some() {
+                    return self.merge_append(d, hard);
+                }
+                return self.note_drop(d.topic(), d.seq(), hard);
+            }
+            Prio::Normal => {
+                if !self.open_merges.is_empty() {
+                    self.close_merge(d);
+                }
+                self.normal.push_back(Item::Frame(d.clone()))
+            }
         }
         self.bytes += len;
         Push::Queued
+    }
+
+    /// A stream append past the soft limit: merged into the stream's open
+    /// merge, or one started at this place in the lane. Its text is kept,
+    /// not dropped (past `hard`, the connection is a slow consumer).
+    fn merge_append(&mut self, d: &LocalFrame, hard: usize) -> Push {
+        let Some((name, end)) = d.publ.stream.as_deref() else { return Push::Dropped };
+        let text = crate::topic::streams::text_of(d.publ.data()).unwrap_or_default();
+        let open = self.open_merges.iter().find(|m| {
+            let m = m.borrow();
+            *m.stream == **name && (Arc::ptr_eq(&m.topic, d.topic()) || *m.topic == **d.topic())
+        });
+        let before;
+        let after;
+        match open {
+            Some(m) => {
+                let mut m = m.borrow_mut();
+                before = m.charge();
+                m.text.push_str(&text);
+                m.upto = d.seq();
+                m.end = *end;
+                after = m.charge();
+            }
+            None => {
+                let m = Merge {
+                    topic: d.topic().clone(),
+                    epoch: d.publ.epoch,
+                    stream: name.clone(),
+                    text,
+                    upto: d.seq(),
+                    end: *end,
+                };
+                before = 0;
+                after = m.charge();
+                let m = Rc::new(std::cell::RefCell::new(m));
+                self.open_merges.push(m.clone());
+                self.normal.push_back(Item::Merge(m));
+            }
+        }
+        self.bytes = self.bytes + after - before;
+        if self.bytes > hard {
+            return Push::Overflow;
+        }
+        Push::Merged
+    }
+
+    /// A frame of `d`'s stream is queued after an open merge: later drops
+    /// start a new merge (text stays in order).
+    fn close_merge(&mut self, d: &LocalFrame) {
+        let Some((name, _)) = d.publ.stream.as_deref() else { return };
+        self.open_merges.retain(|m| {
+            let m = m.borrow();
+            !(*m.stream == **name && (Arc::ptr_eq(&m.topic, d.topic()) || *m.topic == **d.topic()))
+        });
     }
 
     fn note_drop(&mut self, topic: &Arc<str>, seq: u64, hard: usize) -> Push {
@@ -252,8 +359,13 @@ impl Outbound {
                 bytes += GAP_CHARGE;
                 false
             }
+            Item::Merge(m) if &*m.borrow().topic == topic => {
+                bytes += m.borrow().charge();
+                false
+            }
             _ => true,
         });
+        self.open_merges.retain(|m| &*m.borrow().topic != topic);
         self.overtaken.retain(|(t, _)| &**t != topic);
         self.bytes -= bytes;
         removed
@@ -267,6 +379,7 @@ impl Outbound {
         self.normal = VecDeque::new();
         self.last = Vec::new();
         self.overtaken = Vec::new();
+        self.open_merges = Vec::new();
         self.bytes = self.pending().len();
     }
 
@@ -350,6 +463,12 @@ impl Outbound {
                             message::gap(out, &g.topic, g.from, g.to);
                             self.bytes -= GAP_CHARGE;
                         }
+                        Item::Merge(m) => {
+                            self.open_merges.retain(|o| !Rc::ptr_eq(o, &m));
+                            let m = m.borrow();
+                            m.encode(out);
+                            self.bytes -= m.charge();
+                        }
                     }
                 }
                 None => break,
@@ -407,6 +526,7 @@ mod tests {
             from: None,
             data: &data,
             extra: None,
+            stream: None,
         };
         let frame: Box<[u8]> = data.as_bytes().into();
         let publ = crate::topic::publication::Publication::new(Arc::from(topic), &meta, frame, (0, len));

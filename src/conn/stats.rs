@@ -255,6 +255,8 @@ pub struct Counters {
     pub streams_abandoned: u64,
     /// Delivery receipts sent to publishers.
     pub receipts_sent: u64,
+    /// Stream appends past the soft limit merged into a `rollup` msg.
+    pub stream_appends_merged: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS connections dropped for a TLS error (bad handshake, bad record,
@@ -351,6 +353,7 @@ impl Counters {
             replies_too_large: 0,
             streams_abandoned: 0,
             receipts_sent: 0,
+            stream_appends_merged: 0,
             tls_handshakes: 0,
             tls_errors: 0,
             tls_reloads: 0,

@@ -32,6 +32,9 @@ pub struct Publication {
     /// The encoded native `msg` frame, shared byte for byte by every
     /// subscriber of the native protocol.
     pub frame: Box<[u8]>,
+    /// A token stream append: the stream and whether it ends it (a slow
+    /// reader's dropped appends are merged by these).
+    pub stream: Option<Box<(Box<str>, bool)>>,
     /// Where the verbatim JSON `data` sits inside `frame`.
     data_at: (u32, u32),
 }
@@ -58,6 +61,8 @@ pub struct PubMeta<'a> {
     pub data: &'a str,
     /// Extra JSON fields the server stamps before `data` (`"dead":{…}`).
     pub extra: Option<&'a str>,
+    /// A token stream append: its stream and `end`.
+    pub stream: Option<(&'a str, bool)>,
 }
 
 impl Publication {
@@ -74,6 +79,7 @@ impl Publication {
             msg_id: meta.msg_id.map(Into::into),
             from: meta.from.cloned(),
             frame,
+            stream: meta.stream.map(|(n, e)| Box::new((n.into(), e))),
             data_at: (data_at.0 as u32, data_at.1 as u32),
         }
     }
@@ -99,7 +105,7 @@ impl Publication {
     /// for tests, benchmarks and tools that need one without an owner.
     pub fn sample(topic: &str, seq: u64, data: &str) -> SharedPub {
         let epoch = super::owned::EpochSource::new(0).next_epoch();
-        let meta = PubMeta { topic, seq, epoch, prio: None, msg_id: None, from: None, data, extra: None };
+        let meta = PubMeta { topic, seq, epoch, prio: None, msg_id: None, from: None, data, extra: None, stream: None };
         Arc::new(Self::native(Arc::from(topic), &meta, &mut Vec::new()))
     }
 

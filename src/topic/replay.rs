@@ -135,7 +135,17 @@ mod tests {
     pub(crate) fn publ(seq: u64, len: usize) -> SharedPub {
         let data = "1".repeat(len);
         let epoch = EpochSource::new(0).next_epoch();
-        let meta = PubMeta { topic: "a/b", seq, epoch, prio: None, msg_id: None, from: None, data: &data, extra: None };
+        let meta = PubMeta {
+            topic: "a/b",
+            seq,
+            epoch,
+            prio: None,
+            msg_id: None,
+            from: None,
+            data: &data,
+            extra: None,
+            stream: None,
+        };
         let frame: Box<[u8]> = data.as_bytes().into();
         std::sync::Arc::new(Publication::new(std::sync::Arc::from("a/b"), &meta, frame, (0, len)))
     }

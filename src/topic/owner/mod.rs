@@ -464,6 +464,7 @@ impl Owner {
             from: p.from,
             data: p.data,
             extra: p.extra,
+            stream: p.stream.map(|s| (s.name, s.end)),
         };
         let publ: SharedPub = Arc::new(encode(t.name.clone(), &meta));
         if let Some(r) = p.retain {
@@ -647,6 +648,7 @@ impl Owner {
                     from: p.from.as_ref(),
                     data: p.data(),
                     extra: Some("\"retained\":true"),
+                    stream: None,
                 };
                 replay.insert(0, Arc::new(Publication::native(t.name.clone(), &meta, &mut Vec::new())));
             }
@@ -917,6 +919,7 @@ fn rollup(t: &OwnedTopic, s: &super::streams::Stream, scratch: &mut Vec<u8>) -> 
         from: None,
         data: &data,
         extra: Some(&extra),
+        stream: None,
     };
     Publication::native(t.name.clone(), &meta, scratch)
 }

@@ -43,16 +43,19 @@ for r in $(seq 1 "$ROUNDS"); do
     echo "== round $r"
     ./target/release/shardcast serve --config tuning/bench.toml --listen 127.0.0.1:$PORT >/dev/null 2>&1 &
     sp=$!
+    trap 'kill $sp 2>/dev/null || true' EXIT
     sleep 1
     run "shardcast-$r" $sp $PORT ws
     kill -INT $sp
     wait $sp || true
     nats-server -a 127.0.0.1 -p $NATS_PORT >/dev/null 2>&1 &
     np=$!
+    trap 'kill $np 2>/dev/null || true' EXIT
     sleep 0.5
     run "nats-$r" $np $NATS_PORT nats
     kill $np
     wait $np || true
+    trap - EXIT
 done
 python3 - "$OUT" "$ROUNDS" <<'EOF'
 import json, statistics, sys

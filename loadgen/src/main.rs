@@ -15,6 +15,7 @@ mod link;
 mod peers;
 mod report;
 mod rpc;
+mod tokens;
 mod window;
 mod worker;
 mod ws;
@@ -60,6 +61,11 @@ enum Scenario {
     /// and → final percentiles, outcomes; `--proto nats` makes the same
     /// calls over NATS core request/reply.
     Rpc(RpcArgs),
+    /// R rooms, an agent per room streaming answers of N tokens at T/s,
+    /// browsers reading, joining late, reconnecting and stalling: every
+    /// final text exact; token → screen latency; `--mode v1` does it with
+    /// plain publications and `since`.
+    Tokens(TokensArgs),
     /// `fanout` where, halfway through, every subscriber drops its
     /// connection at once and resumes with `since`: zero loss and time to
     /// full recovery.
@@ -327,6 +333,46 @@ struct RpcArgs {
     json: Option<String>,
 }
 
+#[derive(Args)]
+struct TokensArgs {
+    /// Server address (must be loopback).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Rooms (one agent stream and one reading browser each).
+    #[arg(long, default_value_t = 1000)]
+    rooms: usize,
+    /// Tokens per answer.
+    #[arg(long, default_value_t = 100)]
+    tokens: usize,
+    /// Tokens per second per room.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Answers per room, one after the other.
+    #[arg(long, default_value_t = 1)]
+    answers: usize,
+    /// Fraction of rooms with a browser joining late.
+    #[arg(long, default_value_t = 0.2)]
+    late: f64,
+    /// Fraction of rooms with a browser that drops and reconnects mid-answer.
+    #[arg(long, default_value_t = 0.1)]
+    reconnect: f64,
+    /// Fraction of rooms with a browser that stalls for most of an answer.
+    #[arg(long, default_value_t = 0.05)]
+    slow: f64,
+    /// stream (token streams, rollups) or v1 (plain publications, since).
+    #[arg(long, default_value = "stream")]
+    mode: String,
+    /// Agent threads (each publishes for a share of the rooms).
+    #[arg(long, default_value_t = 4)]
+    agents: usize,
+    /// Browser threads.
+    #[arg(long, default_value_t = 8)]
+    browser_threads: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<String>,
+}
+
 /// Largest connection count one run may open.
 const MAX_CONNECTIONS: usize = 1_000_000;
 /// Longest run, seconds.
@@ -360,6 +406,48 @@ fn main() -> anyhow::Result<()> {
             }
             if report["verify"]["ok"].as_bool() != Some(true) {
                 bail!("verification failed: {}", report["verify"]);
+            }
+            Ok(())
+        }
+        Scenario::Tokens(a) => {
+            let valid = (1..=15_000).contains(&a.rooms)
+                && (1..=100_000).contains(&a.tokens)
+                && a.rate > 0.0
+                && a.rate <= 10_000.0
+                && (1..=100).contains(&a.answers)
+                && (a.mode == "stream" || a.mode == "v1")
+                && (a.tokens as f64 / a.rate) * a.answers as f64 <= MAX_SECONDS;
+            if !valid {
+                bail!("--rooms 1..=15000, --tokens 1..=100000, --rate (0, 10000], --answers 1..=100, --mode stream|v1, at most {MAX_SECONDS} s of answers");
+            }
+            let run = tokens::TokensRun {
+                addr: a.addr,
+                rooms: a.rooms,
+                tokens: a.tokens,
+                rate: a.rate,
+                answers: a.answers,
+                late: a.late.clamp(0.0, 1.0),
+                reconnect: a.reconnect.clamp(0.0, 1.0),
+                slow: a.slow.clamp(0.0, 1.0),
+                v1: a.mode == "v1",
+                agents: a.agents.clamp(1, 64),
+                browser_threads: a.browser_threads.clamp(1, 64),
+            };
+            let rep = tokens::run(&run)?;
+            let us = |p: &str| rep["token_to_screen"][p].as_u64().unwrap_or(0);
+            println!(
+                "tokens        {}: {} rooms × {} answers × {} tokens at {}/s, {} browsers: {:.0} tokens/s sent; exact texts {}/{} {}; token→screen p50/p99/p99.9 {}/{}/{} µs; rollups {} ({} tokens, {} bytes; {} bytes saved vs appends); verify {}",
+                rep["mode"].as_str().unwrap_or("?"), a.rooms, a.answers, a.tokens, a.rate, rep["browsers"],
+                rep["tokens_per_sec"].as_f64().unwrap_or(0.0), rep["exact"], rep["texts"], rep["by_role"],
+                us("p50_us"), us("p99_us"), us("p999_us"), rep["rollups"], rep["rollup_tokens"], rep["rollup_bytes"],
+                rep["bytes_saved_by_rollup"],
+                if rep["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
+            );
+            if let Some(p) = &a.json {
+                std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;
+            }
+            if rep["verify"]["ok"].as_bool() != Some(true) {
+                bail!("verification failed: {}", rep["verify"]);
             }
             Ok(())
         }

@@ -11,26 +11,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// Every message `c` receives until none arrives for `quiet`.
-fn drain(c: &mut Client, quiet: Duration) -> Vec<Value> {
-    c.ws.get_ref().set_read_timeout(Some(quiet)).unwrap();
-    let mut out = Vec::new();
-    loop {
-        match c.ws.read() {
-            Ok(tungstenite::Message::Text(t)) => out.push(serde_json::from_str(t.as_str()).unwrap()),
-            Ok(_) => continue,
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-            {
-                break
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    c.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
-    out
-}
-
 fn join(c: &mut Client, topic: &str, group: &str, extra: Value) -> Value {
     let mut cmd = json!({"op":"sub","id":5,"topic":topic,"group":group});
     for (k, v) in extra.as_object().unwrap() {
@@ -69,13 +49,13 @@ fn each_publication_goes_to_exactly_one_member_of_each_group() {
     join(&mut c, topic, "g2", json!({"ack": true, "max_inflight": 1024}));
     let mut p = Client::connect(addr);
     publish_n(&mut p, topic, 300);
-    let got_plain = msgs(&drain(&mut plain, Duration::from_millis(500))).len();
+    let got_plain = msgs(&plain.quiet(Duration::from_millis(500))).len();
     assert_eq!(got_plain, 300, "plain subscribers still get everything");
     let mut seqs = Vec::new();
     let mut per = Vec::new();
     for m in members.iter_mut() {
         let got: Vec<u64> =
-            msgs(&drain(m, Duration::from_millis(300))).iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+            msgs(&m.quiet(Duration::from_millis(300))).iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         per.push(got.len());
         seqs.extend(got);
     }
@@ -83,7 +63,7 @@ fn each_publication_goes_to_exactly_one_member_of_each_group() {
     assert_eq!(seqs.len(), 300, "each once across the group: {per:?}");
     assert_eq!(set, (1..=300).collect(), "every publication reached the group");
     assert!(per.iter().all(|n| *n == 100), "round robin without acks: {per:?}");
-    let g2 = drain(&mut c, Duration::from_millis(300));
+    let g2 = c.quiet(Duration::from_millis(300));
     assert_eq!(msgs(&g2).len(), 300, "a second group gets its own copy");
     assert!(msgs(&g2).iter().all(|m| m["group"] == "g2" && m["attempt"] == 1));
     let t = server.stats();
@@ -106,10 +86,7 @@ fn acked_members_settle_done_retry_and_unknown_seqs() {
         (first["seq"].as_u64(), first["group"].as_str(), first["attempt"].as_u64()),
         (Some(1), Some("w"), Some(1))
     );
-    assert!(
-        msgs(&drain(&mut m, Duration::from_millis(200))).is_empty(),
-        "max_inflight 1: nothing more before a settle"
-    );
+    assert!(msgs(&m.quiet(Duration::from_millis(200))).is_empty(), "max_inflight 1: nothing more before a settle");
     m.send(json!({"op":"settle","topic":topic,"group":"w","seq":1,"outcome":"done"}));
     let second = m.expect_op("msg");
     assert_eq!(second["seq"], 2);
@@ -123,7 +100,7 @@ fn acked_members_settle_done_retry_and_unknown_seqs() {
     m.send(json!({"op":"settle","topic":topic,"group":"w","seq":2,"outcome":"working"}));
     m.send(json!({"op":"settle","topic":topic,"group":"w","seq":2,"outcome":"done"}));
     m.sync();
-    assert!(msgs(&drain(&mut m, Duration::from_millis(200))).is_empty(), "all settled: nothing more");
+    assert!(msgs(&m.quiet(Duration::from_millis(200))).is_empty(), "all settled: nothing more");
     let e = m.ask(json!({"op":"settle","id":9,"topic":topic,"group":"w","seq":99,"outcome":"done"}));
     assert_eq!((e["op"].as_str(), e["code"].as_str(), e["id"].as_u64()), (Some("error"), Some("not_found"), Some(9)));
     let e = m.ask(json!({"op":"settle","id":10,"topic":topic,"group":"other","seq":3,"outcome":"done"}));
@@ -178,7 +155,7 @@ fn a_member_that_disconnects_gives_its_work_to_the_others() {
     join(&mut b, topic, "w", json!({"ack": true}));
     let mut p = Client::connect(addr);
     p.publish(topic, json!("job"));
-    let (ra, rb) = (drain(&mut a, Duration::from_millis(300)), drain(&mut b, Duration::from_millis(100)));
+    let (ra, rb) = (a.quiet(Duration::from_millis(300)), b.quiet(Duration::from_millis(100)));
     let (holder, mut other) = match (msgs(&ra).len(), msgs(&rb).len()) {
         (1, 0) => (a, b),
         (0, 1) => (b, a),

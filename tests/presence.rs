@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde_json::json;
 use tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "presence-test-secret";
@@ -43,18 +43,6 @@ fn secure() -> shardcast::ServerHandle {
         c.auth.required = true;
         c.auth.hs256_secrets = vec![SECRET.into()];
     })
-}
-
-fn quiet(c: &mut Client, d: Duration) -> Vec<Value> {
-    c.ws.get_ref().set_read_timeout(Some(d)).unwrap();
-    let mut out = Vec::new();
-    while let Ok(m) = c.ws.read() {
-        if let tungstenite::Message::Text(t) = m {
-            out.push(serde_json::from_str(t.as_str()).unwrap());
-        }
-    }
-    c.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
-    out
 }
 
 #[test]
@@ -103,10 +91,10 @@ fn count_and_clients_across_shards_and_join_leave_events() {
     as_user(addr, "carol", 0).sub(topic);
     assert_eq!(watcher.expect_op("join")["client"], "plain");
     assert_eq!(watcher.expect_op("join")["client"], "carol");
-    assert!(quiet(&mut plain, Duration::from_millis(200)).iter().all(|m| m["op"] != "join" && m["op"] != "leave"));
+    assert!(plain.quiet(Duration::from_millis(200)).iter().all(|m| m["op"] != "join" && m["op"] != "leave"));
     // A repeated `sub` is not a second join.
     plain.sub(topic);
-    assert!(quiet(&mut watcher, Duration::from_millis(200)).iter().all(|m| m["op"] != "join"));
+    assert!(watcher.quiet(Duration::from_millis(200)).iter().all(|m| m["op"] != "join"));
     server.shutdown();
 }
 

@@ -17,18 +17,6 @@ fn responder(addr: std::net::SocketAddr, topic: &str) -> Client {
     r
 }
 
-fn quiet(c: &mut Client, d: Duration) -> Vec<Value> {
-    c.ws.get_ref().set_read_timeout(Some(d)).unwrap();
-    let mut out = Vec::new();
-    while let Ok(m) = c.ws.read() {
-        if let tungstenite::Message::Text(t) = m {
-            out.push(serde_json::from_str(t.as_str()).unwrap());
-        }
-    }
-    c.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
-    out
-}
-
 #[test]
 fn a_request_gets_a_streamed_reply() {
     let server = server();
@@ -52,7 +40,7 @@ fn a_request_gets_a_streamed_reply() {
     // Over: a late reply goes nowhere.
     r.send(json!({"op":"reply","req":id,"data":"late"}));
     r.sync();
-    assert!(quiet(&mut q, Duration::from_millis(200)).is_empty());
+    assert!(q.quiet(Duration::from_millis(200)).is_empty());
     server.shutdown();
 }
 
@@ -111,7 +99,7 @@ fn a_timeout_after_partial_replies_does_not_fall_back() {
     let v = q.expect_op("error");
     assert_eq!((v["code"].as_str(), v["partial"].as_bool()), (Some("timeout"), Some(true)), "{v}");
     assert_eq!(big.expect_op("cancel")["req"], req["req"]);
-    assert!(quiet(&mut small, Duration::from_millis(200)).is_empty(), "no fallback once a reply was forwarded");
+    assert!(small.quiet(Duration::from_millis(200)).is_empty(), "no fallback once a reply was forwarded");
     server.shutdown();
 }
 
@@ -127,7 +115,7 @@ fn cancel_by_the_requester_and_by_its_disconnect_reach_the_responder() {
     assert_eq!(r.expect_op("cancel")["req"], req["req"]);
     r.send(json!({"op":"reply","req":req["req"],"data":"too late"}));
     r.sync();
-    assert!(quiet(&mut q, Duration::from_millis(200)).is_empty());
+    assert!(q.quiet(Duration::from_millis(200)).is_empty());
     q.send(json!({"op":"req","id":6,"topic":"acme/models/sum","data":2}));
     let req = r.expect_op("request");
     drop(q);

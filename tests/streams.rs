@@ -19,19 +19,6 @@ fn append(p: &mut Client, topic: &str, stream: &str, text: &str, end: bool) -> V
     p.ask(cmd)
 }
 
-/// Messages until none arrives for `quiet`.
-fn drain(c: &mut Client, quiet: Duration) -> Vec<Value> {
-    c.ws.get_ref().set_read_timeout(Some(quiet)).unwrap();
-    let mut out = Vec::new();
-    while let Ok(m) = c.ws.read() {
-        if let tungstenite::Message::Text(t) = m {
-            out.push(serde_json::from_str(t.as_str()).unwrap());
-        }
-    }
-    c.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
-    out
-}
-
 #[test]
 fn appends_are_publications_and_a_late_joiner_gets_the_whole_text_then_the_rest() {
     let server = server_with(high_rates);
@@ -60,7 +47,7 @@ fn appends_are_publications_and_a_late_joiner_gets_the_whole_text_then_the_rest(
         assert_eq!(r["upto"], last["seq"], "upto is the last append's seq");
         assert_eq!(r["seq"], last["seq"]);
         assert_eq!(r["epoch"], last["epoch"]);
-        assert!(drain(&mut late, Duration::from_millis(100)).is_empty(), "nothing but the rollup yet");
+        assert!(late.quiet(Duration::from_millis(100)).is_empty(), "nothing but the rollup yet");
         drop(late);
     }
     let mut late = Client::connect_to_shard(addr, 1);
@@ -78,7 +65,7 @@ fn appends_are_publications_and_a_late_joiner_gets_the_whole_text_then_the_rest(
     // Without `streams: true`: no rollup (v1 behaviour).
     let mut plain = Client::connect(addr);
     plain.sub(topic);
-    assert!(drain(&mut plain, Duration::from_millis(100)).is_empty());
+    assert!(plain.quiet(Duration::from_millis(100)).is_empty());
     server.shutdown();
 }
 
@@ -197,14 +184,14 @@ fn stream_bounds_refuse_appends_with_overloaded() {
     c.ask(json!({"op":"sub","id":1,"topic":topic,"streams":true}));
     let r = c.expect_op("msg");
     assert_eq!((&r["stream"], &r["data"]), (&json!("b"), &json!("x")), "only b is kept: {r}");
-    assert!(drain(&mut c, Duration::from_millis(100)).is_empty());
+    assert!(c.quiet(Duration::from_millis(100)).is_empty());
     // streams.keep_closed_ms: a closed stream's text goes after it.
     assert_eq!(append(&mut p, topic, "b", "", true)["op"], "ack");
     // ("a" was replaced, not dropped for age.)
     wait_stats(&server, "the closed stream dropped", |t| t.sum(|s| s.owner.streams_dropped) == 1);
     let mut d = Client::connect(addr);
     d.ask(json!({"op":"sub","id":1,"topic":topic,"streams":true}));
-    assert!(drain(&mut d, Duration::from_millis(100)).is_empty(), "nothing kept");
+    assert!(d.quiet(Duration::from_millis(100)).is_empty(), "nothing kept");
     let t = server.stats();
     assert_eq!(t.sum(|s| s.owner.streams_refused), 2);
     assert_eq!(t.sum(|s| s.stream_bytes), 0);
@@ -245,7 +232,7 @@ fn a_resume_that_recovers_replays_and_one_that_does_not_gets_the_rollup() {
     assert_eq!(v["recovered"], true, "{v}");
     let m = c.expect_op("msg");
     assert_eq!((&m["data"], m.get("rollup")), (&json!("two "), None), "the missed append, not a rollup: {m}");
-    assert!(drain(&mut c, Duration::from_millis(100)).is_empty());
+    assert!(c.quiet(Duration::from_millis(100)).is_empty());
     let mut d = Client::connect(addr);
     let v = d.ask(json!({"op":"sub","id":1,"topic":topic,"streams":true,"since":{"seq":1,"epoch":"000000000000"}}));
     assert_eq!(v["recovered"], false, "{v}");

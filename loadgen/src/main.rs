@@ -373,6 +373,17 @@ struct TokensArgs {
     json: Option<String>,
 }
 
+/// Writes a report's JSON if asked, and fails the run if it did not verify.
+fn finish(rep: &serde_json::Value, json: Option<&str>) -> anyhow::Result<()> {
+    if let Some(p) = json {
+        std::fs::write(p, serde_json::to_string_pretty(rep)?)?;
+    }
+    if rep["verify"]["ok"].as_bool() != Some(true) {
+        bail!("verification failed: {}", rep["verify"]);
+    }
+    Ok(())
+}
+
 /// Largest connection count one run may open.
 const MAX_CONNECTIONS: usize = 1_000_000;
 /// Longest run, seconds.
@@ -401,13 +412,7 @@ fn main() -> anyhow::Result<()> {
                 report["publishes_per_sec"].as_f64().unwrap_or(0.0), report["requests_per_sec"].as_f64().unwrap_or(0.0), report["errors"],
                 if report["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
             );
-            if let Some(p) = &a.json {
-                std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
-            }
-            if report["verify"]["ok"].as_bool() != Some(true) {
-                bail!("verification failed: {}", report["verify"]);
-            }
-            Ok(())
+            finish(&report, a.json.as_deref())
         }
         Scenario::Tokens(a) => {
             let valid = (1..=15_000).contains(&a.rooms)
@@ -443,13 +448,7 @@ fn main() -> anyhow::Result<()> {
                 rep["bytes_saved_by_rollup"],
                 if rep["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
             );
-            if let Some(p) = &a.json {
-                std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;
-            }
-            if rep["verify"]["ok"].as_bool() != Some(true) {
-                bail!("verification failed: {}", rep["verify"]);
-            }
-            Ok(())
+            finish(&rep, a.json.as_deref())
         }
         Scenario::Rpc(a) => {
             let valid = a.duration > 0.0
@@ -489,13 +488,7 @@ fn main() -> anyhow::Result<()> {
                 us("final", "p50_us"), us("final", "p99_us"), us("final", "p999_us"),
                 if rep["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
             );
-            if let Some(p) = &a.json {
-                std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;
-            }
-            if rep["verify"]["ok"].as_bool() != Some(true) {
-                bail!("verification failed: {}", rep["verify"]);
-            }
-            Ok(())
+            finish(&rep, a.json.as_deref())
         }
         Scenario::Jobs(a) => {
             if !(a.duration > 0.0 && a.duration <= MAX_SECONDS) || a.workers == 0 || a.workers > 1000 {
@@ -520,13 +513,7 @@ fn main() -> anyhow::Result<()> {
                 rep["enqueue_to_done"]["p50_us"], rep["enqueue_to_done"]["p99_us"], rep["enqueue_to_done"]["p999_us"],
                 if rep["verify"]["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" }
             );
-            if let Some(p) = &a.json {
-                std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;
-            }
-            if rep["verify"]["ok"].as_bool() != Some(true) {
-                bail!("verification failed: {rep}");
-            }
-            Ok(())
+            finish(&rep, a.json.as_deref())
         }
         Scenario::Fanout(a) => fanout(a, "fanout"),
         Scenario::Slow(mut a) => {

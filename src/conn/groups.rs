@@ -243,6 +243,29 @@ impl Groups {
     }
 }
 
+/// A publication the server makes itself (dead letters, abandoned stream
+/// ends, retained-value expiries): nobody waits for its answer.
+pub(crate) fn internal_publish(
+    topic: Box<str>,
+    data: Box<str>,
+    from: Option<Arc<str>>,
+    received_at: Instant,
+    extra: Option<Box<str>>,
+) -> PublishReq {
+    PublishReq {
+        to: Requester { conn: ConnRef { idx: u32::MAX, gen: 0 }, id: None, kind: ReplyKind::Internal, receipt: false },
+        topic,
+        data,
+        msg_id: None,
+        prio: None,
+        from,
+        received_at,
+        extra,
+        stream: None,
+        retain: None,
+    }
+}
+
 /// Group `name` of `topic`.
 fn find<'a>(topics: &'a mut HashMap<Arc<str>, Vec<Group>>, topic: &str, name: &str) -> Option<&'a mut Group> {
     topics.get_mut(topic)?.iter_mut().find(|g| &*g.name == name)
@@ -373,23 +396,13 @@ impl ShardCore {
         extra.push_str(",\"group\":");
         extra.push_str(&serde_json::Value::from(&**name).to_string());
         extra.push_str(&format!(",\"seq\":{},\"attempts\":{},\"reason\":\"{reason}\"}}", job.publ.seq, job.attempts));
-        let req = PublishReq {
-            to: Requester {
-                conn: ConnRef { idx: u32::MAX, gen: 0 },
-                id: None,
-                kind: ReplyKind::Internal,
-                receipt: false,
-            },
-            topic: (*dlq).into(),
-            data: job.publ.data().into(),
-            msg_id: None,
-            prio: None,
-            from: job.publ.from.clone(),
-            received_at: self.now,
-            extra: Some(extra.into()),
-            stream: None,
-            retain: None,
-        };
+        let req = internal_publish(
+            (*dlq).into(),
+            job.publ.data().into(),
+            job.publ.from.clone(),
+            self.now,
+            Some(extra.into()),
+        );
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));
     }
 
@@ -640,23 +653,8 @@ impl ShardCore {
         self.owner.sweep_streams(now, 4096, &mut abandoned);
         for (topic, name) in abandoned {
             self.counters.streams_abandoned += 1;
-            let req = PublishReq {
-                to: Requester {
-                    conn: ConnRef { idx: u32::MAX, gen: 0 },
-                    id: None,
-                    kind: ReplyKind::Internal,
-                    receipt: false,
-                },
-                topic: (*topic).into(),
-                data: "\"\"".into(),
-                msg_id: None,
-                prio: None,
-                from: None,
-                received_at: now,
-                extra: None,
-                stream: Some(Box::new(crate::mesh::msg::StreamArg { name, end: true, reason: Some("abandoned") })),
-                retain: None,
-            };
+            let mut req = internal_publish((*topic).into(), "\"\"".into(), None, now, None);
+            req.stream = Some(Box::new(crate::mesh::msg::StreamArg { name, end: true, reason: Some("abandoned") }));
             self.route_to_owner(MeshMsg::Publish(Box::new(req)));
         }
     }
@@ -664,28 +662,10 @@ impl ShardCore {
     /// A retained value's TTL passed: the `expired` msg is published and
     /// the value cleared, in one step at the owner, if it is still `seq`.
     fn expire_retained(&mut self, topic: &Arc<str>, seq: u64) {
-        let req = PublishReq {
-            to: Requester {
-                conn: ConnRef { idx: u32::MAX, gen: 0 },
-                id: None,
-                kind: ReplyKind::Internal,
-                receipt: false,
-            },
-            topic: (**topic).into(),
-            data: "null".into(),
-            msg_id: None,
-            prio: None,
-            from: None,
-            received_at: self.now,
-            extra: Some("\"expired\":true".into()),
-            stream: None,
-            retain: Some(Box::new(crate::mesh::msg::RetainArg {
-                retain: false,
-                ttl_ms: None,
-                if_seq: None,
-                expire: Some(seq),
-            })),
-        };
+        let mut req =
+            internal_publish((**topic).into(), "null".into(), None, self.now, Some("\"expired\":true".into()));
+        let expire = crate::mesh::msg::RetainArg { retain: false, ttl_ms: None, if_seq: None, expire: Some(seq) };
+        req.retain = Some(Box::new(expire));
         self.route_to_owner(MeshMsg::Publish(Box::new(req)));
     }
 

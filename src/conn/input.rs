@@ -25,6 +25,26 @@ pub const MAX_PUSHBACK_MS: u64 = 1000;
 pub const MIN_PUSHBACK_MS: u64 = 20;
 
 impl ShardCore {
+    /// A read of a topic's owner state (`get`, `presence`): a valid topic
+    /// the connection may subscribe to, within the control rate. False
+    /// (the error sent) otherwise.
+    fn admit_read(&mut self, idx: usize, id: Option<u64>, topic: &str) -> bool {
+        if let Err(e) = name::validate(topic) {
+            self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+            return false;
+        }
+        if self.conns[idx].identity.as_ref().is_some_and(|i| !i.may_sub(topic)) {
+            self.counters.forbidden += 1;
+            self.reply_error(idx, id, ErrorCode::Forbidden, "topic outside the token's tenant or caps", None);
+            return false;
+        }
+        if let Err((code, msg, retry)) = self.admit_control(idx, topic) {
+            self.reply_error(idx, id, code, msg, Some(retry));
+            return false;
+        }
+        true
+    }
+
     /// Handles bytes read from connection `idx`.
     pub fn on_bytes(&mut self, idx: usize, data: &mut [u8]) {
         self.on_bytes_at(idx, data, Instant::now());
@@ -327,32 +347,14 @@ impl ShardCore {
                 self.settle_group(idx, conn, id, &topic, &group, seq, outcome)
             }
             Command::Get { id, topic } => {
-                if let Err(e) = name::validate(&topic) {
-                    return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+                if self.admit_read(idx, id, &topic) {
+                    self.route_to_owner(MeshMsg::Get { conn, id, topic: topic.into() });
                 }
-                if self.conns[idx].identity.as_ref().is_some_and(|i| !i.may_sub(&topic)) {
-                    self.counters.forbidden += 1;
-                    let msg = "topic outside the token's tenant or caps";
-                    return self.reply_error(idx, id, ErrorCode::Forbidden, msg, None);
-                }
-                if let Err((code, msg, retry)) = self.admit_control(idx, &topic) {
-                    return self.reply_error(idx, id, code, msg, Some(retry));
-                }
-                self.route_to_owner(MeshMsg::Get { conn, id, topic: topic.into() });
             }
             Command::Presence { id, topic } => {
-                if let Err(e) = name::validate(&topic) {
-                    return self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
+                if self.admit_read(idx, id, &topic) {
+                    self.route_to_owner(MeshMsg::PresenceGet { conn, id, topic: topic.into() });
                 }
-                if self.conns[idx].identity.as_ref().is_some_and(|i| !i.may_sub(&topic)) {
-                    self.counters.forbidden += 1;
-                    let msg = "topic outside the token's tenant or caps";
-                    return self.reply_error(idx, id, ErrorCode::Forbidden, msg, None);
-                }
-                if let Err((code, msg, retry)) = self.admit_control(idx, &topic) {
-                    return self.reply_error(idx, id, code, msg, Some(retry));
-                }
-                self.route_to_owner(MeshMsg::PresenceGet { conn, id, topic: topic.into() });
             }
             Command::Sub { id, topic, since, group: None, streams, last, presence } => {
                 if let Err(e) = name::validate(&topic) {

@@ -129,6 +129,27 @@ impl Client {
         }
     }
 
+    /// Every text message that arrives until none has for `quiet`.
+    #[allow(dead_code)]
+    pub fn quiet(&mut self, quiet: Duration) -> Vec<Value> {
+        self.ws.get_ref().set_read_timeout(Some(quiet)).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Text(t)) => out.push(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    break
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        self.ws.get_ref().set_read_timeout(Some(WAIT)).unwrap();
+        out
+    }
+
     /// A round trip: everything sent before this has been handled.
     pub fn sync(&mut self) {
         self.send(json!({"op":"ping","id":424242}));

@@ -285,8 +285,13 @@ fn a_stalled_reader_gets_merged_appends_whose_text_is_whole_and_gaps_for_the_res
         assert_eq!(a["op"], "ack", "{a}");
     }
     let (mut text, mut rollups, mut gaps, mut ended) = (String::new(), 0, 0, false);
+    let mut last = 0;
     while !ended {
         let v = r.recv();
+        if let Some(seq) = v["seq"].as_u64().or(v["from"].as_u64()) {
+            assert!(seq > last, "the topic's seqs only grow, merges and gaps included: {seq} after {last}");
+            last = v["to"].as_u64().unwrap_or(seq);
+        }
         match v["op"].as_str() {
             Some("msg") if v.get("stream").is_some() => {
                 if v["rollup"] == true {

@@ -242,7 +242,7 @@ impl Outbound {
             }
             Prio::Normal => {
                 if !self.open_merges.is_empty() {
-                    self.close_merge(d);
+                    self.close_merges(d.topic());
                 }
                 self.normal.push_back(Item::Frame(d.clone()))
             }
@@ -273,6 +273,8 @@ impl Outbound {
                 after = m.charge();
             }
             None => {
+                // The new merge follows whatever of the topic is queued.
+                self.close_merges(d.topic());
                 let m = Merge {
                     topic: d.topic().clone(),
                     epoch: d.publ.epoch,
@@ -295,17 +297,20 @@ impl Outbound {
         Push::Merged
     }
 
-    /// A frame of `d`'s stream is queued after an open merge: later drops
-    /// start a new merge (text stays in order).
-    fn close_merge(&mut self, d: &LocalFrame) {
-        let Some((name, _)) = d.publ.stream.as_deref() else { return };
+    /// Something else of `topic` is queued after its open merges (a frame,
+    /// or a gap): later drops start new merges, so a merge holds only a
+    /// run of the topic's seqs and the reader sees them in order.
+    fn close_merges(&mut self, topic: &Arc<str>) {
         self.open_merges.retain(|m| {
             let m = m.borrow();
-            !(*m.stream == **name && (Arc::ptr_eq(&m.topic, d.topic()) || *m.topic == **d.topic()))
+            !(Arc::ptr_eq(&m.topic, topic) || *m.topic == **topic)
         });
     }
 
     fn note_drop(&mut self, topic: &Arc<str>, seq: u64, hard: usize) -> Push {
+        if !self.open_merges.is_empty() {
+            self.close_merges(topic);
+        }
         if let Some(Item::Gap(g)) = self.normal.back_mut() {
             if g.to + 1 == seq && (Arc::ptr_eq(&g.topic, topic) || *g.topic == **topic) {
                 g.to = seq;

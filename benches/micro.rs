@@ -188,6 +188,7 @@ fn owner(c: &mut Criterion) {
         streams: cfg.streams.clone(),
         retained: cfg.retained.clone(),
         presence: cfg.presence.clone(),
+        centrifugo: cfg.centrifugo.clone(),
     };
     let lim = policy.owner_limits(&cfg.limits);
     let max = lim.table.max_topics;

@@ -89,6 +89,32 @@ pub struct Config {
     /// Presence (PROTOCOL-EXTENSIONS §6).
     #[serde(default)]
     pub presence: PresenceConfig,
+    /// The Centrifugo-compatible endpoint and server API (PROTOCOL-EXTENSIONS §7).
+    #[serde(default)]
+    pub centrifugo: CentrifugoConfig,
+}
+
+/// `[centrifugo]`: the Centrifugo client protocol at
+/// `/connection/websocket` and the server API at `/api/publish` and
+/// `/api/broadcast`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CentrifugoConfig {
+    /// Serve `/connection/websocket` (JSON protocol v2).
+    pub enabled: bool,
+    /// The key `X-API-Key` (or `Authorization: apikey <key>`) must carry on
+    /// `/api/*`; empty: the server API refuses every request (401).
+    pub api_key: String,
+    /// A connection must send `connect` within this long, else close 3502.
+    pub connect_timeout_ms: u64,
+    /// Channels one `broadcast` may name.
+    pub max_broadcast_channels: usize,
+}
+
+impl Default for CentrifugoConfig {
+    fn default() -> Self {
+        Self { enabled: true, api_key: String::new(), connect_timeout_ms: 10_000, max_broadcast_channels: 1000 }
+    }
 }
 
 /// `[presence]`: bounds of presence, kept by each topic's owner.
@@ -515,6 +541,7 @@ fn embedded() -> Config {
             streams: d.streams,
             retained: d.retained,
             presence: d.presence,
+            centrifugo: d.centrifugo,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -539,6 +566,7 @@ struct EmbeddedDefault {
     streams: StreamsConfig,
     retained: RetainedConfig,
     presence: PresenceConfig,
+    centrifugo: CentrifugoConfig,
 }
 
 impl Default for ReplayConfig {

@@ -136,6 +136,7 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
                 streams: cfg.streams.clone(),
                 retained: cfg.retained.clone(),
                 presence: cfg.presence.clone(),
+                centrifugo: cfg.centrifugo.clone(),
             },
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {

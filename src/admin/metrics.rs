@@ -327,7 +327,17 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 39] = [
+    let counters: [(&str, &str, Field); 43] = [
+        ("centrifugo_api_refused_total", "Centrifugo server API requests refused for their API key (401).", |s| {
+            s.counters.cf_api_refused
+        }),
+        ("centrifugo_connects_total", "Centrifugo-protocol connects answered.", |s| s.counters.cf_connects),
+        ("centrifugo_recovered_total", "Centrifugo subscribes answered recovered: true.", |s| s.counters.cf_recovered),
+        (
+            "centrifugo_insufficient_state_total",
+            "Centrifugo connections closed 3010 (behind past the soft limit; the SDK recovers).",
+            |s| s.counters.cf_insufficient_state,
+        ),
         ("stream_appends_merged_total", "Stream appends past the soft limit merged into one rollup msg.", |s| {
             s.counters.stream_appends_merged
         }),

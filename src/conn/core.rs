@@ -155,6 +155,8 @@ pub struct Policy {
     pub retained: crate::config::RetainedConfig,
     /// Presence bounds.
     pub presence: crate::config::PresenceConfig,
+    /// `[centrifugo]`.
+    pub centrifugo: crate::config::CentrifugoConfig,
 }
 
 impl Policy {
@@ -286,6 +288,12 @@ impl ShardCore {
             }
         }
         closed
+    }
+
+    /// Whether the identity's tenant may hold one more connection here.
+    pub(crate) fn tenant_connection_room(&self, id: &crate::auth::Identity) -> bool {
+        let used = self.tenant_usage.get(&id.tenant).map_or(0, |u| u.connections);
+        used < share(id.quota.connections, self.map.shards)
     }
 
     /// Moves a tenant's holdings on this shard by the given amounts.
@@ -440,6 +448,17 @@ impl ShardCore {
     /// Queues an `error` reply.
     pub fn reply_error(&mut self, idx: usize, id: Option<u64>, code: ErrorCode, msg: &str, retry: Option<u64>) {
         *self.counters.errors_sent.entry(code.as_str()).or_default() += 1;
+        if let Some(c) = self.conns.get_mut(idx).and_then(|c| c.cf.as_mut()) {
+            // The command is answered: forget how its reply was to be shaped.
+            c.take_sub(id);
+            c.stats.retain(|s| Some(u64::from(*s)) != id);
+            let e = crate::proto::centrifugo::error_of(code);
+            let id = id.unwrap_or(0) as u32;
+            if id != 0 {
+                self.reply(idx, |o| crate::proto::centrifugo::error(o, id, e, msg));
+            }
+            return;
+        }
         self.reply(idx, |o| message::error(o, id, code, msg, retry));
     }
 
@@ -452,6 +471,14 @@ impl ShardCore {
         if conn.phase == Phase::Closing {
             return;
         }
+        let (code, reason) = match conn.cf.is_some() {
+            // Centrifugo's codes: the SDKs decide on them whether to reconnect.
+            true => match crate::proto::centrifugo::close_of(code) {
+                (c, "") => (c, reason),
+                mapped => mapped,
+            },
+            false => (code, reason),
+        };
         let was_empty = conn.out.is_empty();
         conn.out.push_control(usize::MAX, |o| frame::write_close(code, reason, o));
         conn.phase = Phase::Closing;

@@ -15,6 +15,7 @@ use crate::conn::outbound::{Delivery, Push};
 use crate::conn::state::Sub;
 use crate::conn::Phase;
 use crate::mesh::{ConnRef, PubReply, ReplyKind, Requester, SharedPub};
+use crate::proto::centrifugo as cf;
 use crate::proto::message::{self, ErrorCode, Recovery};
 use crate::topic::owned::Epoch;
 
@@ -79,12 +80,28 @@ impl ShardCore {
             }
         };
         match to.kind {
+            ReplyKind::Ws if self.conns.get(idx).is_some_and(|c| c.cf.is_some()) => match answer {
+                Answer::Ack { .. } => {
+                    let id = to.id.unwrap_or(0) as u32;
+                    self.reply(idx, |o| cf::empty_result(o, id, "publish"))
+                }
+                Answer::Refused { code, message: m, retry_after_ms } => {
+                    self.reply_error(idx, to.id, code, m, retry_after_ms)
+                }
+            },
             ReplyKind::Ws => self.reply(idx, |o| match answer {
                 Answer::Ack { topic, seq, epoch, dup } => message::ack(o, to.id, topic, seq, epoch.as_str(), dup),
                 Answer::Refused { code, message: m, retry_after_ms } => {
                     message::error(o, to.id, code, m, retry_after_ms)
                 }
             }),
+            ReplyKind::Http | ReplyKind::Batch(_) if self.cf_api(idx) => {
+                let body = http::cf_answer_json(&answer);
+                match to.kind {
+                    ReplyKind::Batch(index) => self.batch_item(idx, index, body),
+                    _ => self.http_done(idx, &http::json_response(200, "OK", &body, None, false)),
+                }
+            }
             ReplyKind::Http => {
                 let response = http::publish_response(&answer);
                 self.http_done(idx, &response);
@@ -95,6 +112,11 @@ impl ShardCore {
             }
             ReplyKind::Internal => {}
         }
+    }
+
+    /// Whether connection `idx`'s request in flight is the Centrifugo API.
+    fn cf_api(&self, idx: usize) -> bool {
+        self.conns.get(idx).and_then(|c| c.http.as_ref()).is_some_and(|h| h.cf_api)
     }
 
     pub(crate) fn on_subscribed(&mut self, conn: ConnRef, id: Option<u64>, a: SubscribeAnswer) {
@@ -128,6 +150,9 @@ impl ShardCore {
             self.counters.subscribes += 1;
         }
         let (topic, epoch, seq, rec) = (&a.topic, a.epoch, a.seq, a.recovery);
+        if let Some(p) = self.conns[idx].cf.as_mut().map(|c| c.take_sub(id)) {
+            return self.cf_subscribed(idx, conn, id, p, &a);
+        }
         self.reply(idx, |o| message::subscribed(o, id, topic, epoch.as_str(), seq, rec));
         // Replayed frames share one lane, so they stay in seq order, and it
         // is the critical lane, so they are not dropped (the owner capped the
@@ -155,7 +180,13 @@ impl ShardCore {
         let Some(c) = self.conns.get_mut(idx).filter(|c| c.gen == conn.gen) else {
             return;
         };
+        let cf_id = c.cf.as_ref().map(|_| id.unwrap_or(0) as u32);
         let Some(i) = c.sub_index(topic) else {
+            if let Some(id) = cf_id {
+                // Centrifugo answers an unsubscribe from nothing with success
+                // (an error would make the SDKs reconnect).
+                return self.reply(idx, |o| cf::empty_result(o, id, "unsubscribe"));
+            }
             return self.reply_error(idx, id, ErrorCode::NotSubscribed, "not subscribed to this topic", None);
         };
         let sub = c.subs.swap_remove(i);
@@ -171,7 +202,103 @@ impl ShardCore {
         self.unlink(conn.idx, &sub.topic, sub.pos);
         self.release(sub.topic, Some(member));
         self.counters.unsubscribes += 1;
-        self.reply(idx, |o| message::unsubscribed(o, id, topic));
+        match cf_id {
+            Some(id) => self.reply(idx, |o| cf::empty_result(o, id, "unsubscribe")),
+            None => self.reply(idx, |o| message::unsubscribed(o, id, topic)),
+        }
+    }
+
+    /// The subscribe reply to a Centrifugo connection: recovered
+    /// publications inside it, in order (PROTOCOL-EXTENSIONS §7).
+    fn cf_subscribed(
+        &mut self,
+        idx: usize,
+        conn: ConnRef,
+        id: Option<u64>,
+        p: Option<crate::conn::centrifugo::PendingSub>,
+        a: &SubscribeAnswer,
+    ) {
+        let cf_id = id.unwrap_or(0) as u32;
+        let recovering = p.and_then(|p| p.recover_from);
+        let recovered = recovering.is_some() && matches!(a.recovery, Recovery::Recovered(_));
+        if recovering.is_some() && !recovered && p.is_some_and(|p| p.reject_unrecovered) {
+            // Flag 2: the SDK reloads its state and subscribes again.
+            self.detach_sub(idx, conn, &a.topic);
+            return self.reply(idx, |o| cf::error(o, cf_id, cf::UNRECOVERABLE, "unrecoverable position"));
+        }
+        if recovered {
+            self.counters.cf_recovered += 1;
+        }
+        // After a recovery the position given is the one recovered from;
+        // each publication in the reply moves it on.
+        let offset = match (recovering, recovered) {
+            (Some(from), true) => from,
+            _ => a.seq,
+        };
+        let r =
+            cf::SubscribeResult { epoch: a.epoch.as_str(), offset, was_recovering: recovering.is_some(), recovered };
+        let pubs: &[SharedPub] = if recovered { &a.replay } else { &[] };
+        self.reply(idx, |o| cf::subscribed(o, cf_id, &r, pubs.iter().map(|p| p.cf_fields())));
+    }
+
+    /// Ends a subscription of connection `idx` on this side (no reply): the
+    /// owner is told through `release`.
+    fn detach_sub(&mut self, idx: usize, conn: ConnRef, topic: &Arc<str>) {
+        let Some(c) = self.conns.get_mut(idx) else { return };
+        let Some(i) = c.sub_index(topic) else { return };
+        let sub = c.subs.swap_remove(i);
+        let member = c.member(conn);
+        c.out.purge_topic(topic);
+        if let Some(t) = c.identity.as_ref().map(|i| i.tenant.clone()) {
+            self.tenant_add(&t, 0, -1);
+        }
+        self.unlink(conn.idx, &sub.topic, sub.pos);
+        self.release(sub.topic, Some(member));
+        self.counters.unsubscribes += 1;
+    }
+
+    /// The owner's `presence` answer, in the asking connection's format.
+    pub(crate) fn on_presence_answer(&mut self, conn: ConnRef, a: &crate::mesh::msg::PresenceList) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        let idx = conn.idx as usize;
+        let clients: Vec<(&str, String)> = a.clients.iter().map(|(u, c)| (&**u, c.clone())).collect();
+        let Some(cfc) = c.cf.as_mut() else {
+            return self.reply(idx, |o| message::presence(o, a.id, &a.topic, a.count, &clients));
+        };
+        let id = a.id.unwrap_or(0) as u32;
+        match cfc.stats.iter().position(|s| *s == id) {
+            Some(i) => {
+                cfc.stats.swap_remove(i);
+                let mut users: Vec<&str> = clients.iter().map(|c| c.0).collect();
+                users.sort_unstable();
+                users.dedup();
+                let users = (users.len() as u64).min(a.count);
+                self.reply(idx, |o| cf::presence_stats(o, id, a.count, users));
+            }
+            None => self.reply(idx, |o| cf::presence(o, id, &clients)),
+        }
+    }
+
+    /// A `join`/`leave` for watchers on this shard, each in its format
+    /// (encoded once per format).
+    pub(crate) fn on_presence_event(&mut self, conns: &[ConnRef], n: &crate::mesh::msg::PresenceNote) {
+        let (mut native, mut centrifugo) = (Vec::new(), Vec::new());
+        for &conn in conns {
+            let Some(c) = self.conn_mut(conn) else { continue };
+            let cf = c.cf.is_some();
+            let buf = if cf { &mut centrifugo } else { &mut native };
+            if buf.is_empty() {
+                match cf {
+                    true => cf::join_leave(buf, n.join, &n.topic, &n.client, &n.conn),
+                    false => {
+                        let op = if n.join { "join" } else { "leave" };
+                        message::presence_event(buf, op, &n.topic, &n.client, &n.conn)
+                    }
+                }
+            }
+            let frame = if cf { &centrifugo } else { &native };
+            self.reply(conn.idx as usize, |o| o.extend_from_slice(frame));
+        }
     }
 
     /// Gives one subscription of this shard back to the topic's owner.
@@ -213,7 +340,7 @@ impl ShardCore {
                 sink: self.receipts.sink.clone(),
             })
         });
-        let frame = Rc::new(Delivery { publ, receipt: ticket });
+        let frame = Rc::new(Delivery { publ, receipt: ticket, cf: std::cell::OnceCell::new() });
         if self.parked.is_empty() && n <= self.fanout_left {
             self.fanout_left -= n;
             self.push_slice(&frame, prio, 0, n);
@@ -315,7 +442,7 @@ impl ShardCore {
         };
         let (soft, hard) = (self.limits.outbound_soft_bytes, self.limits.outbound_hard_bytes);
         let defer = self.batching || !self.parked.is_empty();
-        let mut slow = Vec::new();
+        let (mut slow, mut behind) = (Vec::new(), Vec::new());
         if let Some(t) = &frame.receipt {
             t.offered.set(t.offered.get() + (to - from) as u32);
         }
@@ -328,7 +455,10 @@ impl ShardCore {
                 continue;
             }
             let was_empty = conn.out.is_empty();
+            // A Centrifugo subscriber has one lane: offsets go out in order.
+            let prio = if conn.out.cf { message::Prio::Normal } else { prio };
             match conn.out.push_frame(frame, prio, soft, hard) {
+                Push::Dropped | Push::Merged if conn.out.cf => behind.push(c as usize),
                 Push::Queued => {
                     self.counters.deliveries += 1;
                     if was_empty && defer {
@@ -344,6 +474,17 @@ impl ShardCore {
         }
         for c in slow {
             self.close_slow(c);
+        }
+        for c in behind {
+            // Centrifugo has no `gap`: close 3010, and the SDK reconnects and
+            // recovers from its last offset (what is queued is dropped; the
+            // replay ring has it).
+            if let Some(conn) = self.conns.get_mut(c).filter(|c| c.phase != Phase::Closing) {
+                conn.out.discard_queued();
+                self.counters.cf_insufficient_state += 1;
+                let (code, reason) = cf::INSUFFICIENT_STATE;
+                self.close(c, code, reason);
+            }
         }
     }
 }

@@ -79,8 +79,16 @@ impl ShardCore {
         message::drain(&mut tail, after);
         frame::write_close(CloseCode::RESTART, "service restart", &mut tail);
         let refuse = crate::proto::handshake::reject_response(503, "Service Unavailable");
+        // Centrifugo: close 3001 "shutdown"; the SDKs reconnect and recover.
+        let (code, reason) = crate::proto::centrifugo::close_of(CloseCode::RESTART);
+        let mut cf_tail = Vec::with_capacity(32);
+        frame::write_close(code, reason, &mut cf_tail);
         for (_, c) in self.conns.iter_mut() {
             match c.phase {
+                Phase::Open if c.cf.is_some() => {
+                    c.out.push_last(&cf_tail);
+                    c.close_code = Some(code.0);
+                }
                 Phase::Open => {
                     c.out.push_last(&tail);
                     c.close_code = Some(CloseCode::RESTART.0);

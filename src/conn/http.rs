@@ -34,6 +34,44 @@ pub struct HttpState {
     /// The token the connection's identity was verified from: a keep-alive
     /// client repeating it on every request is verified once.
     pub token: Option<String>,
+    /// The request in flight is the Centrifugo server API (`/api/*`): its
+    /// answers take Centrifugo's shapes.
+    pub cf_api: bool,
+}
+
+/// The Centrifugo server API's body of `/api/publish`.
+#[derive(Debug, serde::Deserialize)]
+struct CfPublish<'a> {
+    #[serde(borrow)]
+    channel: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "crate::proto::message::some_raw")]
+    data: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The Centrifugo server API's body of `/api/broadcast`.
+#[derive(Debug, serde::Deserialize)]
+struct CfBroadcast<'a> {
+    #[serde(borrow)]
+    channels: Vec<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "crate::proto::message::some_raw")]
+    data: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// One answer in the Centrifugo server API's shape: `{"result":{…}}` or
+/// `{"error":{"code":N,"message":…}}`.
+pub fn cf_answer_json(a: &Answer<'_>) -> String {
+    match *a {
+        Answer::Ack { seq, epoch, .. } => format!(r#"{{"result":{{"offset":{seq},"epoch":"{}"}}}}"#, epoch.as_str()),
+        Answer::Refused { code, message, .. } => cf_error_json(crate::proto::centrifugo::error_of(code).code, message),
+    }
+}
+
+fn cf_error_json(code: u32, message: &str) -> String {
+    format!(r#"{{"error":{{"code":{code},"message":{}}}}}"#, json_str(message))
 }
 
 /// How the owner answers one publication.
@@ -130,15 +168,34 @@ impl ShardCore {
         conn.phase = Phase::Http;
         let http = conn.http.get_or_insert_with(Default::default);
         http.close_after = req.close;
+        http.cf_api = false;
         let route = match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/v1/publish") => Route::One,
             ("POST", "/v1/publish/batch") => Route::Batch,
+            ("POST", "/api/publish") => Route::CfPublish,
+            ("POST", "/api/broadcast") => Route::CfBroadcast,
+            (_, "/api/publish" | "/api/broadcast") => {
+                return self.http_reply(idx, 405, "Method Not Allowed", &cf_error_json(107, "use POST"), None)
+            }
             (_, "/v1/publish" | "/v1/publish/batch") => {
                 return self.http_reply(idx, 405, "Method Not Allowed", &error_body("bad_request", "use POST"), None)
             }
             _ => return self.http_reply(idx, 404, "Not Found", &error_body("bad_request", "no such path"), None),
         };
-        if !self.http_authenticate(idx, req.token.as_deref()) {
+        let cf_api = matches!(route, Route::CfPublish | Route::CfBroadcast);
+        if cf_api {
+            if !self.cf_api_key_ok(req.api_key.as_deref()) {
+                self.counters.cf_api_refused += 1;
+                return self.http_reply(idx, 401, "Unauthorized", &cf_error_json(101, "unauthorized"), None);
+            }
+            // The API key is the server's own: no tenant, no caps.
+            let conn = &mut self.conns[idx];
+            conn.identity = None;
+            if let Some(h) = conn.http.as_mut() {
+                h.token = None;
+                h.cf_api = true;
+            }
+        } else if !self.http_authenticate(idx, req.token.as_deref()) {
             return;
         }
         let json = req
@@ -155,6 +212,117 @@ impl ShardCore {
         match route {
             Route::One => self.http_publish_one(idx, text),
             Route::Batch => self.http_publish_batch(idx, text),
+            Route::CfPublish => self.cf_api_publish(idx, text),
+            Route::CfBroadcast => self.cf_api_broadcast(idx, text),
+        }
+    }
+
+    /// `X-API-Key` against `[centrifugo] api_key` (compared in constant
+    /// time; an empty configured key admits nobody).
+    fn cf_api_key_ok(&self, given: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let want = self.policy.centrifugo.api_key.as_bytes();
+        !want.is_empty() && given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want)))
+    }
+
+    /// `POST /api/publish`: `{"channel","data","idempotency_key"?}`.
+    fn cf_api_publish(&mut self, idx: usize, text: &str) {
+        let p = match serde_json::from_str::<CfPublish<'_>>(text) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.http_reply(
+                    idx,
+                    400,
+                    "Bad Request",
+                    &cf_error_json(107, &format!("invalid body: {e}")),
+                    None,
+                )
+            }
+        };
+        let Some(data) = p.data else {
+            return self.http_reply(idx, 400, "Bad Request", &cf_error_json(107, "missing field `data`"), None);
+        };
+        if p.idempotency_key.as_ref().is_some_and(|k| k.len() > message::MAX_MSG_ID) {
+            return self.http_reply(
+                idx,
+                400,
+                "Bad Request",
+                &cf_error_json(107, "idempotency_key longer than 128 bytes"),
+                None,
+            );
+        }
+        let args = PubArgs {
+            id: None,
+            topic: &p.channel,
+            data: data.get(),
+            msg_id: p.idempotency_key.as_deref(),
+            prio: None,
+            reply: ReplyKind::Http,
+            stream: None,
+            retain: None,
+            receipt: false,
+        };
+        self.set_busy(idx, 0);
+        if let Err(r) = self.submit_publish(idx, args) {
+            *self.counters.errors_sent.entry(r.code.as_str()).or_default() += 1;
+            let a = Answer::Refused { code: r.code, message: &r.message, retry_after_ms: r.retry_after_ms };
+            self.http_reply(idx, 200, "OK", &cf_answer_json(&a), None);
+        }
+    }
+
+    /// `POST /api/broadcast`: one publication into each of `channels`
+    /// (each its own seq); `idempotency_key` is each one's `msg_id`.
+    fn cf_api_broadcast(&mut self, idx: usize, text: &str) {
+        let b = match serde_json::from_str::<CfBroadcast<'_>>(text) {
+            Ok(b) => b,
+            Err(e) => {
+                return self.http_reply(
+                    idx,
+                    400,
+                    "Bad Request",
+                    &cf_error_json(107, &format!("invalid body: {e}")),
+                    None,
+                )
+            }
+        };
+        let Some(data) = b.data else {
+            return self.http_reply(idx, 400, "Bad Request", &cf_error_json(107, "missing field `data`"), None);
+        };
+        let max = self.policy.centrifugo.max_broadcast_channels;
+        if b.channels.len() > max {
+            let msg = format!("at most {max} channels (centrifugo.max_broadcast_channels)");
+            return self.http_reply(idx, 400, "Bad Request", &cf_error_json(107, &msg), None);
+        }
+        if b.idempotency_key.as_ref().is_some_and(|k| k.len() > message::MAX_MSG_ID) {
+            return self.http_reply(
+                idx,
+                400,
+                "Bad Request",
+                &cf_error_json(107, "idempotency_key longer than 128 bytes"),
+                None,
+            );
+        }
+        self.set_busy(idx, b.channels.len());
+        if b.channels.is_empty() {
+            return self.http_reply(idx, 200, "OK", r#"{"result":{"responses":[]}}"#, None);
+        }
+        for (i, channel) in b.channels.iter().enumerate() {
+            let args = PubArgs {
+                id: None,
+                topic: channel,
+                data: data.get(),
+                msg_id: b.idempotency_key.as_deref(),
+                prio: None,
+                reply: ReplyKind::Batch(i as u32),
+                stream: None,
+                retain: None,
+                receipt: false,
+            };
+            if let Err(r) = self.submit_publish(idx, args) {
+                *self.counters.errors_sent.entry(r.code.as_str()).or_default() += 1;
+                let a = Answer::Refused { code: r.code, message: &r.message, retry_after_ms: r.retry_after_ms };
+                self.batch_item(idx, i as u32, cf_answer_json(&a));
+            }
         }
     }
 
@@ -304,14 +472,15 @@ impl ShardCore {
         if h.batch_pending > 0 {
             return;
         }
-        let mut out = String::from(r#"{"results":["#);
+        let (open, close) = if h.cf_api { (r#"{"result":{"responses":["#, "]}}") } else { (r#"{"results":["#, "]}") };
+        let mut out = String::from(open);
         for (i, item) in std::mem::take(&mut h.batch).into_iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
             out.push_str(item.as_deref().unwrap_or("null"));
         }
-        out.push_str("]}");
+        out.push_str(close);
         let resp = json_response(200, "OK", &out, None, false);
         self.http_done(idx, &resp);
     }
@@ -320,4 +489,6 @@ impl ShardCore {
 enum Route {
     One,
     Batch,
+    CfPublish,
+    CfBroadcast,
 }

@@ -150,17 +150,24 @@ impl ShardCore {
                     self.close_http(idx, &crate::conn::http::json_response(403, "Forbidden", body, None, true));
                     return Some(buf.len());
                 }
-                let identity = match access.authenticate(u.token.as_deref(), self.unix_now()) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        self.refuse_unauthorized(idx, &e);
-                        return Some(buf.len());
-                    }
+                if u.centrifugo && !self.policy.centrifugo.enabled {
+                    self.counters.handshakes_failed += 1;
+                    self.close_http(idx, &handshake::reject_response(404, "Not Found"));
+                    return Some(buf.len());
+                }
+                // A Centrifugo client brings its token in `connect`.
+                let identity = match u.centrifugo {
+                    true => None,
+                    false => match access.authenticate(u.token.as_deref(), self.unix_now()) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            self.refuse_unauthorized(idx, &e);
+                            return Some(buf.len());
+                        }
+                    },
                 };
                 if let Some(id) = identity {
-                    let used = self.tenant_usage.get(&id.tenant).map_or(0, |u| u.connections);
-                    let allowed = crate::conn::core::share(id.quota.connections, self.map.shards);
-                    if used >= allowed {
+                    if !self.tenant_connection_room(&id) {
                         self.quota_refused(&id.tenant, "connections");
                         self.counters.handshakes_failed += 1;
                         let body = format!(
@@ -175,8 +182,13 @@ impl ShardCore {
                     self.set_identity(idx, id);
                 }
                 let response = handshake::upgrade_response(&u, self.id);
+                let now = self.now;
                 let conn = &mut self.conns[idx];
                 conn.echo = u.echo;
+                if u.centrifugo {
+                    conn.cf = Some(Box::new(crate::conn::centrifugo::CfConn::new(now)));
+                    conn.out.cf = true;
+                }
                 conn.out.push_control(usize::MAX, |o| o.extend_from_slice(&response));
                 conn.phase = Phase::Open;
                 conn.wake();
@@ -283,6 +295,13 @@ impl ShardCore {
             Decoded::Binary(data) if self.conns[idx].echo => {
                 self.reply(idx, |o| frame::write_frame(ServerOp::Binary, data, o))
             }
+            Decoded::Text(text) if self.conns[idx].cf.is_some() => self.on_cf_text(idx, text),
+            Decoded::Binary(_) if self.conns[idx].cf.is_some() => {
+                // The JSON protocol has no binary frames.
+                self.counters.protocol_errors += 1;
+                let (code, reason) = crate::proto::centrifugo::BAD_REQUEST_CLOSE;
+                self.close(idx, code, reason);
+            }
             Decoded::Text(text) => {
                 self.counters.commands += 1;
                 match message::parse_command(text) {
@@ -331,7 +350,7 @@ impl ShardCore {
         Ok(())
     }
 
-    fn on_command(&mut self, idx: usize, cmd: Command<'_>) {
+    pub(crate) fn on_command(&mut self, idx: usize, cmd: Command<'_>) {
         let gen = self.conns[idx].gen;
         let conn = ConnRef { idx: idx as u32, gen };
         match cmd {
@@ -398,7 +417,8 @@ impl ShardCore {
                     m.watch = presence;
                     m
                 });
-                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since, streams, last, member };
+                let wide = self.conns[idx].cf.is_some();
+                let msg = MeshMsg::Subscribe { conn, id, topic: topic.into(), since, streams, last, member, wide };
                 self.route_to_owner(msg);
             }
             Command::Unsub { id, topic, group: None } => {

@@ -32,6 +32,9 @@ impl ShardCore {
         let interval = Duration::from_millis(self.policy.liveness.ping_interval_ms);
         let deadline = interval + Duration::from_millis(self.policy.liveness.ping_timeout_ms);
         let mut dead = Vec::new();
+        let mut stale = Vec::new();
+        let period = self.liveness_period();
+        let cf_connect_timeout = Duration::from_millis(self.policy.centrifugo.connect_timeout_ms);
         let mut idle_http = Vec::new();
         let mut late_http = Vec::new();
         let request_deadline = Duration::from_millis(self.limits.handshake_timeout_ms);
@@ -47,6 +50,30 @@ impl ShardCore {
                 continue;
             }
             if c.phase != Phase::Open {
+                continue;
+            }
+            if let Some(cfc) = c.cf.as_mut() {
+                // Centrifugo: `connect` is due soon after the upgrade, and the
+                // server pings (`{}`) every interval whatever the traffic (the
+                // SDKs reconnect when a ping is late); the client's `{}`
+                // answers keep `last_seen` fresh.
+                if !cfc.connected {
+                    if now.saturating_duration_since(cfc.opened) >= cf_connect_timeout {
+                        stale.push(idx);
+                    }
+                    continue;
+                }
+                if quiet >= deadline {
+                    dead.push(idx);
+                } else if now.saturating_duration_since(cfc.last_ping) + period >= interval {
+                    cfc.last_ping = now;
+                    let was_empty = c.out.is_empty();
+                    c.out.push_control(usize::MAX, crate::proto::centrifugo::ping);
+                    self.counters.pings_sent += 1;
+                    if was_empty {
+                        c.wake();
+                    }
+                }
                 continue;
             }
             if quiet >= deadline {
@@ -73,6 +100,11 @@ impl ShardCore {
                 c.phase = Phase::Closing;
                 c.wake();
             }
+        }
+        for idx in stale {
+            self.counters.handshake_timeouts += 1;
+            let (code, reason) = crate::proto::centrifugo::STALE;
+            self.close(idx, code, reason);
         }
         for idx in dead {
             self.counters.ping_timeouts += 1;

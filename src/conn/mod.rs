@@ -9,6 +9,7 @@
 //! the time). The glommio tasks that call in live in `shard/`; the owner
 //! state machine it drives lives in `topic/owner`.
 
+pub mod centrifugo;
 pub mod core;
 pub mod deliver;
 pub mod drain;

@@ -32,6 +32,9 @@ pub struct Delivery {
     /// Only when the publisher asked for a receipt: counts of this shard's
     /// subscribers, reported when the last of them is done with the frame.
     pub receipt: Option<Box<Ticket>>,
+    /// The Centrifugo `pub` push frame, encoded on this shard when its first
+    /// Centrifugo subscriber is given the publication and shared by all.
+    pub cf: std::cell::OnceCell<Box<[u8]>>,
 }
 
 /// This shard's part of a publication's receipt, counted while its frame is
@@ -64,7 +67,17 @@ impl Drop for Delivery {
 impl Delivery {
     /// A delivery without a receipt.
     pub fn new(publ: SharedPub) -> Self {
-        Self { publ, receipt: None }
+        Self { publ, receipt: None, cf: std::cell::OnceCell::new() }
+    }
+
+    /// The frame in one wire format: native, or Centrifugo (`cf`).
+    #[inline]
+    pub fn wire(&self, cf: bool) -> &[u8] {
+        if cf {
+            self.cf.get_or_init(|| crate::proto::centrifugo::pub_frame(&self.publ.cf_fields()))
+        } else {
+            &self.publ.frame
+        }
     }
 
     /// The frame was copied into a send (receipts count it delivered).
@@ -187,6 +200,9 @@ pub struct Outbound {
     /// Merges still taking dropped appends (a queued append of the same
     /// stream, or the writer reaching the merge, closes one).
     open_merges: Vec<Rc<std::cell::RefCell<Merge>>>,
+    /// The connection speaks the Centrifugo protocol: publication frames
+    /// are its `pub` pushes.
+    pub cf: bool,
 }
 
 impl Outbound {
@@ -223,7 +239,7 @@ impl Outbound {
     /// queued normal frames of its topic turns them into a `gap`, so the
     /// subscriber still sees the topic's seqs in increasing order.
     pub fn push_frame(&mut self, d: &LocalFrame, prio: Prio, soft: usize, hard: usize) -> Push {
-        let len = d.frame().len();
+        let len = d.wire(self.cf).len();
         match prio {
             Prio::Critical => {
                 if self.bytes + len > hard {
@@ -346,18 +362,19 @@ impl Outbound {
     pub fn purge_topic(&mut self, topic: &str) -> usize {
         let mut removed = 0;
         let mut bytes = 0;
+        let cf = self.cf;
         self.critical.retain(|f| {
             let keep = &**f.topic() != topic;
             if !keep {
                 removed += 1;
-                bytes += f.frame().len();
+                bytes += f.wire(cf).len();
             }
             keep
         });
         self.normal.retain(|i| match i {
             Item::Frame(f) if &**f.topic() == topic => {
                 removed += 1;
-                bytes += f.frame().len();
+                bytes += f.wire(cf).len();
                 false
             }
             Item::Gap(g) if &*g.topic == topic => {
@@ -433,15 +450,16 @@ impl Outbound {
                 break;
             };
             f.written();
-            out.extend_from_slice(f.frame());
-            self.bytes -= f.frame().len();
+            let w = f.wire(self.cf);
+            out.extend_from_slice(w);
+            self.bytes -= w.len();
         }
         // A run of superseded frames of one topic, sent as one gap.
         let mut run: Option<(Arc<str>, u64, u64)> = None;
         while out.len() < max {
             match self.normal.pop_front() {
                 Some(Item::Frame(f)) if self.superseded(&f) => {
-                    self.bytes -= f.frame().len();
+                    self.bytes -= f.wire(self.cf).len();
                     match &mut run {
                         Some((t, _, to)) if *to + 1 == f.seq() && (Arc::ptr_eq(t, f.topic()) || **t == **f.topic()) => {
                             *to = f.seq()
@@ -461,8 +479,9 @@ impl Outbound {
                     match item {
                         Item::Frame(f) => {
                             f.written();
-                            out.extend_from_slice(f.frame());
-                            self.bytes -= f.frame().len();
+                            let w = f.wire(self.cf);
+                            out.extend_from_slice(w);
+                            self.bytes -= w.len();
                         }
                         Item::Gap(g) => {
                             message::gap(out, &g.topic, g.from, g.to);

@@ -296,8 +296,16 @@ impl ShardCore {
             self.close_request(origin.slot);
             self.counters.requests_answered += 1;
         }
-        if self.conn_mut(conn).is_some() {
-            self.reply(conn.idx as usize, |out| message::reply(out, id, data, more));
+        if let Some(c) = self.conn_mut(conn) {
+            match c.cf.is_some() {
+                // A Centrifugo `rpc` has one answer: the final reply.
+                true if more => {}
+                true => {
+                    let id = id.unwrap_or(0) as u32;
+                    self.reply(conn.idx as usize, |out| crate::proto::centrifugo::rpc_result(out, id, data))
+                }
+                false => self.reply(conn.idx as usize, |out| message::reply(out, id, data, more)),
+            }
         }
     }
 
@@ -363,6 +371,9 @@ impl ShardCore {
         let idx = conn.idx as usize;
         if timed_out {
             self.counters.requests_timed_out += 1;
+            if self.conns[idx].cf.is_some() {
+                return self.reply_error(idx, id, ErrorCode::Timeout, "no reply in time", None);
+            }
             *self.counters.errors_sent.entry(ErrorCode::Timeout.as_str()).or_default() += 1;
             self.reply(idx, |out| message::timeout_error(out, id, partial));
         } else {

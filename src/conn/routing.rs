@@ -90,29 +90,20 @@ impl ShardCore {
         }
         match msg {
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
-            MeshMsg::Subscribe { conn, id, topic, since, streams, last, member } => {
+            MeshMsg::Subscribe { conn, id, topic, since, streams, last, member, wide } => {
                 let opts = crate::topic::owner::SubOpts { streams, last };
-                self.owner_subscribe(from, conn, id, &topic, since, opts, member)
+                let max_replay =
+                    if wide { self.limits.outbound_hard_bytes / 2 } else { self.limits.outbound_soft_bytes };
+                self.owner_subscribe(from, conn, id, &topic, since, opts, member, max_replay)
             }
             MeshMsg::PresenceGet { conn, id, topic } => {
                 let (count, list) = self.owner.presence_of(&topic);
-                let clients: Vec<(&str, String)> = list.iter().map(|(p, c)| (&**c, conn_name(*p))).collect();
-                let mut frame = Vec::new();
-                message::presence(&mut frame, id, &topic, count, &clients);
-                self.send_to(from, MeshMsg::PresenceAnswer { conn, frame: frame.into() });
+                let clients = list.into_iter().map(|(p, c)| (c, conn_name(p))).collect();
+                let answer = Box::new(crate::mesh::msg::PresenceList { id, topic, count, clients });
+                self.send_to(from, MeshMsg::PresenceAnswer { conn, answer });
             }
-            MeshMsg::PresenceAnswer { conn, frame } => {
-                if self.conn_mut(conn).is_some() {
-                    self.reply(conn.idx as usize, |o| o.extend_from_slice(&frame));
-                }
-            }
-            MeshMsg::PresenceEvent { conns, frame } => {
-                for conn in conns {
-                    if self.conn_mut(conn).is_some() {
-                        self.reply(conn.idx as usize, |o| o.extend_from_slice(&frame));
-                    }
-                }
-            }
+            MeshMsg::PresenceAnswer { conn, answer } => self.on_presence_answer(conn, &answer),
+            MeshMsg::PresenceEvent { conns, note } => self.on_presence_event(&conns, &note),
             MeshMsg::Get { conn, id, topic } => {
                 let value = self.owner.get(&topic, self.now).map(|(p, ttl)| (p, ttl.map(|d| d.as_millis() as u64)));
                 self.send_to(from, MeshMsg::Value { conn, id, value });
@@ -208,9 +199,9 @@ impl ShardCore {
         since: Option<Since>,
         opts: crate::topic::owner::SubOpts,
         member: Option<Box<crate::mesh::msg::Member>>,
-    ) {
         // A replay larger than a connection may queue would only be dropped.
-        let max_replay = self.limits.outbound_soft_bytes;
+        max_replay: usize,
+    ) {
         let since = since.as_ref().map(|s| (s.seq, s.epoch.as_str()));
         let msg = match self.owner.subscribe_with(from, topic, since, max_replay, opts) {
             SubscribeOutcome::Refused(r) => {
@@ -258,9 +249,12 @@ impl ShardCore {
         if tell.is_empty() {
             return;
         }
-        let mut frame = Vec::new();
-        message::presence_event(&mut frame, op, topic, client, &conn_name(at));
-        let frame: Arc<[u8]> = frame.into();
+        let note = Arc::new(crate::mesh::msg::PresenceNote {
+            join: op == "join",
+            topic: topic.into(),
+            client: client.into(),
+            conn: conn_name(at),
+        });
         for s in 0..self.map.shards {
             let conns: Vec<ConnRef> = tell
                 .iter()
@@ -268,7 +262,7 @@ impl ShardCore {
                 .map(|p| ConnRef { idx: (p.1 >> 32) as u32, gen: p.1 as u32 })
                 .collect();
             if !conns.is_empty() {
-                self.send_to(s, MeshMsg::PresenceEvent { conns, frame: frame.clone() });
+                self.send_to(s, MeshMsg::PresenceEvent { conns, note: note.clone() });
             }
         }
     }
@@ -547,6 +541,6 @@ fn place(shard: usize, c: ConnRef) -> Place {
 }
 
 /// A presence place as the `conn` field names it: `<shard>.<slot>.<gen>`.
-fn conn_name(p: Place) -> String {
+pub(crate) fn conn_name(p: Place) -> String {
     format!("{}.{}.{}", p.0, p.1 >> 32, p.1 as u32)
 }

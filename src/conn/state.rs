@@ -97,6 +97,9 @@ pub struct Conn {
     pub echo: bool,
     /// Who the client is, from its token (None: anonymous).
     pub identity: Option<Box<crate::auth::Identity>>,
+    /// Upgraded at `/connection/websocket`: it speaks the Centrifugo
+    /// protocol (None: the native one).
+    pub cf: Option<Box<super::centrifugo::CfConn>>,
 }
 
 impl Conn {
@@ -128,6 +131,7 @@ impl Conn {
             http: None,
             close_code: None,
             identity: None,
+            cf: None,
             echo: false,
             read_paused_until: None,
             groups: Vec::new(),

@@ -257,6 +257,14 @@ pub struct Counters {
     pub receipts_sent: u64,
     /// Stream appends past the soft limit merged into a `rollup` msg.
     pub stream_appends_merged: u64,
+    /// Centrifugo subscribes answered `recovered: true`.
+    pub cf_recovered: u64,
+    /// Centrifugo connections closed 3010 (fell behind past the soft limit).
+    pub cf_insufficient_state: u64,
+    /// Centrifugo `connect`s answered.
+    pub cf_connects: u64,
+    /// Centrifugo server API requests refused for their API key (401).
+    pub cf_api_refused: u64,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS connections dropped for a TLS error (bad handshake, bad record,
@@ -354,6 +362,10 @@ impl Counters {
             streams_abandoned: 0,
             receipts_sent: 0,
             stream_appends_merged: 0,
+            cf_recovered: 0,
+            cf_insufficient_state: 0,
+            cf_connects: 0,
+            cf_api_refused: 0,
             tls_handshakes: 0,
             tls_errors: 0,
             tls_reloads: 0,

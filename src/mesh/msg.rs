@@ -78,6 +78,32 @@ pub struct PublishReq {
     pub retain: Option<Box<RetainArg>>,
 }
 
+/// A `join` or `leave` of a topic's presence.
+#[derive(Debug)]
+pub struct PresenceNote {
+    /// A `join` (else a `leave`).
+    pub join: bool,
+    /// The topic.
+    pub topic: Arc<str>,
+    /// The member's `sub` (or `anon`).
+    pub client: Arc<str>,
+    /// The member's connection id, `<shard>.<slot>.<gen>`.
+    pub conn: String,
+}
+
+/// The owner's answer to a `presence` query.
+#[derive(Debug)]
+pub struct PresenceList {
+    /// Command id to echo.
+    pub id: Option<u64>,
+    /// The topic.
+    pub topic: Box<str>,
+    /// Subscribers, exact.
+    pub count: u64,
+    /// Listed members (at most `presence.max_list`): `sub` and connection id.
+    pub clients: Vec<(Arc<str>, String)>,
+}
+
 /// A subscriber as presence knows it.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -264,6 +290,11 @@ pub enum MeshMsg {
         last: bool,
         /// Presence: the subscriber, and whether it wants join/leave events.
         member: Option<Box<Member>>,
+        /// The replay goes inside one reply (a Centrifugo subscribe): it may
+        /// take up to half of `limits.outbound_hard_bytes`, not just the
+        /// soft limit, so a subscriber closed for falling behind (≈ the
+        /// soft limit missed) can recover in one go.
+        wide: bool,
     },
     /// Shard of `conn` → owner: the topic's retained value, please.
     Get {
@@ -358,8 +389,8 @@ pub enum MeshMsg {
     PresenceEvent {
         /// The watchers there.
         conns: Vec<ConnRef>,
-        /// The encoded frame.
-        frame: Arc<[u8]>,
+        /// What happened (encoded there, in each watcher's wire format).
+        note: Arc<PresenceNote>,
     },
     /// Shard of `conn` → owner: a `presence` query.
     PresenceGet {
@@ -370,12 +401,13 @@ pub enum MeshMsg {
         /// Validated topic.
         topic: Box<str>,
     },
-    /// Owner → shard of `conn`: the encoded `presence` reply.
+    /// Owner → shard of `conn`: the `presence` answer (encoded there, in
+    /// the connection's wire format).
     PresenceAnswer {
         /// The asking connection.
         conn: ConnRef,
-        /// The frame.
-        frame: Box<[u8]>,
+        /// The answer.
+        answer: Box<PresenceList>,
     },
     /// Shard of `conn` → owner: join (or re-join) a consumer group.
     GroupJoin {

@@ -29,6 +29,9 @@ pub struct HttpRequest {
     pub content_type: Option<String>,
     /// The client asked to close after this request.
     pub close: bool,
+    /// A server API key: `X-API-Key: <k>` or `Authorization: apikey <k>`
+    /// (the Centrifugo server API).
+    pub api_key: Option<String>,
 }
 
 /// What the connection should do with the bytes received so far.
@@ -61,6 +64,8 @@ pub struct Upgrade {
     pub protocol: Option<String>,
     /// The upgrade is to `[server] echo_path`, not `/ws`.
     pub echo: bool,
+    /// The upgrade is to the Centrifugo endpoint (`/connection/websocket`).
+    pub centrifugo: bool,
 }
 
 /// The `101 Switching Protocols` response; `shard` goes into an
@@ -73,6 +78,16 @@ pub fn upgrade_response(u: &Upgrade, shard: usize) -> Vec<u8> {
         u.accept
     )
     .into_bytes()
+}
+
+/// A server API key: `X-API-Key`, else `Authorization: apikey <k>`.
+fn api_key_of(x: Option<&[u8]>, auth: Option<&[u8]>) -> Option<String> {
+    if let Some(k) = x.map(trim).and_then(|k| std::str::from_utf8(k).ok()) {
+        return Some(k.to_owned());
+    }
+    let v = std::str::from_utf8(trim(auth?)).ok()?;
+    let (scheme, key) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("apikey").then(|| key.trim().to_owned())
 }
 
 /// The token of a request: `Authorization: Bearer <t>`, else `?token=<t>`.
@@ -150,10 +165,12 @@ pub fn parse(buf: &[u8], supported: &[String], echo_path: Option<&str>) -> Hands
             content_length,
             content_type: header("content-type").map(|v| String::from_utf8_lossy(v).into_owned()),
             close: has_token("connection", "close"),
+            api_key: api_key_of(header("x-api-key"), header("authorization")),
         });
     }
     let echo = echo_path.is_some_and(|e| e == path);
-    if path != "/ws" && !echo {
+    let centrifugo = path == super::centrifugo::PATH;
+    if path != "/ws" && !echo && !centrifugo {
         return HandshakeOutcome::Reject(404, "Not Found");
     }
     if method != "GET" || req.version != Some(1) || !has_token("connection", "upgrade") {
@@ -188,6 +205,7 @@ pub fn parse(buf: &[u8], supported: &[String], echo_path: Option<&str>) -> Hands
         origin: header("origin").and_then(|o| std::str::from_utf8(trim(o)).ok()).map(str::to_owned),
         protocol,
         echo,
+        centrifugo,
     })
 }
 

@@ -356,7 +356,7 @@ struct Wire<'a> {
 pub const MAX_STREAM_NAME: usize = 128;
 
 /// Present-but-null `data` is a value (`null`), not a missing field.
-fn some_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+pub(crate) fn some_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -683,7 +683,7 @@ fn id_field(out: &mut Vec<u8>, id: Option<u64>) {
 }
 
 /// Writes a JSON string (with escaping).
-fn json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
     // Serializing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }

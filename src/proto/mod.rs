@@ -6,6 +6,7 @@
 //! fixtures at the bottom of its file. Input from the network never panics
 //! here; it yields an error that names the close code or error code to send.
 
+pub mod centrifugo;
 pub mod frame;
 pub mod handshake;
 pub mod json_check;

@@ -122,6 +122,17 @@ impl Publication {
         self.frame.len() + self.msg_id.as_ref().map_or(0, |m| m.len()) + std::mem::size_of::<Self>()
     }
 
+    /// The fields the Centrifugo protocol shows.
+    pub fn cf_fields(&self) -> crate::proto::centrifugo::PubFields<'_> {
+        crate::proto::centrifugo::PubFields {
+            channel: &self.topic,
+            offset: self.seq,
+            data: self.data(),
+            user: self.from.as_deref(),
+            stream: self.stream.as_deref().map(|(s, e)| (&**s, *e)),
+        }
+    }
+
     /// The priority as the publisher gave it.
     pub fn prio_given(&self) -> Option<Prio> {
         self.prio_given.then_some(self.prio)

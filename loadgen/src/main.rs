@@ -131,7 +131,8 @@ struct Common {
     #[arg(long, default_value = "shardcast")]
     label: String,
     /// Wire protocol of the server under test: ws (shardcast and the
-    /// reference servers), redis (pub/sub) or nats (core).
+    /// reference servers), redis (pub/sub), nats (core), or centrifugo
+    /// (shardcast's Centrifugo endpoint for subscribers, `/ws` for publishers).
     #[arg(long, value_enum, default_value = "ws")]
     proto: peers::Proto,
     /// Write a self-contained HTML report (latency percentiles plotted) here.
@@ -559,7 +560,7 @@ fn fanout(a: FanoutArgs, scenario: &str) -> anyhow::Result<()> {
     let run_id = worker::mono_ns() % 1_000_000_007;
     let topics = vec![format!("bench/fanout-{run_id}")];
     let mut plans = split(&a.common, a.subscribers, a.publishers, topics, a.rate, a.inflight, a.payload, a.slow_every)?;
-    if a.common.proto != peers::Proto::Ws && (a.publishers != 1 || a.reconnect_at.is_some()) {
+    if !a.common.proto.is_ws() && (a.publishers != 1 || a.reconnect_at.is_some()) {
         bail!("--proto redis/nats: one publisher (its own counter is the seq) and no resume");
     }
     if a.window > 0 && a.rate != 0.0 {
@@ -583,8 +584,8 @@ fn fanout(a: FanoutArgs, scenario: &str) -> anyhow::Result<()> {
 /// `rooms`, and with `noisy` = (publishers, in flight each) `noisy-tenant`:
 /// one more topic, of its own tenant, hammered by closed-loop publishers.
 fn rooms(a: &RoomsArgs, noisy: Option<(usize, usize)>) -> anyhow::Result<()> {
-    if a.common.proto != peers::Proto::Ws {
-        bail!("rooms and noisy-tenant speak shardcast's protocol only (several publishers per topic need its seq)");
+    if !a.common.proto.is_ws() {
+        bail!("rooms and noisy-tenant speak shardcast's protocols only (several publishers per topic need its seq)");
     }
     let run_id = a.common.run_id.unwrap_or_else(|| worker::mono_ns() % 1_000_000_007);
     // Without tokens the rooms spread over 16 tenants; with tokens

@@ -24,6 +24,18 @@ pub enum Proto {
     Redis,
     /// NATS core (SUB / PUB).
     Nats,
+    /// shardcast's Centrifugo endpoint: subscribers speak the Centrifugo
+    /// client protocol (JSON) at `/connection/websocket`, as the SDKs do;
+    /// publishers speak `/ws` (the backend's side, whose acks carry the
+    /// seq the verification counts on).
+    Centrifugo,
+}
+
+impl Proto {
+    /// Spoken over WebSocket to shardcast.
+    pub fn is_ws(self) -> bool {
+        matches!(self, Proto::Ws | Proto::Centrifugo)
+    }
 }
 
 /// What a server said, as far as the loadgen cares.
@@ -47,7 +59,7 @@ pub enum Event<'a> {
 /// The bytes a subscriber writes right after connecting.
 pub fn subscribe(proto: Proto, topic: &str, out: &mut Vec<u8>) {
     match proto {
-        Proto::Ws => unreachable!("WebSocket subscribes after the upgrade"),
+        Proto::Ws | Proto::Centrifugo => unreachable!("WebSocket subscribes after the upgrade"),
         Proto::Redis => resp_command(&[b"SUBSCRIBE", topic.as_bytes()], out),
         Proto::Nats => {
             out.extend_from_slice(NATS_CONNECT_QUIET);
@@ -60,7 +72,7 @@ pub fn subscribe(proto: Proto, topic: &str, out: &mut Vec<u8>) {
 /// or nothing marks it ready).
 pub fn hello_publisher(proto: Proto, out: &mut Vec<u8>) -> bool {
     match proto {
-        Proto::Ws | Proto::Redis => false,
+        Proto::Ws | Proto::Centrifugo | Proto::Redis => false,
         Proto::Nats => {
             out.extend_from_slice(NATS_CONNECT_VERBOSE);
             out.extend_from_slice(b"PING\r\n");
@@ -77,7 +89,7 @@ const NATS_CONNECT_VERBOSE: &[u8] =
 /// Appends one publish of `payload` to `topic`.
 pub fn publish(proto: Proto, topic: &str, payload: &[u8], out: &mut Vec<u8>) {
     match proto {
-        Proto::Ws => unreachable!("WebSocket publishes are JSON in a masked frame"),
+        Proto::Ws | Proto::Centrifugo => unreachable!("WebSocket publishes are JSON in a masked frame"),
         Proto::Redis => resp_command(&[b"PUBLISH", topic.as_bytes(), payload], out),
         Proto::Nats => {
             let mut head = String::with_capacity(topic.len() + 16);
@@ -113,7 +125,7 @@ fn resp_command(args: &[&[u8]], out: &mut Vec<u8>) {
 /// (bytes used, event); None until a whole message is there.
 pub fn next_event(proto: Proto, buf: &[u8]) -> Option<(usize, Event<'_>)> {
     match proto {
-        Proto::Ws => unreachable!("WebSocket frames are parsed in ws.rs"),
+        Proto::Ws | Proto::Centrifugo => unreachable!("WebSocket frames are parsed in ws.rs"),
         Proto::Redis => next_resp(buf),
         Proto::Nats => next_nats(buf),
     }

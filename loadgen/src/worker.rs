@@ -409,6 +409,7 @@ impl Worker {
         let mut wbuf = Vec::new();
         match self.plan.proto {
             Proto::Ws => (ws::upgrade_request(&self.plan.target.to_string(), self.token_for(topic)), State::Upgrading),
+            Proto::Centrifugo => (self.cf_upgrade(publisher, topic), State::Upgrading),
             _ if publisher => {
                 let wait = peers::hello_publisher(self.plan.proto, &mut wbuf);
                 (wbuf, if wait { State::Subscribing } else { State::Ready })
@@ -418,6 +419,21 @@ impl Worker {
                 (wbuf, State::Subscribing)
             }
         }
+    }
+
+    /// A Centrifugo-mode connection's upgrade: subscribers at the
+    /// Centrifugo endpoint (the token goes in `connect`), publishers at `/ws`.
+    fn cf_upgrade(&self, publisher: bool, topic: usize) -> Vec<u8> {
+        let host = self.plan.target.to_string();
+        match publisher {
+            true => ws::upgrade_request(&host, self.token_for(topic)),
+            false => ws::upgrade_request_at(&host, "/connection/websocket", None),
+        }
+    }
+
+    /// Whether connection `i` speaks the Centrifugo protocol.
+    fn is_cf(&self, i: usize) -> bool {
+        self.plan.proto == Proto::Centrifugo && !self.conns[i].publisher
     }
 
     fn handle(&mut self, events: &Events) -> anyhow::Result<()> {
@@ -542,7 +558,7 @@ impl Worker {
             self.conns[i].state = self.conns[i].after_connect;
             self.result.connected += 1;
         }
-        if self.plan.proto != Proto::Ws {
+        if !self.plan.proto.is_ws() {
             return self.parse_peer(i, buf);
         }
         let mut pos = 0;
@@ -560,7 +576,9 @@ impl Worker {
         }
         while let Some(f) = ws::parse_frame(&buf[pos..]) {
             let (start, end) = (pos + f.start, pos + f.end);
-            if f.opcode == 1 {
+            if f.opcode == 1 && self.is_cf(i) {
+                self.on_cf_text(i, &buf[start..end]);
+            } else if f.opcode == 1 {
                 self.on_text(i, &buf[start..end]);
             } else if f.opcode == 9 {
                 // The server pings quiet connections and closes (1001) those
@@ -628,6 +646,25 @@ impl Worker {
         }
         c.state = State::Subscribing;
         let topic = &self.plan.topics[c.topic];
+        if self.plan.proto == Proto::Centrifugo {
+            // connect (with the tenant's token), then subscribe — recovering
+            // after the last offset on a reconnect.
+            let tenant = topic.split('/').next().unwrap_or_default();
+            let token = self.plan.tokens.get(tenant).map(|t| format!(r#""token":"{t}""#)).unwrap_or_default();
+            let connect = format!(r#"{{"id":1,"connect":{{{token}}}}}"#);
+            let sub = if c.resume {
+                format!(
+                    r#"{{"id":2,"subscribe":{{"channel":"{topic}","recover":true,"offset":{},"epoch":"{}"}}}}"#,
+                    c.last_seq, c.epoch
+                )
+            } else {
+                format!(r#"{{"id":2,"subscribe":{{"channel":"{topic}"}}}}"#)
+            };
+            let cmds = format!("{connect}\n{sub}");
+            self.masker.text_frame(cmds.as_bytes(), &mut c.wbuf);
+            self.flush(i);
+            return;
+        }
         let cmd = if c.resume {
             format!(r#"{{"op":"sub","id":1,"topic":"{topic}","since":{{"seq":{},"epoch":"{}"}}}}"#, c.last_seq, c.epoch)
         } else {
@@ -692,6 +729,51 @@ impl Worker {
                 c.unacked = c.unacked.saturating_sub(1);
             }
             _ => {}
+        }
+    }
+
+    /// A Centrifugo subscriber's message: a `pub` push, the subscribe
+    /// reply, a `{}` ping (answered), an error.
+    fn on_cf_text(&mut self, i: usize, text: &[u8]) {
+        if let Some((seq, t)) = ws::cf_offset_t(text) {
+            self.deliver(i, seq, t);
+        } else if text.starts_with(b"{\"push\":") {
+        } else if text == b"{}" {
+            self.masker.text_frame(b"{}", &mut self.conns[i].wbuf);
+            self.flush(i);
+            self.result.pongs_sent += 1;
+        } else if text.starts_with(b"{\"id\":2,\"subscribe\":") {
+            let c = &mut self.conns[i];
+            if c.state != State::Subscribing {
+                return;
+            }
+            c.state = State::Ready;
+            if c.resume {
+                c.resume = false;
+                if text.windows(16).any(|w| w == b"\"recovered\":true") {
+                    self.result.resumed_ok += 1;
+                } else {
+                    self.result.resumed_failed += 1;
+                }
+                // The recovered publications come inside the reply.
+                let mut at = 0;
+                while let Some(p) = text[at..].windows(9).position(|w| w == b"{\"data\":{") {
+                    let rest = &text[at + p..];
+                    let (seq, t) = (ws::find_u64(rest, b"\"offset\":").unwrap_or(0), ws::find_u64(rest, b"{\"t\":"));
+                    self.deliver(i, seq, t);
+                    at += p + 9;
+                }
+            } else {
+                c.last_seq = ws::find_u64(text, b"\"offset\":").unwrap_or(0);
+                c.epoch = ws::find_str(text, b"\"epoch\":\"").unwrap_or_default();
+                self.result.subscribed += 1;
+                if c.slow {
+                    self.result.slow_subscribers += 1;
+                }
+            }
+        } else if text.windows(9).any(|w| w == b"\"error\":{") {
+            let code = ws::find_u64(text, b"\"code\":").unwrap_or(0);
+            *self.result.pub_errors.entry(format!("centrifugo {code}")).or_default() += 1;
         }
     }
 
@@ -901,7 +983,10 @@ impl Worker {
             c.resume = true;
             c.rbuf.clear();
             let topic = c.topic;
-            let req = ws::upgrade_request(&self.plan.target.to_string(), self.token_for(topic));
+            let req = match self.plan.proto {
+                Proto::Centrifugo => self.cf_upgrade(false, topic),
+                _ => ws::upgrade_request(&self.plan.target.to_string(), self.token_for(topic)),
+            };
             self.conns[i].wbuf = req;
         }
         Ok(())
@@ -910,7 +995,7 @@ impl Worker {
     fn publish(&mut self, p: usize) {
         let c = &mut self.conns[p];
         let topic = &self.plan.topics[c.topic];
-        if self.plan.proto == Proto::Ws {
+        if self.plan.proto.is_ws() {
             self.pbuf.clear();
             let _ = write!(
                 self.pbuf,

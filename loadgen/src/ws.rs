@@ -5,9 +5,14 @@
 
 /// The upgrade request for `/ws` (a fixed key; the loadgen checks the 101).
 pub fn upgrade_request(host: &str, token: Option<&str>) -> Vec<u8> {
+    upgrade_request_at(host, "/ws", token)
+}
+
+/// The upgrade request for `path` (`/ws`, or `/connection/websocket`).
+pub fn upgrade_request_at(host: &str, path: &str, token: Option<&str>) -> Vec<u8> {
     let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
     format!(
-        "GET /ws{query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path}{query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
@@ -148,6 +153,24 @@ pub fn msg_seq_t(text: &[u8]) -> (Option<u64>, Option<u64>) {
     fast().unwrap_or_else(|| (find_u64(text, b"\"seq\":"), find_u64(text, b"\"t\":")))
 }
 
+/// A Centrifugo `pub` push's offset and `t`: `{"push":{"channel":"…",
+/// "pub":{"data":{"t":T,…},"offset":N…}}}` as shardcast encodes it, with a
+/// search as the fallback. None for any other message.
+pub fn cf_offset_t(text: &[u8]) -> Option<(u64, Option<u64>)> {
+    const HEAD: &[u8] = b"{\"push\":{\"channel\":\"";
+    const PUB: &[u8] = b",\"pub\":{\"data\":{\"t\":";
+    const OFFSET: &[u8] = b"\"offset\":";
+    let rest = text.strip_prefix(HEAD)?;
+    let rest = &rest[memchr::memchr(b'"', rest)? + 1..];
+    let t = match rest.strip_prefix(PUB) {
+        Some(r) => digits(r).map(|d| d.0),
+        None if rest.starts_with(b",\"pub\":") => find_u64(rest, b"{\"t\":"),
+        None => return None,
+    };
+    let at = memchr::memmem::rfind(rest, OFFSET)?;
+    Some((digits(&rest[at + OFFSET.len()..])?.0, t))
+}
+
 /// A peer payload's `s` and `t` (`{"s":N,"t":T,…}`, as the loadgen writes
 /// it), with a search as the fallback.
 pub fn peer_seq_t(payload: &[u8]) -> (Option<u64>, Option<u64>) {
@@ -181,6 +204,16 @@ pub fn op(text: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn centrifugo_pushes() {
+        let t = br#"{"push":{"channel":"a/b","pub":{"data":{"t":77,"p":"xx"},"offset":12}}}"#;
+        assert_eq!(cf_offset_t(t), Some((12, Some(77))));
+        let t = br#"{"push":{"channel":"a/b","pub":{"data":[1],"offset":3,"info":{"user":"u","client":""}}}}"#;
+        assert_eq!(cf_offset_t(t), Some((3, None)));
+        assert_eq!(cf_offset_t(br#"{"push":{"channel":"a/b","join":{"info":{}}}}"#), None);
+        assert_eq!(cf_offset_t(b"{}"), None);
+    }
 
     #[test]
     fn frames_and_fields() {

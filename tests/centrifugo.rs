@@ -223,7 +223,6 @@ fn connect_subscribe_publish_and_the_server_api() {
 
     // Methods the endpoint does not serve are answered, not fatal.
     assert_eq!(c.call("sub_refresh", json!({"channel": "acme/room"}))["error"]["code"], 104);
-    assert_eq!(c.call("history", json!({"channel": "acme/room", "limit": 10}))["error"]["code"], 108);
     let m = admin_get(&server, "/metrics").body;
     assert!(m.contains("shardcast_centrifugo_connects_total"), "metrics");
 }
@@ -558,6 +557,49 @@ fn a_slow_subscriber_is_closed_3010_and_recovers_everything() {
     let offsets: Vec<u64> =
         r["subscribe"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
     assert_eq!(offsets, (last + 1..=n).collect::<Vec<_>>());
+}
+
+/// `history` pages the topic's replay ring: forward, reverse, after a
+/// position; a position from another epoch is error 112. A payload with raw
+/// newlines (JSON whitespace) reaches a Centrifugo client as one line.
+#[test]
+fn history_pages_the_replay_ring() {
+    let server = cf_server(|_| {});
+    let addr = server.local_addr();
+    let topic = "acme/hist";
+    let mut p = Client::connect(addr);
+    pump(&mut p, topic, 1..=10, |i| json!({"i": i}));
+    let (mut c, _) = Cf::connect(addr, None);
+    let offsets = |r: &Value| -> Vec<u64> {
+        r["history"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect()
+    };
+    let r = c.call("history", json!({"channel": topic, "limit": 3}));
+    assert_eq!(offsets(&r), vec![1, 2, 3], "{r}");
+    assert_eq!(r["history"]["offset"], 10);
+    let epoch = r["history"]["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(r["history"]["publications"][0]["data"], json!({"i": 1}));
+    let r = c.call("history", json!({"channel": topic, "limit": 3, "reverse": true}));
+    assert_eq!(offsets(&r), vec![10, 9, 8], "{r}");
+    let r = c.call("history", json!({"channel": topic, "limit": -1, "since": {"offset": 7, "epoch": epoch}}));
+    assert_eq!(offsets(&r), vec![8, 9, 10], "{r}");
+    let r = c.call("history", json!({"channel": topic, "limit": 0}));
+    assert_eq!((offsets(&r), &r["history"]["offset"]), (vec![], &json!(10)), "only the position: {r}");
+    let r = c.call("history", json!({"channel": topic, "limit": 5, "since": {"offset": 7, "epoch": "other"}}));
+    assert_eq!(r["error"]["code"], 112, "{r}");
+    let r = c.call("history", json!({"channel": "acme/never", "limit": 5}));
+    assert_eq!((offsets(&r), &r["history"]["offset"]), (vec![], &json!(0)), "{r}");
+    assert_eq!(c.call("history", json!({"channel": "bad", "limit": 5}))["error"]["code"], 102);
+
+    // Raw newlines in the JSON: one line for the SDK (Cf::read checks).
+    c.call("subscribe", json!({"channel": topic}));
+    p.send_raw(&client_frame(
+        1,
+        true,
+        b"{\"op\":\"pub\",\"id\":99,\"topic\":\"acme/hist\",\"data\":{\n\"a\":\r\n[1,\n2]}}",
+    ));
+    p.expect_op("ack");
+    let (_, off, data) = c.next_pub();
+    assert_eq!((off, data), (11, json!({"a": [1, 2]})));
 }
 
 #[test]

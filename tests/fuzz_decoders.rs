@@ -1,6 +1,7 @@
 //! Fuzzing every decoder network input reaches (issue 11 item 10): HTTP
-//! request heads, WebSocket frames and fragments, commands, tokens, topic
-//! names and capability patterns, `data` validation. Each property asserts
+//! request heads, WebSocket frames and fragments, commands (native and
+//! Centrifugo), tokens, topic names and capability patterns, `data`
+//! validation. Each property asserts
 //! no panic, bounded memory, and the documented outcome.
 //!
 //! CI runs the default case count; the long run is the same file with
@@ -136,6 +137,25 @@ proptest! {
             Ok(_) => {}
             Err(e) => prop_assert!(!e.code.as_str().is_empty() && !e.message.is_empty()),
         }
+    }
+
+    #[test]
+    fn centrifugo_commands_parse_or_are_refused(text in prop_oneof![
+        "[ -~\n\r]{0,200}",
+        r#"\{("id":[0-9-]{1,12},)?"(connect|subscribe|unsubscribe|publish|presence|presence_stats|history|rpc|refresh|send|x)":\{("channel":"[a-z/]{0,12}",)?("recover":(true|1),)?("offset":[0-9-]{1,22},)?("epoch":"[a-z]{0,4}",)?("limit":[0-9-]{1,22},)?("since":\{"offset":[0-9]{1,3}\},)?("data":[\[\]{}0-9",:]{0,20})?\}\}(\n\{\})?"#,
+    ]) {
+        use shardcast::proto::centrifugo;
+        let mut n = 0;
+        for line in centrifugo::lines(&text) {
+            n += 1;
+            // Ok: a command (or a method not served, answered 104); Err:
+            // the connection is closed 3501, with a reason.
+            if let Err(e) = centrifugo::parse_command(line) {
+                prop_assert!(!e.0.is_empty());
+            }
+            prop_assert!(!line.contains('\n'));
+        }
+        prop_assert!(n <= text.matches('\n').count() + 1);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use crate::conn::core::ShardCore;
 use crate::conn::Phase;
+use crate::mesh::msg::HistoryPage;
 use crate::proto::centrifugo::{self as cf, CfCommand, CfError};
 use crate::proto::message::{Command, Since, DEFAULT_REQ_TIMEOUT_MS};
 
@@ -180,12 +181,25 @@ impl ShardCore {
                 c.stats.push(id);
                 self.on_command(idx, Command::Presence { id: Some(u64::from(id)), topic: p.channel });
             }
-            CfCommand::History(id, _) => self.cf_error(
-                idx,
-                id,
-                cf::NOT_AVAILABLE,
-                "history is not available on this endpoint yet; subscribe with recover",
-            ),
+            CfCommand::History(id, h) => {
+                if !self.admit_read(idx, Some(u64::from(id)), &h.channel) {
+                    return;
+                }
+                let gen = self.conns[idx].gen;
+                let conn = crate::mesh::ConnRef { idx: idx as u32, gen };
+                // Centrifugo: a negative limit is "all", 0 only the position.
+                let limit = usize::try_from(h.limit).unwrap_or(usize::MAX);
+                let since = h.since.map(|s| (s.offset, s.epoch.into_owned().into_boxed_str()));
+                let msg = crate::mesh::MeshMsg::History {
+                    conn,
+                    id: Some(u64::from(id)),
+                    topic: h.channel.into(),
+                    since,
+                    limit,
+                    reverse: h.reverse,
+                };
+                self.route_to_owner(msg);
+            }
             CfCommand::Rpc(id, r) => {
                 let Some(data) = r.data else {
                     return self.cf_error(idx, id, cf::BAD_REQUEST, "rpc needs data");
@@ -202,6 +216,27 @@ impl ShardCore {
             }
             CfCommand::Refresh(id, r) => self.cf_refresh(idx, id, &r.token),
             CfCommand::Unsupported(id) => self.cf_error(idx, id, cf::METHOD_NOT_FOUND, "method not found"),
+        }
+    }
+
+    /// The owner's history page for connection `conn`.
+    pub(crate) fn on_history_answer(
+        &mut self,
+        conn: crate::mesh::ConnRef,
+        id: Option<u64>,
+        page: Result<Box<HistoryPage>, ()>,
+    ) {
+        if self.conn_mut(conn).is_none() {
+            return;
+        }
+        let (idx, id) = (conn.idx as usize, id.unwrap_or(0) as u32);
+        match page {
+            Ok(p) => {
+                let (epoch, seq, pubs) = &*p;
+                let epoch = epoch.as_ref().map_or("", |e| e.as_str());
+                self.reply(idx, |o| cf::history(o, id, epoch, *seq, pubs.iter().map(|p| p.cf_fields())));
+            }
+            Err(()) => self.cf_error(idx, id, cf::UNRECOVERABLE, "unrecoverable position"),
         }
     }
 

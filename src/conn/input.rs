@@ -28,7 +28,7 @@ impl ShardCore {
     /// A read of a topic's owner state (`get`, `presence`): a valid topic
     /// the connection may subscribe to, within the control rate. False
     /// (the error sent) otherwise.
-    fn admit_read(&mut self, idx: usize, id: Option<u64>, topic: &str) -> bool {
+    pub(crate) fn admit_read(&mut self, idx: usize, id: Option<u64>, topic: &str) -> bool {
         if let Err(e) = name::validate(topic) {
             self.reply_error(idx, id, ErrorCode::BadTopic, &e.to_string(), None);
             return false;

@@ -34,7 +34,7 @@ impl ShardCore {
             | MeshMsg::GroupLeave { topic, .. }
             | MeshMsg::GroupSettle { topic, .. } => topic,
             MeshMsg::ReqRoute(r) => &r.topic,
-            MeshMsg::Get { topic, .. } | MeshMsg::PresenceGet { topic, .. } => topic,
+            MeshMsg::Get { topic, .. } | MeshMsg::PresenceGet { topic, .. } | MeshMsg::History { topic, .. } => topic,
             _ => return self.on_mesh(self.id, msg),
         };
         let asks = matches!(
@@ -103,6 +103,14 @@ impl ShardCore {
                 self.send_to(from, MeshMsg::PresenceAnswer { conn, answer });
             }
             MeshMsg::PresenceAnswer { conn, answer } => self.on_presence_answer(conn, &answer),
+            MeshMsg::History { conn, id, topic, since, limit, reverse } => {
+                // A page fits in what one connection may queue.
+                let max = self.limits.outbound_hard_bytes / 2;
+                let since = since.as_ref().map(|(s, e)| (*s, &**e));
+                let page = self.owner.history(&topic, since, limit, reverse, max).map(Box::new).map_err(|_| ());
+                self.send_to(from, MeshMsg::HistoryAnswer { conn, id, page });
+            }
+            MeshMsg::HistoryAnswer { conn, id, page } => self.on_history_answer(conn, id, page),
             MeshMsg::PresenceEvent { conns, note } => self.on_presence_event(&conns, &note),
             MeshMsg::Get { conn, id, topic } => {
                 let value = self.owner.get(&topic, self.now).map(|(p, ttl)| (p, ttl.map(|d| d.as_millis() as u64)));

@@ -78,6 +78,10 @@ pub struct PublishReq {
     pub retain: Option<Box<RetainArg>>,
 }
 
+/// A history page: the topic's epoch (None: not held), its last seq, and
+/// the publications.
+pub type HistoryPage = (Option<Epoch>, u64, Vec<SharedPub>);
+
 /// A `join` or `leave` of a topic's presence.
 #[derive(Debug)]
 pub struct PresenceNote {
@@ -391,6 +395,31 @@ pub enum MeshMsg {
         conns: Vec<ConnRef>,
         /// What happened (encoded there, in each watcher's wire format).
         note: Arc<PresenceNote>,
+    },
+    /// Shard of `conn` → owner: a page of the topic's replay ring.
+    History {
+        /// The asking connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// Validated topic.
+        topic: Box<str>,
+        /// After (or, `reverse`, before) this seq of this epoch.
+        since: Option<(u64, Box<str>)>,
+        /// At most this many publications.
+        limit: usize,
+        /// Newest first.
+        reverse: bool,
+    },
+    /// Owner → shard of `conn`: the page (Err: the position is not
+    /// recoverable).
+    HistoryAnswer {
+        /// The asking connection.
+        conn: ConnRef,
+        /// Command id to echo.
+        id: Option<u64>,
+        /// The topic's epoch (None: not held) and last seq, and the page.
+        page: Result<Box<HistoryPage>, ()>,
     },
     /// Shard of `conn` → owner: a `presence` query.
     PresenceGet {

@@ -106,6 +106,51 @@ impl ReplayRing {
         Ok(out)
     }
 
+    /// A page of the ring (a history query): after `since` in order, or
+    /// (`reverse`) before it newest first; without `since` from the oldest
+    /// (or the newest). At most `limit` publications and about `max_bytes`
+    /// of frames (a page, not a resume: it is cut short, never refused).
+    /// Expired when `since` is older than the ring holds contiguously.
+    pub fn page(
+        &self,
+        since: Option<u64>,
+        limit: usize,
+        reverse: bool,
+        max_bytes: usize,
+    ) -> Result<Vec<SharedPub>, ResumeError> {
+        let first = self.items.front().map(|r| r.publ.seq);
+        if let (Some(s), Some(f)) = (since, first) {
+            if !reverse && s + 1 < f {
+                return Err(ResumeError::Expired);
+            }
+        }
+        let keep = |r: &&Retained| since.is_none_or(|s| if reverse { r.publ.seq < s } else { r.publ.seq > s });
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        let mut take = |r: &Retained| {
+            bytes += r.publ.frame.len();
+            if out.len() >= limit || (bytes > max_bytes && !out.is_empty()) {
+                return false;
+            }
+            out.push(r.publ.clone());
+            true
+        };
+        if reverse {
+            for r in self.items.iter().rev().filter(keep) {
+                if !take(r) {
+                    break;
+                }
+            }
+        } else {
+            for r in self.items.iter().filter(keep) {
+                if !take(r) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Publications retained.
     pub fn len(&self) -> usize {
         self.items.len()
@@ -154,6 +199,26 @@ mod tests {
         for seq in 1..=n {
             ring.push(publ(seq, 10), now, l);
         }
+    }
+
+    #[test]
+    fn pages_go_forward_backward_and_stop_at_the_limit() {
+        let l = lim(100, 1 << 20);
+        let mut ring = ReplayRing::default();
+        fill(&mut ring, 10, Instant::now(), &l);
+        let seqs = |v: Vec<SharedPub>| v.iter().map(|p| p.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(ring.page(None, 3, false, usize::MAX).unwrap()), vec![1, 2, 3]);
+        assert_eq!(seqs(ring.page(None, 3, true, usize::MAX).unwrap()), vec![10, 9, 8]);
+        assert_eq!(seqs(ring.page(Some(7), 10, false, usize::MAX).unwrap()), vec![8, 9, 10]);
+        assert_eq!(seqs(ring.page(Some(3), 10, true, usize::MAX).unwrap()), vec![2, 1]);
+        assert_eq!(seqs(ring.page(Some(10), 10, false, usize::MAX).unwrap()), Vec::<u64>::new());
+        assert_eq!(seqs(ring.page(None, 0, false, usize::MAX).unwrap()), Vec::<u64>::new());
+        assert_eq!(ring.page(None, 10, false, 1).unwrap().len(), 1, "a page always makes progress");
+        while ring.front().is_some_and(|r| r.publ.seq < 5) {
+            ring.pop_oldest();
+        }
+        assert_eq!(ring.page(Some(3), 10, false, usize::MAX).unwrap_err(), ResumeError::Expired);
+        assert_eq!(seqs(ring.page(Some(4), 10, false, usize::MAX).unwrap()), vec![5, 6, 7, 8, 9, 10]);
     }
 
     #[test]

@@ -577,6 +577,31 @@ impl Owner {
         }
     }
 
+    /// A page of `topic`'s replay ring (a history query), with the topic's
+    /// epoch and last seq (None and 0 for a topic not held). `since` from
+    /// another epoch, or past the last seq, is `Ahead`; older than the ring
+    /// holds, `Expired`.
+    pub fn history(
+        &self,
+        topic: &str,
+        since: Option<(u64, &str)>,
+        limit: usize,
+        reverse: bool,
+        max_bytes: usize,
+    ) -> Result<(Option<super::owned::Epoch>, u64, Vec<SharedPub>), ResumeError> {
+        let Some(t) = self.topic(topic) else {
+            return match since {
+                Some(_) => Err(ResumeError::Ahead),
+                None => Ok((None, 0, Vec::new())),
+            };
+        };
+        if since.is_some_and(|(seq, epoch)| epoch != t.epoch.as_str() || seq > t.seq) {
+            return Err(ResumeError::Ahead);
+        }
+        let page = t.replay.page(since.map(|s| s.0), limit, reverse, max_bytes)?;
+        Ok((Some(t.epoch), t.seq, page))
+    }
+
     /// The retained value of `topic` and its time to live at `now`.
     pub fn get(&self, topic: &str, now: Instant) -> Option<(SharedPub, Option<Duration>)> {
         let r = self.topic(topic)?.retained.as_ref()?;

@@ -109,11 +109,23 @@ pub struct CentrifugoConfig {
     pub connect_timeout_ms: u64,
     /// Channels one `broadcast` may name.
     pub max_broadcast_channels: usize,
+    /// Commands one text frame may carry (more: close 3501).
+    pub max_commands_per_frame: usize,
+    /// Subscribes and presence queries one connection may have waiting for
+    /// their answers (more: error 106).
+    pub max_pending_per_connection: usize,
 }
 
 impl Default for CentrifugoConfig {
     fn default() -> Self {
-        Self { enabled: true, api_key: String::new(), connect_timeout_ms: 10_000, max_broadcast_channels: 1000 }
+        Self {
+            enabled: true,
+            api_key: String::new(),
+            connect_timeout_ms: 10_000,
+            max_broadcast_channels: 1000,
+            max_commands_per_frame: 256,
+            max_pending_per_connection: 256,
+        }
     }
 }
 

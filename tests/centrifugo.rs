@@ -25,6 +25,7 @@ struct Cf {
     ws: WebSocket<TcpStream>,
     next: u32,
     pushes: VecDeque<Value>,
+    shard: usize,
 }
 
 impl Cf {
@@ -32,9 +33,10 @@ impl Cf {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let (ws, _) =
+        let (ws, resp) =
             tungstenite::client::client(format!("ws://{addr}/connection/websocket"), stream).expect("upgrade");
-        Cf { ws, next: 0, pushes: VecDeque::new() }
+        let shard = resp.headers().get("x-shardcast-shard").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        Cf { ws, next: 0, pushes: VecDeque::new(), shard }
     }
 
     /// Opens and connects; returns the client and the connect result.
@@ -600,6 +602,46 @@ fn history_pages_the_replay_ring() {
     p.expect_op("ack");
     let (_, off, data) = c.next_pub();
     assert_eq!((off, data), (11, json!({"a": [1, 2]})));
+}
+
+/// Every `[centrifugo]` limit: its config key, its error or close code,
+/// its counter.
+#[test]
+fn the_centrifugo_limits_are_enforced_and_counted() {
+    let server = cf_server(|c| {
+        c.centrifugo.max_commands_per_frame = 3;
+        c.centrifugo.max_pending_per_connection = 2;
+        c.centrifugo.max_broadcast_channels = 2;
+    });
+    let addr = server.local_addr();
+    let refused = |limit: &str| server.stats().sum(|s| s.counters.cf_refused.get(limit).copied().unwrap_or(0));
+    // Three subscribes to topics owned by the other shard in one frame: the
+    // third finds two waiting for their owner.
+    let (mut c, _) = Cf::connect(addr, None);
+    let other = 1 - c.shard;
+    let topics: Vec<String> = (0..3).map(|i| topic_owned_by(&server, other, &format!("lim{i}"))).collect();
+    let frame: Vec<String> = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": 10 + i, "subscribe": {"channel": t}}).to_string())
+        .collect();
+    c.send_line(&frame.join("\n"));
+    let mut replies: Vec<Value> = (0..3).map(|_| c.read()).collect();
+    replies.sort_by_key(|r| r["id"].as_u64());
+    assert!(replies[0].get("subscribe").is_some() && replies[1].get("subscribe").is_some(), "{replies:?}");
+    assert_eq!(replies[2]["error"]["code"], 106, "{replies:?}");
+    assert_eq!(refused("max_pending_per_connection"), 1);
+    // Four commands in one frame: close 3501.
+    c.send_line("{}\n{}\n{}\n{}");
+    assert_eq!(c.expect_close().0, 3501);
+    assert_eq!(refused("max_commands_per_frame"), 1);
+    // A broadcast to three channels: 400.
+    let (st, v) =
+        api(addr, "/api/broadcast", Some(KEY), &json!({"channels": ["acme/a", "acme/b", "acme/c"], "data": 1}));
+    assert_eq!((st, &v["error"]["code"]), (400, &json!(107)), "{v}");
+    assert_eq!(refused("max_broadcast_channels"), 1);
+    let m = admin_get(&server, "/metrics").body;
+    assert!(m.contains("shardcast_centrifugo_refused_total"), "exported");
 }
 
 #[test]

@@ -284,6 +284,13 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "owner_sweep_budget_hits_total", "counter", "Sweep ticks that stopped at their work budget.", |s| {
         s.owner.sweep_budget_hits
     });
+    o.per_shard_labelled(
+        t,
+        "centrifugo_refused_total",
+        "Centrifugo commands or API calls refused at a [centrifugo] limit, by limit.",
+        "limit",
+        |s| map_pairs(&s.counters.cf_refused),
+    );
     o.per_shard_labelled(t, "control_refused_total", "sub/unsub refused at the ingress, by reason.", "reason", |s| {
         map_pairs(&s.counters.control_refused)
     });

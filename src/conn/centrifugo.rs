@@ -23,11 +23,6 @@ use crate::mesh::msg::HistoryPage;
 use crate::proto::centrifugo::{self as cf, CfCommand, CfError};
 use crate::proto::message::{Command, Since, DEFAULT_REQ_TIMEOUT_MS};
 
-/// Commands of one connection waiting for an owner's answer that need
-/// their Centrifugo shape remembered (subscribes, presence stats); past
-/// it, further such commands get error 106.
-pub const MAX_PENDING: usize = 256;
-
 /// `timeout_ms` of an `rpc` (the SDKs' own default call timeout is 5 s;
 /// a reply after it is dropped by the SDK).
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
@@ -78,9 +73,11 @@ impl CfConn {
 impl ShardCore {
     /// A text frame from a Centrifugo connection: one or more commands.
     pub(crate) fn on_cf_text(&mut self, idx: usize, text: &str) {
+        let max = self.policy.centrifugo.max_commands_per_frame;
         for (n, line) in cf::lines(text).enumerate() {
-            if n == cf::MAX_COMMANDS_PER_FRAME {
-                self.counters.protocol_errors += 1;
+            if n == max {
+                // A frame is a bounded amount of work.
+                *self.counters.cf_refused.entry("max_commands_per_frame").or_default() += 1;
                 return self.cf_close(idx, cf::BAD_REQUEST_CLOSE);
             }
             self.counters.commands += 1;
@@ -118,15 +115,15 @@ impl ShardCore {
             CfCommand::Connect(..) => self.cf_close(idx, cf::BAD_REQUEST_CLOSE),
             _ if !connected => self.cf_close(idx, cf::BAD_REQUEST_CLOSE),
             CfCommand::Subscribe(id, s) => {
-                let c = self.conns[idx].cf.as_mut().expect("a Centrifugo connection");
-                if c.subs.len() >= MAX_PENDING {
+                if !self.cf_pending_room(idx) {
                     return self.cf_error(
                         idx,
                         id,
-                        crate::proto::centrifugo::error_of(crate::proto::ErrorCode::TooManySubscriptions),
-                        "too many subscribes in flight",
+                        cf::LIMIT_EXCEEDED,
+                        "too many commands waiting (centrifugo.max_pending_per_connection)",
                     );
                 }
+                let c = self.conns[idx].cf.as_mut().expect("a Centrifugo connection");
                 c.subs.retain(|p| p.id != id);
                 c.subs.push(PendingSub {
                     id,
@@ -169,15 +166,15 @@ impl ShardCore {
                 self.on_command(idx, Command::Presence { id: Some(u64::from(id)), topic: p.channel })
             }
             CfCommand::PresenceStats(id, p) => {
-                let c = self.conns[idx].cf.as_mut().expect("a Centrifugo connection");
-                if c.stats.len() >= MAX_PENDING {
+                if !self.cf_pending_room(idx) {
                     return self.cf_error(
                         idx,
                         id,
-                        cf::error_of(crate::proto::ErrorCode::TooManySubscriptions),
-                        "too many presence queries in flight",
+                        cf::LIMIT_EXCEEDED,
+                        "too many commands waiting (centrifugo.max_pending_per_connection)",
                     );
                 }
+                let c = self.conns[idx].cf.as_mut().expect("a Centrifugo connection");
                 c.stats.push(id);
                 self.on_command(idx, Command::Presence { id: Some(u64::from(id)), topic: p.channel });
             }
@@ -238,6 +235,17 @@ impl ShardCore {
             }
             Err(()) => self.cf_error(idx, id, cf::UNRECOVERABLE, "unrecoverable position"),
         }
+    }
+
+    /// Whether connection `idx` may have one more subscribe or presence
+    /// query waiting for its answer (counted when it may not).
+    fn cf_pending_room(&mut self, idx: usize) -> bool {
+        let max = self.policy.centrifugo.max_pending_per_connection;
+        let ok = self.conns[idx].cf.as_ref().is_some_and(|c| c.subs.len() + c.stats.len() < max);
+        if !ok {
+            *self.counters.cf_refused.entry("max_pending_per_connection").or_default() += 1;
+        }
+        ok
     }
 
     /// `connect`: the token (the same `[auth]` keys and claims as `/ws`),

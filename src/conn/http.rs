@@ -290,6 +290,7 @@ impl ShardCore {
         };
         let max = self.policy.centrifugo.max_broadcast_channels;
         if b.channels.len() > max {
+            *self.counters.cf_refused.entry("max_broadcast_channels").or_default() += 1;
             let msg = format!("at most {max} channels (centrifugo.max_broadcast_channels)");
             return self.http_reply(idx, 400, "Bad Request", &cf_error_json(107, &msg), None);
         }

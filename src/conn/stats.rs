@@ -265,6 +265,8 @@ pub struct Counters {
     pub cf_connects: u64,
     /// Centrifugo server API requests refused for their API key (401).
     pub cf_api_refused: u64,
+    /// Centrifugo commands refused at a `[centrifugo]` limit, by limit.
+    pub cf_refused: BTreeMap<&'static str, u64>,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS connections dropped for a TLS error (bad handshake, bad record,
@@ -366,6 +368,7 @@ impl Counters {
             cf_insufficient_state: 0,
             cf_connects: 0,
             cf_api_refused: 0,
+            cf_refused: BTreeMap::new(),
             tls_handshakes: 0,
             tls_errors: 0,
             tls_reloads: 0,

@@ -37,10 +37,6 @@ pub struct PubFields<'a> {
 /// The path of the endpoint.
 pub const PATH: &str = "/connection/websocket";
 
-/// Commands a connection may send in one text frame (more are refused:
-/// the frame is a bounded amount of work).
-pub const MAX_COMMANDS_PER_FRAME: usize = 256;
-
 /// A `connect` request.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -258,6 +254,8 @@ pub struct CfError {
 pub const UNAUTHORIZED: CfError = CfError { code: 101, temporary: false };
 /// Error 104.
 pub const METHOD_NOT_FOUND: CfError = CfError { code: 104, temporary: false };
+/// Error 106.
+pub const LIMIT_EXCEEDED: CfError = CfError { code: 106, temporary: false };
 /// Error 107.
 pub const BAD_REQUEST: CfError = CfError { code: 107, temporary: false };
 /// Error 108.

@@ -92,6 +92,48 @@ pub struct Config {
     /// The Centrifugo-compatible endpoint and server API (PROTOCOL-EXTENSIONS §7).
     #[serde(default)]
     pub centrifugo: CentrifugoConfig,
+    /// Durability and the cluster on NATS JetStream (PROTOCOL-EXTENSIONS §7).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: publications stored in NATS JetStream before they are acked
+/// and delivered (docs/ARCHITECTURE.md, "Cluster and durability").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The NATS server (JetStream enabled), e.g. `nats://127.0.0.1:4222`;
+    /// empty: in-memory only.
+    pub nats_url: String,
+    /// This node's name in the cluster (empty: the host name).
+    pub node_id: String,
+    /// JetStream streams the topics' partitions are spread over.
+    pub streams: u32,
+    /// Replicas of each stream (1, or 3 on a three-server NATS cluster).
+    pub replicas: usize,
+    /// Publications handed to JetStream and not yet stored, per shard; past
+    /// it publishes are refused `overloaded` (before they are sequenced).
+    pub max_inflight: usize,
+    /// Topics waiting to be loaded from JetStream, per shard, and the
+    /// commands one of them may hold meanwhile; past them, `overloaded`.
+    pub max_loading: usize,
+    /// How long one JetStream request (append, load) may take before it
+    /// is retried (appends) or failed (loads).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: String::new(),
+            node_id: String::new(),
+            streams: 8,
+            replicas: 1,
+            max_inflight: 65_536,
+            max_loading: 4096,
+            request_timeout_ms: 5000,
+        }
+    }
 }
 
 /// `[centrifugo]`: the Centrifugo client protocol at
@@ -554,6 +596,7 @@ fn embedded() -> Config {
             retained: d.retained,
             presence: d.presence,
             centrifugo: d.centrifugo,
+            cluster: d.cluster,
         })
         // Invariant: the embedded file is tested to parse (tests below).
         .expect("embedded tuning/default.toml parses")
@@ -579,6 +622,7 @@ struct EmbeddedDefault {
     retained: RetainedConfig,
     presence: PresenceConfig,
     centrifugo: CentrifugoConfig,
+    cluster: ClusterConfig,
 }
 
 impl Default for ReplayConfig {

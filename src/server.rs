@@ -62,6 +62,9 @@ pub enum StartError {
         /// glommio's error.
         message: String,
     },
+    /// `[cluster]`: NATS or JetStream is not there.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// An OS resource (socket pair for a doorbell) could not be created.
     #[error("cannot create the mesh: {0}")]
     Mesh(std::io::Error),
@@ -77,6 +80,8 @@ pub struct ServerHandle {
     admin: Option<crate::admin::AdminServer>,
     /// `[tls]` cert and key files, re-read by [`ServerHandle::reload_tls`].
     tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Durable mode: the NATS JetStream participant.
+    participant: Option<crate::cluster::Participant>,
 }
 
 /// Starts a server with `cfg`; returns once every shard is running.
@@ -106,7 +111,23 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
     };
     let map = PartitionMap { partitions: cfg.shards.partitions, shards: n };
     let (listeners, addr) = bind_listeners(cfg.server.listen, cfg.server.backlog, n)?;
-    let meshes = mesh::build(n, cfg.shards.ring_capacity).map_err(StartError::Mesh)?;
+    let mut meshes = mesh::build(n, cfg.shards.ring_capacity).map_err(StartError::Mesh)?;
+    // Durable mode: the NATS JetStream participant joins the mesh as
+    // participant `n`, with a ring to and from every shard.
+    let (participant, mut cluster_ends) = match cfg.cluster.nats_url.is_empty() {
+        true => (None, Vec::new()),
+        false => {
+            let bells = meshes.iter().map(|m| m.bell.clone()).collect();
+            let (p, ends) = crate::cluster::start(&cfg, map, bells)?;
+            (Some(p), ends.into_iter().map(Some).collect())
+        }
+    };
+    for (m, end) in meshes.iter_mut().zip(cluster_ends.iter_mut()) {
+        if let Some(e) = end.as_mut() {
+            let (_, placeholder) = rtrb::RingBuffer::new(1);
+            m.inboxes.push((n, std::mem::replace(&mut e.from, placeholder)));
+        }
+    }
     let (exit_tx, exits) = crossbeam_channel::unbounded();
     let mut links = Vec::with_capacity(n);
     let mut threads = Vec::with_capacity(n);
@@ -138,17 +159,22 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
                 presence: cfg.presence.clone(),
                 centrifugo: cfg.centrifugo.clone(),
             },
+            durable: cluster_ends.get_mut(id).and_then(Option::take).map(|e| {
+                crate::conn::durable::Durable::new(e.to, e.bell, cfg.cluster.max_inflight, cfg.cluster.max_loading)
+            }),
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {
             Ok(t) => threads.push(t),
             Err(e) => {
-                let handle = ServerHandle::new(addr, map, links, threads, exits);
+                let mut handle = ServerHandle::new(addr, map, links, threads, exits);
+                handle.participant = participant;
                 handle.shutdown();
                 return Err(StartError::Shard { shard: id, cpu, message: e.to_string() });
             }
         }
     }
-    let handle = ServerHandle::new(addr, map, links, threads, exits);
+    let mut handle = ServerHandle::new(addr, map, links, threads, exits);
+    handle.participant = participant;
     // Every shard answering the control plane means every executor is up.
     handle.try_stats(Duration::from_secs(10)).ok_or_else(|| StartError::Shard {
         shard: 0,
@@ -237,7 +263,7 @@ impl ServerHandle {
         exits: Receiver<ShardExit>,
     ) -> Self {
         let control = ControlHandle::new(links, Arc::new(AtomicBool::new(false)));
-        Self { addr, map, control, threads, exits, admin: None, tls_files: None }
+        Self { addr, map, control, threads, exits, admin: None, tls_files: None, participant: None }
     }
 
     /// Whether the public listener speaks TLS.
@@ -330,6 +356,9 @@ impl ServerHandle {
         self.control.stop_all();
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(p) = self.participant.take() {
+            p.stop();
         }
     }
 }

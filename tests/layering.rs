@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Lower index = lower layer. Top-level files not listed (lib.rs, main.rs)
 /// may use anything; `config` and `host` are leaves every layer may read.
-const LAYERS: &[&str] = &["proto", "topic", "auth", "mesh", "conn", "shard", "admin", "server"];
+const LAYERS: &[&str] = &["proto", "topic", "auth", "mesh", "conn", "shard", "cluster", "admin", "server"];
 const SHARED: &[&str] = &["config", "host"];
 
 fn layer_of(module: &str) -> Option<usize> {

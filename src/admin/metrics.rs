@@ -334,7 +334,15 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 43] = [
+    let counters: [(&str, &str, Field); 47] = [
+        ("cluster_appends_total", "Durable mode: publications handed to JetStream.", |s| s.counters.cluster_appends),
+        ("cluster_stored_total", "Durable mode: publications JetStream stored (then acked and delivered).", |s| {
+            s.counters.cluster_stored
+        }),
+        ("cluster_loads_total", "Durable mode: topics loaded from JetStream.", |s| s.counters.cluster_loads),
+        ("cluster_load_errors_total", "Durable mode: topic loads that failed (their commands refused).", |s| {
+            s.counters.cluster_load_errors
+        }),
         ("centrifugo_api_refused_total", "Centrifugo server API requests refused for their API key (401).", |s| {
             s.counters.cf_api_refused
         }),

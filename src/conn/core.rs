@@ -91,6 +91,8 @@ pub struct ShardCore {
     pub(crate) held: super::routing::HeldAcks,
     /// `now` as Unix seconds is `unix0 + (now - instant0)` (token times).
     clock0: (Instant, u64),
+    /// Durable mode (`[cluster] nats_url`): this shard's end of the store.
+    pub durable: Option<super::durable::Durable>,
     /// Token expiries of this shard's connections, soonest first:
     /// (exp + leeway, slot, generation). One heap per shard, swept by one
     /// timer; refreshed or gone connections leave stale entries, skipped.
@@ -244,6 +246,7 @@ impl ShardCore {
             held: Default::default(),
             clock0: (Instant::now(), unix_secs()),
             expiries: Default::default(),
+            durable: None,
             tenant_usage: Default::default(),
         }
     }

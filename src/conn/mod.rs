@@ -13,6 +13,7 @@ pub mod centrifugo;
 pub mod core;
 pub mod deliver;
 pub mod drain;
+pub mod durable;
 pub mod groups;
 pub mod http;
 pub mod input;

@@ -88,7 +88,16 @@ impl ShardCore {
                 _ => self.counters.internal_errors += 1,
             }
         }
+        let msg = match self.durable.is_some() {
+            true => match self.wait_for_load(from, msg) {
+                Some(m) => m,
+                None => return,
+            },
+            false => msg,
+        };
         match msg {
+            MeshMsg::Stored { topic, through } => self.on_stored(&topic, through),
+            MeshMsg::Loaded { topic, state } => self.on_loaded(&topic, state),
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
             MeshMsg::Subscribe { conn, id, topic, since, streams, last, member, wide } => {
                 let opts = crate::topic::owner::SubOpts { streams, last };
@@ -216,7 +225,19 @@ impl ShardCore {
                 *self.counters.subscribes_refused.entry(r.label()).or_default() += 1;
                 MeshMsg::SubscribeRefused { conn, id, code: ErrorCode::Overloaded, message: r.message() }
             }
-            SubscribeOutcome::Subscribed { topic, seq, epoch, recovery, replay } => {
+            SubscribeOutcome::Subscribed { topic, mut seq, epoch, mut recovery, mut replay } => {
+                // Durable mode: the position and the replay stop at what is
+                // stored; the publications still held reach the new
+                // subscriber when they are released.
+                if let Some(stored) = self.durable.as_ref().and_then(|d| d.stored_through(&topic)) {
+                    if stored < seq {
+                        replay.retain(|p| p.seq <= stored);
+                        if let Recovery::Recovered(_) = recovery {
+                            recovery = Recovery::Recovered(replay.len() as u64);
+                        }
+                        seq = stored;
+                    }
+                }
                 let recovery = match recovery {
                     Recovery::NotAsked => message::Recovery::NotAsked,
                     Recovery::Recovered(n) => {
@@ -285,6 +306,16 @@ impl ShardCore {
     /// interested shard. A repeated `msg_id` inside the window is acked with
     /// its original seq and not delivered again.
     fn owner_publish(&mut self, from: usize, req: PublishReq) {
+        if self.durable.as_ref().is_some_and(|d| !d.admits()) {
+            // The store lags: refused before a seq is spent.
+            *self.counters.publishes_rejected.entry("store_backlog").or_default() += 1;
+            let reply = PubReply::Refused {
+                code: ErrorCode::Overloaded,
+                message: "engine overloaded (the store lags); retry later",
+                retry_after_ms: Some(OVERLOADED_RETRY_MS),
+            };
+            return self.answer(from, req.to, reply);
+        }
         if self.held.len() >= MAX_HELD_ACKS {
             // Confirmations lag: sequencing more would only hold more.
             *self.counters.publishes_rejected.entry("confirm_backlog").or_default() += 1;
@@ -404,34 +435,50 @@ impl ShardCore {
                     let timer = self.groups.wheel.insert(now + std::time::Duration::from_millis(ttl), key);
                     self.owner.set_retained_timer(&publ.topic, timer);
                 }
-                let reply = PubReply::Ack { topic: publ.topic.clone(), seq: publ.seq, epoch: publ.epoch, dup: false };
-                self.ack(from, req.to, reply);
-                self.counters.record_ack(req.received_at);
-                if req.to.receipt {
-                    let to =
-                        crate::mesh::msg::ReceiptTo { shard: from, conn: req.to.conn, of: targets.len().max(1) as u32 };
-                    if targets.is_empty() {
-                        self.send_to(
-                            from,
-                            MeshMsg::ReceiptPart {
-                                to,
-                                topic: publ.topic.clone(),
-                                seq: publ.seq,
-                                delivered: 0,
-                                dropped: 0,
-                            },
-                        );
-                    }
-                    self.deliver_receipted(&targets, &publ, req.received_at, to);
-                } else {
-                    self.deliver_to(&targets, &publ, req.received_at);
-                }
-                if !self.groups.is_empty() {
-                    self.groups_offer(&publ);
+                match self.durable.is_some() {
+                    // Acked and delivered once stored.
+                    true => self.hold_for_store(from, req.to, &publ, req.received_at),
+                    false => self.release_accepted(from, req.to, &publ, &targets, req.received_at),
                 }
             }
         }
         self.targets = targets;
+    }
+
+    /// A sequenced publication goes out: the publisher's ack (with its
+    /// receipt), delivery to the interested shards, the topic's groups.
+    pub(crate) fn release_accepted(
+        &mut self,
+        from: usize,
+        to: Requester,
+        publ: &SharedPub,
+        targets: &[usize],
+        received_at: Instant,
+    ) {
+        let reply = PubReply::Ack { topic: publ.topic.clone(), seq: publ.seq, epoch: publ.epoch, dup: false };
+        self.ack(from, to, reply);
+        self.counters.record_ack(received_at);
+        if to.receipt {
+            let rto = crate::mesh::msg::ReceiptTo { shard: from, conn: to.conn, of: targets.len().max(1) as u32 };
+            if targets.is_empty() {
+                self.send_to(
+                    from,
+                    MeshMsg::ReceiptPart {
+                        to: rto,
+                        topic: publ.topic.clone(),
+                        seq: publ.seq,
+                        delivered: 0,
+                        dropped: 0,
+                    },
+                );
+            }
+            self.deliver_receipted(targets, publ, received_at, rto);
+        } else {
+            self.deliver_to(targets, publ, received_at);
+        }
+        if !self.groups.is_empty() {
+            self.groups_offer(publ);
+        }
     }
 
     /// Answers an ack now, or holds it until its seq is confirmed.

@@ -267,6 +267,16 @@ pub struct Counters {
     pub cf_api_refused: u64,
     /// Centrifugo commands refused at a `[centrifugo]` limit, by limit.
     pub cf_refused: BTreeMap<&'static str, u64>,
+    /// Durable mode: publications handed to the store.
+    pub cluster_appends: u64,
+    /// Durable mode: publications reported stored.
+    pub cluster_stored: u64,
+    /// Durable mode: topics loaded from the store.
+    pub cluster_loads: u64,
+    /// Durable mode: loads that failed (the waiting commands refused).
+    pub cluster_load_errors: u64,
+    /// Durable mode: publish received → stored (the ack's wait for the store).
+    pub store_latency: Latency,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS connections dropped for a TLS error (bad handshake, bad record,
@@ -369,6 +379,11 @@ impl Counters {
             cf_connects: 0,
             cf_api_refused: 0,
             cf_refused: BTreeMap::new(),
+            cluster_appends: 0,
+            cluster_stored: 0,
+            cluster_loads: 0,
+            cluster_load_errors: 0,
+            store_latency: Latency::default(),
             tls_handshakes: 0,
             tls_errors: 0,
             tls_reloads: 0,
@@ -390,6 +405,12 @@ impl Counters {
     pub fn record_deliver(&mut self, received_at: Instant) {
         let us = received_at.elapsed().as_micros() as u64;
         self.deliver_latency_us.saturating_record(us.clamp(1, MAX_LATENCY_US));
+    }
+
+    /// Durable mode: one publication stored `d` after it was received.
+    pub fn record_store(&mut self, d: Duration) {
+        self.cluster_stored += 1;
+        self.store_latency.record(d);
     }
 
     /// Records publish → ack-queued latency.

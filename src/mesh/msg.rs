@@ -78,6 +78,19 @@ pub struct PublishReq {
     pub retain: Option<Box<RetainArg>>,
 }
 
+/// A shard's request to the cluster participant (the NATS JetStream
+/// client thread), over its own SPSC ring.
+#[derive(Debug)]
+pub enum ClusterReq {
+    /// Store this sequenced publication (answered `Stored`, in seq order).
+    Append(SharedPub),
+    /// Load a topic's stored state (answered `Loaded`).
+    Load(Arc<str>),
+}
+
+/// A topic's stored state: epoch, last seq, recent publications in order.
+pub type StoredTopic = (Epoch, u64, Vec<SharedPub>);
+
 /// A history page: the topic's epoch (None: not held), its last seq, and
 /// the publications.
 pub type HistoryPage = (Option<Epoch>, u64, Vec<SharedPub>);
@@ -395,6 +408,22 @@ pub enum MeshMsg {
         conns: Vec<ConnRef>,
         /// What happened (encoded there, in each watcher's wire format).
         note: Arc<PresenceNote>,
+    },
+    /// Participant → owner: `topic`'s publications through `through` are
+    /// stored (durable mode).
+    Stored {
+        /// The topic.
+        topic: Arc<str>,
+        /// The last stored seq (every one before it is stored too).
+        through: u64,
+    },
+    /// Participant → owner: `topic`'s stored state (Ok(None): never
+    /// stored; Err: the store could not be read).
+    Loaded {
+        /// The topic.
+        topic: Arc<str>,
+        /// What the store holds.
+        state: Result<Option<Box<StoredTopic>>, String>,
     },
     /// Shard of `conn` → owner: a page of the topic's replay ring.
     History {

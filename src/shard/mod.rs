@@ -104,6 +104,8 @@ pub struct ShardSpec {
     pub progress: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// TLS config, when `[tls]` is set.
     pub tls: Option<crate::auth::tls::ServerTls>,
+    /// Durable mode: this shard's end of the cluster participant.
+    pub durable: Option<crate::conn::durable::Durable>,
 }
 
 /// Starts a shard thread.
@@ -124,11 +126,15 @@ pub fn spawn(
 }
 
 async fn run(spec: ShardSpec) {
-    let ShardSpec { id, listener, mesh, map, limits, control, policy, progress, tls, .. } = spec;
+    let ShardSpec { id, listener, mesh, map, limits, control, policy, progress, tls, durable, .. } = spec;
     let MeshEnds { outboxes, inboxes, bell, bell_rx } = mesh;
     let ctx = Rc::new(ShardCtx {
         id,
-        core: RefCell::new(ShardCore::with_policy(id, map, limits, outboxes, policy)),
+        core: RefCell::new({
+            let mut core = ShardCore::with_policy(id, map, limits, outboxes, policy);
+            core.durable = durable;
+            core
+        }),
         rbuf: RefCell::new(vec![0u8; READ_BUF].into_boxed_slice()),
         wbuf: RefCell::new(Vec::with_capacity(self::io::WRITE_CHUNK + 4096)),
         bell: bell.clone(),

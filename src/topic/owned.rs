@@ -26,6 +26,17 @@ impl Epoch {
         std::str::from_utf8(&self.0).unwrap_or("000000000000")
     }
 
+    /// An epoch from its text (12 lowercase hex digits), as stored.
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        let ok = b.len() == 12 && b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+        ok.then(|| {
+            let mut out = [0u8; 12];
+            out.copy_from_slice(b);
+            Self(out)
+        })
+    }
+
     fn from_u64(v: u64) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 12];

@@ -250,6 +250,8 @@ pub struct OwnerStats {
     pub dedupe_hits: u64,
     /// Sweep runs that stopped at their work budget.
     pub sweep_budget_hits: u64,
+    /// Topics made resident from stored state (durable mode).
+    pub topics_restored: u64,
     /// Token streams opened.
     pub streams_opened: u64,
     /// Closed streams dropped after `streams.keep_closed_ms`.
@@ -506,6 +508,53 @@ impl Owner {
         self.table.touch(idx);
         self.enforce_budget(usize::MAX);
         PublishOutcome::Accepted(publ)
+    }
+
+    /// Whether `topic` is held here (a durable owner loads a topic that is
+    /// not before it publishes into or subscribes to it).
+    pub fn is_resident(&self, topic: &str) -> bool {
+        self.table.find(topic).is_some()
+    }
+
+    /// Makes `topic` resident with the state stored for it: its epoch, last
+    /// seq, and its most recent publications in seq order (ring and dedupe
+    /// window refilled, within the usual bounds). A topic never stored
+    /// (`None`) gets a fresh epoch, as a new topic does.
+    pub fn restore(
+        &mut self,
+        topic: &str,
+        state: Option<(Epoch, u64, Vec<SharedPub>)>,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        let idx = self.slot_for(topic)?;
+        let Some((epoch, seq, pubs)) = state else { return Ok(()) };
+        let Some(slot) = self.table.get_mut(idx) else {
+            return Err(Refused::TableFull);
+        };
+        let gen = slot.gen;
+        let t = &mut slot.topic;
+        t.epoch = epoch;
+        t.seq = seq;
+        for publ in pubs {
+            let (dropped, freed) = t.replay.push(publ.clone(), now, &self.lim.replay);
+            self.bytes = self.bytes + publ.bytes() - freed;
+            self.replay_items = self.replay_items + 1 - dropped;
+            self.replay_log.push(Entry { slot: idx, gen, key: publ.seq, at: now });
+            if let Some(mid) = publ.msg_id.as_deref() {
+                let before = t.dedupe.bytes();
+                let key = t.dedupe.insert(mid, publ.seq, now);
+                self.dedupe_items += 1;
+                while t.dedupe.len() > self.lim.dedupe_count {
+                    t.dedupe.pop_oldest();
+                    self.dedupe_items -= 1;
+                }
+                self.bytes = self.bytes + t.dedupe.bytes() - before;
+                self.dedupe_log.push(Entry { slot: idx, gen, key, at: now });
+            }
+        }
+        self.stats.topics_restored += 1;
+        self.enforce_budget(usize::MAX);
+        Ok(())
     }
 
     /// Counts one more subscription of `shard` and answers with the

@@ -100,17 +100,18 @@ impl Drop for Nats {
 struct Node {
     child: Child,
     port: u16,
+    admin: u16,
     cfg: PathBuf,
 }
 
 impl Node {
     fn start(nats: &Nats) -> Node {
-        let port = free_port();
+        let (port, admin) = (free_port(), free_port());
         let cfg = std::env::temp_dir().join(format!("sc-node-{}-{port}.toml", std::process::id()));
         std::fs::write(
             &cfg,
             format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n[shards]\ncpus = [0, 1]\n[admin]\nenabled = false\n\
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n[shards]\ncpus = [0, 1]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
                  [rates]\nconnection_per_sec = 1e6\nconnection_burst = 1e6\n\
                  [cluster]\nnats_url = \"{}\"\nrequest_timeout_ms = 1000\n",
                 nats.url()
@@ -119,7 +120,7 @@ impl Node {
         .unwrap();
         let child = Self::spawn(&cfg);
         wait_port(port, "shardcast");
-        Node { child, port, cfg }
+        Node { child, port, admin, cfg }
     }
 
     fn spawn(cfg: &Path) -> Child {
@@ -151,6 +152,11 @@ impl Node {
 
     fn addr(&self) -> std::net::SocketAddr {
         format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    fn metrics(&self) -> String {
+        let addr = format!("127.0.0.1:{}", self.admin).parse().unwrap();
+        Http::connect(addr).request("GET", "/metrics", "text/plain", b"").body
     }
 }
 
@@ -218,6 +224,16 @@ fn kill_9_keeps_every_acked_publication_the_epoch_and_dedupe() {
     // A topic never stored starts fresh.
     let f = Client::connect(node.addr()).sub("acme/fresh");
     assert_eq!(f["seq"], 0);
+    let m = node.metrics();
+    let stored: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("shardcast_cluster_stored_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    assert_eq!(stored, 1, "one publication stored since the restart:\n{m}");
+    assert!(
+        m.contains("shardcast_cluster_store_seconds{quantile=\"0.99\"}") && m.contains("shardcast_cluster_loads_total")
+    );
 }
 
 #[test]

@@ -233,6 +233,19 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "group_bytes", "gauge", "Bytes consumer groups retain.", |s| s.group_bytes);
     o.per_shard(t, "requests_open", "gauge", "Requests open (requester side).", |s| s.requests_open);
     o.per_shard(t, "requests_serving", "gauge", "Requests being answered here.", |s| s.requests_serving);
+    o.per_shard(t, "cluster_held", "gauge", "Durable mode: publications waiting for the store.", |s| s.cluster_held);
+    o.per_shard(t, "cluster_loading", "gauge", "Durable mode: commands waiting for topic loads.", |s| {
+        s.cluster_loading
+    });
+    let mut store = crate::conn::stats::Latency::default();
+    for s in &t.shards {
+        store.merge(&s.counters.store_latency);
+    }
+    o.labelled_summary(
+        "cluster_store_seconds",
+        "Durable mode: publish received to stored (what an ack waits for the store).",
+        std::iter::once((Vec::new(), &store)),
+    );
     o.per_shard(t, "topics_local", "gauge", "Topics with local subscribers.", |s| s.local_topics);
     o.per_shard(t, "replay_retained", "gauge", "Publications kept in replay rings.", |s| s.retained.0);
     o.per_shard(t, "replay_retained_bytes", "gauge", "Bytes kept in replay rings.", |s| s.retained.1);

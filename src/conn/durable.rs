@@ -174,13 +174,19 @@ impl ShardCore {
     pub(crate) fn hold_for_store(&mut self, from: usize, to: Requester, publ: &SharedPub, received_at: Instant) {
         let Some(d) = self.durable.as_mut() else { return };
         let held = Held { from, to, publ: publ.clone(), received_at };
-        d.pending.entry(publ.topic.clone()).or_default().push_back(held);
+        let q = d.pending.entry(publ.topic.clone()).or_default();
+        let first = q.is_empty();
+        q.push_back(held);
         d.held += 1;
         // Admission checked the ring has room: this cannot fail.
         if !d.send(ClusterReq::Append(publ.clone())) {
             self.counters.internal_errors += 1;
         }
         self.counters.cluster_appends += 1;
+        if first {
+            // Not evicted while it waits (a reload would come in below).
+            self.owner.pin(&publ.topic, true);
+        }
     }
 
     /// The participant stored `topic` through `through`: ack and deliver
@@ -194,7 +200,8 @@ impl ShardCore {
                 ready.push(h);
             }
         }
-        if q.is_empty() {
+        let drained = q.is_empty();
+        if drained {
             d.pending.remove(topic);
         }
         d.held -= ready.len();
@@ -204,6 +211,9 @@ impl ShardCore {
         for h in ready {
             self.counters.record_store(h.received_at.elapsed());
             self.release_accepted(h.from, h.to, &h.publ, &targets, h.received_at);
+        }
+        if drained {
+            self.owner.pin(topic, false);
         }
     }
 }

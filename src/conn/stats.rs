@@ -453,6 +453,10 @@ pub struct ShardStats {
     pub requests_open: u64,
     /// Requests this shard's connections are answering.
     pub requests_serving: u64,
+    /// Durable mode: publications waiting for the store here.
+    pub cluster_held: u64,
+    /// Durable mode: commands waiting for topic loads here.
+    pub cluster_loading: u64,
     /// Sum of interest counts over owned topics (must equal the sum of all
     /// shards' `subscriptions` for this shard's topics when quiet).
     pub owned_interest: u64,

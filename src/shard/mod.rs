@@ -444,6 +444,8 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         group_bytes: groups.3 as u64,
         requests_open: requests.0 as u64,
         requests_serving: requests.1 as u64,
+        cluster_held: core.durable.as_ref().map_or(0, |d| d.held as u64),
+        cluster_loading: core.durable.as_ref().map_or(0, |d| d.waiting as u64),
         owned_interest: core.owner.total_interest(),
         outbound_bytes,
         outbound_max_bytes,

@@ -101,6 +101,9 @@ pub struct OwnedTopic {
     pub retained: Option<Retained>,
     /// Who is subscribed, as far as presence lists and events need.
     pub presence: super::presence::Presence,
+    /// Holds that keep the topic off the idle lists (so it is not evicted):
+    /// durable mode pins a topic while its publications wait for the store.
+    pub pins: u32,
 }
 
 /// A topic's retained value.
@@ -128,6 +131,7 @@ impl OwnedTopic {
             streams: super::streams::Streams::default(),
             retained: None,
             presence: Default::default(),
+            pins: 0,
         }
     }
 

@@ -755,9 +755,23 @@ impl Owner {
             if slot.topic.holds_nothing() {
                 self.idle_log.push(Entry { slot: idx, gen: slot.gen, key: 0, at: now });
             }
-            self.table.set_idle(idx, true);
+            if slot.topic.pins == 0 {
+                self.table.set_idle(idx, true);
+            }
         }
         true
+    }
+
+    /// Pins (`true`) or unpins `topic`: a pinned topic is never evicted
+    /// (durable mode pins one while publications of it wait for the store,
+    /// so a reload can never come in below seqs still being stored).
+    pub fn pin(&mut self, topic: &str, on: bool) {
+        let Some(idx) = self.table.find(topic) else { return };
+        let Some(slot) = self.table.get_mut(idx) else { return };
+        let t = &mut slot.topic;
+        t.pins = if on { t.pins + 1 } else { t.pins.saturating_sub(1) };
+        let idle = t.pins == 0 && t.subscriptions() == 0;
+        self.table.set_idle(idx, idle);
     }
 
     /// Ages out retained publications and `msg_id`s, enforces the shard

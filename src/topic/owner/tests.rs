@@ -274,3 +274,49 @@ fn streams_age_in_simulated_time_and_hold_their_topic() {
     o.sweep(s(2000), 1000);
     assert!(o.topic("a/b").is_none(), "released once nothing is held");
 }
+
+#[test]
+fn a_pinned_topic_is_never_evicted_and_a_restored_one_keeps_its_state() {
+    let t0 = Instant::now();
+    let mut lim = limits();
+    lim.table = TableLimits { max_topics: 2, max_per_tenant: 2 };
+    let mut o = Owner::new(0, 2, lim);
+    seq_of(publish(&mut o, "a/pinned", None, t0));
+    seq_of(publish(&mut o, "a/other", None, t0));
+    o.pin("a/pinned", true);
+    // The table is full: a new topic evicts the idle one, not the pinned.
+    seq_of(publish(&mut o, "a/third", None, t0));
+    assert!(o.is_resident("a/pinned") && !o.is_resident("a/other"));
+    seq_of(publish(&mut o, "a/fourth", None, t0));
+    assert!(o.is_resident("a/pinned"), "still pinned");
+    o.pin("a/pinned", false);
+    seq_of(publish(&mut o, "a/fifth", None, t0));
+    seq_of(publish(&mut o, "a/sixth", None, t0));
+    assert!(!o.is_resident("a/pinned"), "evictable once unpinned");
+
+    // Restore: the stored epoch, seq and ring, and its msg_ids.
+    let epoch = crate::topic::owned::Epoch::parse("00000000beef").unwrap();
+    let meta = |seq| PubMeta {
+        topic: "a/pinned",
+        seq,
+        epoch,
+        prio: None,
+        msg_id: Some("m7"),
+        from: None,
+        data: "1",
+        extra: None,
+        stream: None,
+    };
+    let pubs = vec![Arc::new(encode("a/pinned".into(), &meta(7)))];
+    o.restore("a/pinned", Some((epoch, 7, pubs)), t0).unwrap();
+    match publish(&mut o, "a/pinned", Some("m7"), t0) {
+        PublishOutcome::Duplicate { seq, epoch: e, .. } => assert_eq!((seq, e), (7, epoch)),
+        other => panic!("{other:?}"),
+    }
+    match publish(&mut o, "a/pinned", None, t0) {
+        PublishOutcome::Accepted(p) => assert_eq!((p.seq, p.epoch), (8, epoch)),
+        other => panic!("{other:?}"),
+    }
+    assert!(crate::topic::owned::Epoch::parse("00000000BEEF").is_none());
+    assert!(crate::topic::owned::Epoch::parse("beef").is_none());
+}

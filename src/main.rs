@@ -45,6 +45,13 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         connections: u64,
     },
+    /// Check the cluster store: NATS reachable, JetStream on, each of the
+    /// config's streams (messages, bytes, topics, replicas); exits 1 if not.
+    CheckCluster {
+        /// Config whose `[cluster]` to check.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -92,6 +99,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(args),
+        Command::CheckCluster { config } => {
+            let cfg = shardcast::Config::from_file(&config)?;
+            match shardcast::cluster::check(&cfg) {
+                Ok(text) => {
+                    print!("{text}");
+                    println!("=> ok");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("shardcast check-cluster: FAIL {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::CheckHost { config, connections } => {
             let cfg = match config {
                 Some(path) => shardcast::Config::from_file(&path)?,

@@ -234,6 +234,17 @@ fn kill_9_keeps_every_acked_publication_the_epoch_and_dedupe() {
     assert!(
         m.contains("shardcast_cluster_store_seconds{quantile=\"0.99\"}") && m.contains("shardcast_cluster_loads_total")
     );
+    // The diagnostics see the streams and what they hold: the 32 stored
+    // publications of acme/durable.
+    let out = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["check-cluster", "-c", node.cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("JetStream on") && text.contains("SC_0"), "{text}");
+    let messages: u64 = text.lines().filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum();
+    assert_eq!(messages, 32, "{text}");
 }
 
 #[test]

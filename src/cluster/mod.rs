@@ -152,6 +152,59 @@ pub fn start(
     }
 }
 
+/// `shardcast check-cluster`: NATS reachable, JetStream on, and the state
+/// of each of the config's streams, as lines of text.
+pub fn check(cfg: &Config) -> Result<String, String> {
+    use std::fmt::Write as _;
+    if cfg.cluster.nats_url.is_empty() {
+        return Err("[cluster] nats_url is not set (the engine runs in memory)".into());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let timeout = Duration::from_millis(cfg.cluster.request_timeout_ms.max(100));
+        let opts = async_nats::ConnectOptions::new().connection_timeout(timeout);
+        let client = tokio::time::timeout(timeout, opts.connect(cfg.cluster.nats_url.as_str()))
+            .await
+            .map_err(|_| format!("cannot reach NATS at {}", cfg.cluster.nats_url))?
+            .map_err(|e| format!("cannot reach NATS at {}: {e}", cfg.cluster.nats_url))?;
+        let info = client.server_info();
+        let mut out = format!(
+            "shardcast check-cluster: {} (nats-server {}, server {}, JetStream {})\n",
+            cfg.cluster.nats_url,
+            info.version,
+            info.server_name,
+            if info.jetstream { "on" } else { "OFF" }
+        );
+        if !info.jetstream {
+            return Err(format!("{out}JetStream is off on this server (run nats-server -js)"));
+        }
+        let js = jetstream::new(client);
+        for i in 0..cfg.cluster.streams.max(1) {
+            let name = format!("SC_{i}");
+            match js.get_stream(&name).await {
+                Ok(mut st) => {
+                    let info = st.info().await.map_err(|e| e.to_string())?;
+                    let _ = writeln!(
+                        out,
+                        "  ok    {name}: {} messages, {} bytes, {} topics, replicas {} (config {}), max {} per topic, max age {} s",
+                        info.state.messages,
+                        info.state.bytes,
+                        info.state.subjects_count,
+                        info.config.num_replicas,
+                        cfg.cluster.replicas,
+                        info.config.max_messages_per_subject,
+                        info.config.max_age.as_secs()
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  new   {name}: not created yet (the engine creates it at start: {e})");
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
 async fn connect(url: &str, configs: Vec<stream::Config>, timeout: Duration) -> Result<jetstream::Context, String> {
     let opts = async_nats::ConnectOptions::new().connection_timeout(timeout).retry_on_initial_connect();
     let client = tokio::time::timeout(timeout, opts.connect(url))

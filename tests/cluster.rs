@@ -276,3 +276,26 @@ fn acks_wait_for_the_store_through_a_nats_outage_and_none_is_lost() {
     sub.ws.get_ref().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     assert_eq!(msgs(&mut sub, 5).iter().map(|m| m.0).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
 }
+
+#[test]
+fn without_nats_the_engine_refuses_to_start_and_says_why() {
+    let port = free_port();
+    let cfg = std::env::temp_dir().join(format!("sc-nonats-{}-{port}.toml", std::process::id()));
+    let body = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[shards]\ncpus = [0, 1]\n[admin]\nenabled = false\n\
+         [cluster]\nnats_url = \"nats://127.0.0.1:{}\"\nrequest_timeout_ms = 1000\n",
+        free_port()
+    );
+    std::fs::write(&cfg, body).unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it must not serve in memory when durability was asked for");
+    assert!(err.contains("cannot reach NATS"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -206,7 +206,7 @@ pub fn check(cfg: &Config) -> Result<String, String> {
 }
 
 async fn connect(url: &str, configs: Vec<stream::Config>, timeout: Duration) -> Result<jetstream::Context, String> {
-    let opts = async_nats::ConnectOptions::new().connection_timeout(timeout).retry_on_initial_connect();
+    let opts = async_nats::ConnectOptions::new().connection_timeout(timeout);
     let client = tokio::time::timeout(timeout, opts.connect(url))
         .await
         .map_err(|_| format!("cannot reach NATS at {url}"))?

@@ -106,6 +106,11 @@ struct Node {
 
 impl Node {
     fn start(nats: &Nats) -> Node {
+        Self::start_with(nats, "")
+    }
+
+    /// With extra `[cluster]` lines.
+    fn start_with(nats: &Nats, extra: &str) -> Node {
         let (port, admin) = (free_port(), free_port());
         let cfg = std::env::temp_dir().join(format!("sc-node-{}-{port}.toml", std::process::id()));
         std::fs::write(
@@ -113,7 +118,7 @@ impl Node {
             format!(
                 "[server]\nlisten = \"127.0.0.1:{port}\"\n[shards]\ncpus = [0, 1]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
                  [rates]\nconnection_per_sec = 1e6\nconnection_burst = 1e6\n\
-                 [cluster]\nnats_url = \"{}\"\nrequest_timeout_ms = 1000\n",
+                 [cluster]\nnats_url = \"{}\"\nrequest_timeout_ms = 1000\n{extra}",
                 nats.url()
             ),
         )
@@ -298,4 +303,45 @@ fn without_nats_the_engine_refuses_to_start_and_says_why() {
     assert!(!out.status.success(), "it must not serve in memory when durability was asked for");
     assert!(err.contains("cannot reach NATS"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+fn metric(m: &str, name: &str, label: &str) -> u64 {
+    m.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `cluster.max_inflight` and `cluster.max_loading`: past them publishes
+/// and subscribes are refused `overloaded` (no seq spent), and counted.
+#[test]
+fn the_store_backlog_and_the_load_backlog_are_bounded_and_counted() {
+    let Some(bin) = nats_bin() else { return };
+    let mut nats = Nats::start(bin);
+    let node = Node::start_with(&nats, "max_inflight = 2\nmax_loading = 1\n");
+    let topic = "acme/bounded";
+    let mut p = Client::connect(node.addr());
+    assert_eq!(p.publish(topic, json!(0))["seq"], 1, "resident and stored");
+    nats.stop();
+    for i in 1..=3 {
+        p.send(json!({"op": "pub", "id": i, "topic": topic, "data": i}));
+    }
+    // Two wait for the store; the third is refused at once.
+    let e = p.expect_op("error");
+    assert_eq!((e["id"].as_u64(), e["code"].as_str()), (Some(3), Some("overloaded")), "{e}");
+    // A topic not resident waits for its load (NATS is down: it fails
+    // after the request timeout); a second one finds the bound taken.
+    let mut s = Client::connect(node.addr());
+    s.send(json!({"op": "sub", "id": 1, "topic": "acme/new/1"}));
+    s.send(json!({"op": "sub", "id": 2, "topic": "acme/new/2"}));
+    let first = s.expect_op("error");
+    assert_eq!((first["id"].as_u64(), first["code"].as_str()), (Some(2), Some("overloaded")), "{first}");
+    let m = node.metrics();
+    assert_eq!(metric(&m, "shardcast_publishes_rejected_total", "store_backlog"), 1, "{m}");
+    assert_eq!(metric(&m, "shardcast_publishes_rejected_total", "load_backlog"), 1, "{m}");
+    // NATS back: the two held ones are stored and acked, in order.
+    nats.restart();
+    p.ws.get_ref().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let acks: Vec<u64> = (0..2).map(|_| p.expect_op("ack")["seq"].as_u64().unwrap()).collect();
+    assert_eq!(acks, vec![2, 3], "no seq was spent on the refused one");
 }

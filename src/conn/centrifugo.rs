@@ -115,13 +115,8 @@ impl ShardCore {
             CfCommand::Connect(..) => self.cf_close(idx, cf::BAD_REQUEST_CLOSE),
             _ if !connected => self.cf_close(idx, cf::BAD_REQUEST_CLOSE),
             CfCommand::Subscribe(id, s) => {
-                if !self.cf_pending_room(idx) {
-                    return self.cf_error(
-                        idx,
-                        id,
-                        cf::LIMIT_EXCEEDED,
-                        "too many commands waiting (centrifugo.max_pending_per_connection)",
-                    );
+                if !self.cf_pending_room(idx, id) {
+                    return;
                 }
                 let c = self.conns[idx].cf.as_mut().expect("a Centrifugo connection");
                 c.subs.retain(|p| p.id != id);
@@ -166,13 +161,8 @@ impl ShardCore {
                 self.on_command(idx, Command::Presence { id: Some(u64::from(id)), topic: p.channel })
             }
             CfCommand::PresenceStats(id, p) => {
-                if !self.cf_pending_room(idx) {
-                    return self.cf_error(
-                        idx,
-                        id,
-                        cf::LIMIT_EXCEEDED,
-                        "too many commands waiting (centrifugo.max_pending_per_connection)",
-                    );
+                if !self.cf_pending_room(idx, id) {
+                    return;
                 }
                 let c = self.conns[idx].cf.as_mut().expect("a Centrifugo connection");
                 c.stats.push(id);
@@ -238,12 +228,15 @@ impl ShardCore {
     }
 
     /// Whether connection `idx` may have one more subscribe or presence
-    /// query waiting for its answer (counted when it may not).
-    fn cf_pending_room(&mut self, idx: usize) -> bool {
+    /// query waiting for its answer; if not, command `id` is answered 106
+    /// and counted.
+    fn cf_pending_room(&mut self, idx: usize, id: u32) -> bool {
         let max = self.policy.centrifugo.max_pending_per_connection;
         let ok = self.conns[idx].cf.as_ref().is_some_and(|c| c.subs.len() + c.stats.len() < max);
         if !ok {
             *self.counters.cf_refused.entry("max_pending_per_connection").or_default() += 1;
+            let msg = "too many commands waiting (centrifugo.max_pending_per_connection)";
+            self.cf_error(idx, id, cf::LIMIT_EXCEEDED, msg);
         }
         ok
     }

@@ -50,6 +50,30 @@ struct CfPublish<'a> {
     idempotency_key: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// What the checks of a Centrifugo API body read.
+trait CfApiBody<'a> {
+    fn data(&self) -> Option<&'a serde_json::value::RawValue>;
+    fn key(&self) -> Option<&str>;
+}
+
+impl<'a> CfApiBody<'a> for CfPublish<'a> {
+    fn data(&self) -> Option<&'a serde_json::value::RawValue> {
+        self.data
+    }
+    fn key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+}
+
+impl<'a> CfApiBody<'a> for CfBroadcast<'a> {
+    fn data(&self) -> Option<&'a serde_json::value::RawValue> {
+        self.data
+    }
+    fn key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+}
+
 /// The Centrifugo server API's body of `/api/broadcast`.
 #[derive(Debug, serde::Deserialize)]
 struct CfBroadcast<'a> {
@@ -225,32 +249,25 @@ impl ShardCore {
         !want.is_empty() && given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want)))
     }
 
+    /// A Centrifugo API body: parsed, `data` present, `idempotency_key`
+    /// bounded; otherwise answered 400 (code 107) and None.
+    fn cf_api_body<'a, T: serde::Deserialize<'a> + CfApiBody<'a>>(&mut self, idx: usize, text: &'a str) -> Option<T> {
+        let problem = match serde_json::from_str::<T>(text) {
+            Err(e) => format!("invalid body: {e}"),
+            Ok(b) if b.data().is_none() => "missing field `data`".into(),
+            Ok(b) if b.key().is_some_and(|k| k.len() > message::MAX_MSG_ID) => {
+                "idempotency_key longer than 128 bytes".into()
+            }
+            Ok(b) => return Some(b),
+        };
+        self.http_reply(idx, 400, "Bad Request", &cf_error_json(107, &problem), None);
+        None
+    }
+
     /// `POST /api/publish`: `{"channel","data","idempotency_key"?}`.
     fn cf_api_publish(&mut self, idx: usize, text: &str) {
-        let p = match serde_json::from_str::<CfPublish<'_>>(text) {
-            Ok(p) => p,
-            Err(e) => {
-                return self.http_reply(
-                    idx,
-                    400,
-                    "Bad Request",
-                    &cf_error_json(107, &format!("invalid body: {e}")),
-                    None,
-                )
-            }
-        };
-        let Some(data) = p.data else {
-            return self.http_reply(idx, 400, "Bad Request", &cf_error_json(107, "missing field `data`"), None);
-        };
-        if p.idempotency_key.as_ref().is_some_and(|k| k.len() > message::MAX_MSG_ID) {
-            return self.http_reply(
-                idx,
-                400,
-                "Bad Request",
-                &cf_error_json(107, "idempotency_key longer than 128 bytes"),
-                None,
-            );
-        }
+        let Some(p) = self.cf_api_body::<CfPublish<'_>>(idx, text) else { return };
+        let Some(data) = p.data else { return };
         let args = PubArgs {
             id: None,
             topic: &p.channel,
@@ -273,35 +290,13 @@ impl ShardCore {
     /// `POST /api/broadcast`: one publication into each of `channels`
     /// (each its own seq); `idempotency_key` is each one's `msg_id`.
     fn cf_api_broadcast(&mut self, idx: usize, text: &str) {
-        let b = match serde_json::from_str::<CfBroadcast<'_>>(text) {
-            Ok(b) => b,
-            Err(e) => {
-                return self.http_reply(
-                    idx,
-                    400,
-                    "Bad Request",
-                    &cf_error_json(107, &format!("invalid body: {e}")),
-                    None,
-                )
-            }
-        };
-        let Some(data) = b.data else {
-            return self.http_reply(idx, 400, "Bad Request", &cf_error_json(107, "missing field `data`"), None);
-        };
+        let Some(b) = self.cf_api_body::<CfBroadcast<'_>>(idx, text) else { return };
+        let Some(data) = b.data else { return };
         let max = self.policy.centrifugo.max_broadcast_channels;
         if b.channels.len() > max {
             *self.counters.cf_refused.entry("max_broadcast_channels").or_default() += 1;
             let msg = format!("at most {max} channels (centrifugo.max_broadcast_channels)");
             return self.http_reply(idx, 400, "Bad Request", &cf_error_json(107, &msg), None);
-        }
-        if b.idempotency_key.as_ref().is_some_and(|k| k.len() > message::MAX_MSG_ID) {
-            return self.http_reply(
-                idx,
-                400,
-                "Bad Request",
-                &cf_error_json(107, "idempotency_key longer than 128 bytes"),
-                None,
-            );
         }
         self.set_busy(idx, b.channels.len());
         if b.channels.is_empty() {

@@ -13,34 +13,10 @@ import http.server, os, socket, subprocess, sys, tempfile, threading, time
 
 from playwright.sync_api import sync_playwright
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "shardcast")
+from helpers import ROOT, binary, free_port, Quiet, wait
+
+BIN = binary()
 SHOT = os.path.join(ROOT, "target", "chat-demo.png")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def wait(cond, secs, what):
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        try:
-            if cond():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def main():

@@ -14,17 +14,10 @@ import base64, hashlib, hmac, http.server, json, os, socket, subprocess, sys, te
 
 from playwright.sync_api import sync_playwright
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "shardcast")
+from helpers import ROOT, binary, free_port, Quiet
+
+BIN = binary()
 SECRET = b"browser-test-secret-0123456789"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def b64(b):
@@ -51,11 +44,6 @@ ws.onmessage = (e) => {
 };
 ws.onclose = (e) => { if (!document.title.startsWith("ok")) document.title = "closed:" + e.code + ":" + log.join(","); };
 </script></body></html>"""
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def serve_pages(directory, port):

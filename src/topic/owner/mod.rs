@@ -490,11 +490,23 @@ impl Owner {
                     Some(super::owned::Retained { publ: publ.clone(), expires: r.ttl.map(|d| now + d), timer: None });
             }
         }
+        self.keep(idx, &publ, now);
+        self.table.touch(idx);
+        self.enforce_budget(usize::MAX);
+        PublishOutcome::Accepted(publ)
+    }
+
+    /// Keeps a publication of the topic at `idx` for resume and dedupe
+    /// (its ring and its `msg_id` window), with the shard's accounting.
+    fn keep(&mut self, idx: u32, publ: &SharedPub, now: Instant) {
+        let Some(slot) = self.table.get_mut(idx) else { return };
+        let gen = slot.gen;
+        let t = &mut slot.topic;
         let (dropped, freed) = t.replay.push(publ.clone(), now, &self.lim.replay);
         self.bytes = self.bytes + publ.bytes() - freed;
         self.replay_items = self.replay_items + 1 - dropped;
         self.replay_log.push(Entry { slot: idx, gen, key: publ.seq, at: now });
-        if let Some(mid) = p.msg_id {
+        if let Some(mid) = publ.msg_id.as_deref() {
             let before = t.dedupe.bytes();
             let key = t.dedupe.insert(mid, publ.seq, now);
             self.dedupe_items += 1;
@@ -505,9 +517,6 @@ impl Owner {
             self.bytes = self.bytes + t.dedupe.bytes() - before;
             self.dedupe_log.push(Entry { slot: idx, gen, key, at: now });
         }
-        self.table.touch(idx);
-        self.enforce_budget(usize::MAX);
-        PublishOutcome::Accepted(publ)
     }
 
     /// Whether `topic` is held here (a durable owner loads a topic that is
@@ -531,26 +540,10 @@ impl Owner {
         let Some(slot) = self.table.get_mut(idx) else {
             return Err(Refused::TableFull);
         };
-        let gen = slot.gen;
-        let t = &mut slot.topic;
-        t.epoch = epoch;
-        t.seq = seq;
+        slot.topic.epoch = epoch;
+        slot.topic.seq = seq;
         for publ in pubs {
-            let (dropped, freed) = t.replay.push(publ.clone(), now, &self.lim.replay);
-            self.bytes = self.bytes + publ.bytes() - freed;
-            self.replay_items = self.replay_items + 1 - dropped;
-            self.replay_log.push(Entry { slot: idx, gen, key: publ.seq, at: now });
-            if let Some(mid) = publ.msg_id.as_deref() {
-                let before = t.dedupe.bytes();
-                let key = t.dedupe.insert(mid, publ.seq, now);
-                self.dedupe_items += 1;
-                while t.dedupe.len() > self.lim.dedupe_count {
-                    t.dedupe.pop_oldest();
-                    self.dedupe_items -= 1;
-                }
-                self.bytes = self.bytes + t.dedupe.bytes() - before;
-                self.dedupe_log.push(Entry { slot: idx, gen, key, at: now });
-            }
+            self.keep(idx, &publ, now);
         }
         self.stats.topics_restored += 1;
         self.enforce_budget(usize::MAX);

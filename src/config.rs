@@ -105,7 +105,7 @@ pub struct ClusterConfig {
     /// The NATS server (JetStream enabled), e.g. `nats://127.0.0.1:4222`;
     /// empty: in-memory only.
     pub nats_url: String,
-    /// This node's name in the cluster (empty: the host name).
+    /// This node's name in the cluster, stamped on its appends (`Sc-Inc`).
     pub node_id: String,
     /// JetStream streams the topics' partitions are spread over.
     pub streams: u32,

@@ -738,6 +738,7 @@ impl Worker {
         if let Some((seq, t)) = ws::cf_offset_t(text) {
             self.deliver(i, seq, t);
         } else if text.starts_with(b"{\"push\":") {
+            // Another push (join/leave): nothing to count.
         } else if text == b"{}" {
             self.masker.text_frame(b"{}", &mut self.conns[i].wbuf);
             self.flush(i);

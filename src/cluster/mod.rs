@@ -75,6 +75,8 @@ pub enum ClusterError {
 /// What a shard needs to know to talk to JetStream.
 #[derive(Debug, Clone)]
 struct Plan {
+    /// `[cluster] node_id`, part of every append's incarnation.
+    node: Arc<str>,
     streams: u32,
     map: PartitionMap,
     timeout: Duration,
@@ -107,6 +109,7 @@ pub fn start(
         rings.push(Link { rx: req_rx, tx: ans_tx, bell: shard_bell, backlog: VecDeque::new() });
     }
     let plan = Plan {
+        node: cfg.cluster.node_id.as_str().into(),
         streams: cfg.cluster.streams.max(1),
         map,
         timeout: Duration::from_millis(cfg.cluster.request_timeout_ms.max(100)),
@@ -269,7 +272,7 @@ async fn run(
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     // One writer task per topic, fed in seq order.
     let mut writers: HashMap<Arc<str>, tokio::sync::mpsc::UnboundedSender<SharedPub>> = HashMap::new();
-    let incarnation = incarnation_id();
+    let incarnation = incarnation_id(&plan.node);
     let mut buf = [0u8; 64];
     while !stop.load(Ordering::SeqCst) {
         let mut any = false;
@@ -366,9 +369,9 @@ async fn run(
 /// crash is not taken for a duplicate of an orphan, and loads can cut
 /// orphans (docs/ARCHITECTURE.md, rule 6). Unix nanoseconds: a later
 /// incarnation has a larger id.
-fn incarnation_id() -> Arc<str> {
+fn incarnation_id(node: &str) -> Arc<str> {
     let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{ns:024}").into()
+    format!("{ns:024}.{node}").into()
 }
 
 /// The stored form of a publication: headers, and the native `msg` JSON

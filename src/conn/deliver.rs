@@ -340,7 +340,9 @@ impl ShardCore {
                 sink: self.receipts.sink.clone(),
             })
         });
-        let frame = Rc::new(Delivery { publ, receipt: ticket, cf: std::cell::OnceCell::new() });
+        let mut frame = Delivery::new(publ);
+        frame.receipt = ticket;
+        let frame = Rc::new(frame);
         if self.parked.is_empty() && n <= self.fanout_left {
             self.fanout_left -= n;
             self.push_slice(&frame, prio, 0, n);

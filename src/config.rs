@@ -120,6 +120,10 @@ pub struct ClusterConfig {
     /// How long one JetStream request (append, load) may take before it
     /// is retried (appends) or failed (loads).
     pub request_timeout_ms: u64,
+    /// A stream's ownership lease (KV `SC_LEASES`): renewed every third of
+    /// it; a node that has not renewed for half of it stops sequencing;
+    /// another node takes the stream once it expired.
+    pub lease_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -132,6 +136,7 @@ impl Default for ClusterConfig {
             max_inflight: 65_536,
             max_loading: 4096,
             request_timeout_ms: 5000,
+            lease_ms: 3000,
         }
     }
 }

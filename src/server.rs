@@ -160,7 +160,13 @@ pub fn start(cfg: Config) -> Result<ServerHandle, StartError> {
                 centrifugo: cfg.centrifugo.clone(),
             },
             durable: cluster_ends.get_mut(id).and_then(Option::take).map(|e| {
-                crate::conn::durable::Durable::new(e.to, e.bell, cfg.cluster.max_inflight, cfg.cluster.max_loading)
+                crate::conn::durable::Durable::new(
+                    e.to,
+                    e.bell,
+                    cfg.cluster.streams.max(1) as usize,
+                    cfg.cluster.max_inflight,
+                    cfg.cluster.max_loading,
+                )
             }),
         };
         match shard::spawn(spec, &cfg.shards, exit_tx.clone()) {

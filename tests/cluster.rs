@@ -125,13 +125,14 @@ impl Node {
         .unwrap();
         let child = Self::spawn(&cfg);
         wait_port(port, "shardcast");
+        wait_port(admin, "shardcast admin");
         Node { child, port, admin, cfg }
     }
 
     fn spawn(cfg: &Path) -> Child {
         Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(["serve", "--config", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("SC_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .spawn()
             .expect("shardcast starts")
@@ -143,15 +144,39 @@ impl Node {
     }
 
     fn restart(&mut self) {
-        self.child = Self::spawn(&self.cfg);
-        wait_port(self.port, "shardcast");
-        std::thread::sleep(Duration::from_millis(300));
-        if let Ok(Some(st)) = self.child.try_wait() {
-            let ss = Command::new("ss").args(["-tan"]).output().unwrap();
-            let port = format!(":{}", self.port);
-            let lines: Vec<String> =
-                String::from_utf8_lossy(&ss.stdout).lines().filter(|l| l.contains(&port)).map(str::to_owned).collect();
-            panic!("shardcast exited on restart ({st}); sockets on its port: {lines:#?}");
+        // A killed process's listening socket can outlive it briefly (io_uring
+        // releases its files after the process is reaped): a start that finds
+        // the port still taken is tried again, a few times.
+        for attempt in 0.. {
+            self.child = Self::spawn(&self.cfg);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    break;
+                }
+                if self.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            match self.child.try_wait() {
+                Ok(Some(st)) if attempt < 10 => {
+                    eprintln!("restart attempt {attempt}: shardcast exited ({st}); trying again");
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Ok(Some(st)) => {
+                    let ss = Command::new("ss").args(["-tan"]).output().unwrap();
+                    let port = format!(":{}", self.port);
+                    let lines: Vec<String> = String::from_utf8_lossy(&ss.stdout)
+                        .lines()
+                        .filter(|l| l.contains(&port))
+                        .map(str::to_owned)
+                        .collect();
+                    panic!("shardcast exited on restart ({st}); sockets on its port: {lines:#?}");
+                }
+                _ => return,
+            }
         }
     }
 
@@ -344,4 +369,293 @@ fn the_store_backlog_and_the_load_backlog_are_bounded_and_counted() {
     p.ws.get_ref().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let acks: Vec<u64> = (0..2).map(|_| p.expect_op("ack")["seq"].as_u64().unwrap()).collect();
     assert_eq!(acks, vec![2, 3], "no seq was spent on the refused one");
+}
+
+// ---- Three nodes on one NATS (issue 15, slice 2): leases, forwarding,
+// delivery from the stream, ownership moving on kill -9. ----
+
+/// Three nodes with short leases; returns once the eight streams are
+/// spread over all three (each owns some, together all).
+fn three_nodes(nats: &Nats) -> Vec<Node> {
+    let nodes: Vec<Node> =
+        (1..=3).map(|i| Node::start_with(nats, &format!("node_id = \"n{i}\"\nlease_ms = 1500\n"))).collect();
+    wait_spread(&nodes.iter().collect::<Vec<_>>());
+    nodes
+}
+
+/// Waits until the live nodes own all eight streams between them, each
+/// some.
+fn wait_spread(nodes: &[&Node]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let owned: Vec<u64> = nodes
+            .iter()
+            .map(|n| {
+                let m = n.metrics();
+                // Every shard reports the node's count: take one.
+                metric_max(&m, "shardcast_cluster_streams_owned")
+            })
+            .collect();
+        if owned.iter().sum::<u64>() == 8 && owned.iter().all(|o| *o > 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "streams never spread over the nodes: {owned:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metric_max(m: &str, name: &str) -> u64 {
+    m.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max) as u64
+}
+
+/// The index of the node that owns `topic` (the one that does not forward
+/// a publish into it), found by publishing one `probe` through each.
+fn owner_of(nodes: &[&Node], topic: &str) -> usize {
+    let mut owner = None;
+    for (i, n) in nodes.iter().enumerate() {
+        let before = metric(&n.metrics(), "shardcast_cluster_forwards_total", "");
+        let a = Client::connect(n.addr()).publish(topic, json!("probe"));
+        assert!(a["seq"].as_u64().is_some(), "{a}");
+        if metric(&n.metrics(), "shardcast_cluster_forwards_total", "") == before {
+            assert!(owner.is_none(), "two nodes sequence {topic}");
+            owner = Some(i);
+        }
+    }
+    owner.expect("some node owns the topic")
+}
+
+/// Reads `n` msgs of `topic`, skipping other ops.
+fn msgs_of(c: &mut Client, n: usize) -> Vec<(u64, String, Value)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = c.recv();
+        if m["op"] == "msg" {
+            out.push((m["seq"].as_u64().unwrap(), m["epoch"].as_str().unwrap().to_owned(), m["data"].clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn three_nodes_one_sequence_per_topic_cluster_wide_dedupe_and_resume_anywhere() {
+    let Some(bin) = nats_bin() else { return };
+    let nats = Nats::start(bin);
+    let nodes = three_nodes(&nats);
+    let topic = "acme/everywhere";
+    // A subscriber on every node, before anything was published: all are
+    // told the same epoch (the one the owner will sequence in).
+    let mut subs: Vec<Client> = nodes.iter().map(|n| Client::connect(n.addr())).collect();
+    let epochs: Vec<String> = subs.iter_mut().map(|s| s.sub(topic)["epoch"].as_str().unwrap().to_owned()).collect();
+    assert!(epochs.iter().all(|e| *e == epochs[0]), "{epochs:?}");
+    // Publishers on the three nodes, interleaved: one seq sequence.
+    let mut pubs: Vec<Client> = nodes.iter().map(|n| Client::connect(n.addr())).collect();
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let k = i % 3;
+        let a = pubs[k].publish(topic, json!({"from": k, "i": i}));
+        assert_eq!(a["epoch"].as_str(), Some(epochs[0].as_str()), "{a}");
+        acked.push((a["seq"].as_u64().unwrap(), json!({"from": k, "i": i})));
+    }
+    assert_eq!(acked.iter().map(|a| a.0).collect::<Vec<_>>(), (1..=30).collect::<Vec<_>>(), "contiguous seqs");
+    for (k, s) in subs.iter_mut().enumerate() {
+        let got = msgs_of(s, 30);
+        let seen: Vec<(u64, Value)> = got.iter().map(|g| (g.0, g.2.clone())).collect();
+        assert_eq!(seen, acked, "subscriber on node {k} sees the one sequence");
+        assert!(got.iter().all(|g| g.1 == epochs[0]));
+    }
+    // The same msg_id through every node: stored once.
+    let first = pubs[0].ask(json!({"op": "pub", "id": 1, "topic": topic, "data": "once", "msg_id": "m-1"}));
+    assert_eq!(first["seq"], 31, "{first}");
+    for p in &mut pubs[1..] {
+        let d = p.ask(json!({"op": "pub", "id": 2, "topic": topic, "data": "once", "msg_id": "m-1"}));
+        assert_eq!((d["seq"].as_u64(), d["dup"].as_bool()), (Some(31), Some(true)), "{d}");
+    }
+    for s in &mut subs {
+        assert_eq!(msgs_of(s, 1)[0].0, 31);
+        assert!(
+            s.quiet(Duration::from_millis(300)).iter().all(|m| m["op"] != "msg"),
+            "the duplicates are not delivered"
+        );
+    }
+    // A client that left node 0 at seq 10 resumes on node 2, and on node 1.
+    for n in &nodes[1..] {
+        let mut again = Client::connect(n.addr());
+        again.send(json!({"op": "sub", "id": 1, "topic": topic, "since": {"seq": 10, "epoch": epochs[0]}}));
+        let r = again.expect_op("subscribed");
+        assert_eq!((r["recovered"].as_bool(), r["seq"].as_u64()), (Some(true), Some(31)), "{r}");
+        let replay = msgs_of(&mut again, 21);
+        assert_eq!(replay.iter().map(|g| g.0).collect::<Vec<_>>(), (11..=31).collect::<Vec<_>>());
+        assert_eq!(replay[0].2, acked[10].1, "the data, byte for byte");
+    }
+    let m: String = nodes.iter().map(|n| n.metrics()).collect();
+    assert!(metric(&m, "shardcast_cluster_forwards_total", "") >= 20, "two thirds of the publishes were forwarded");
+    assert!(metric(&m, "shardcast_cluster_replicated_total", "") >= 60, "two nodes mirrored every publication");
+}
+
+/// Publishes `count` numbered publications to `topic` through the nodes in
+/// `addrs` (starting with the first, moving to the next when a node goes
+/// away), each with a `msg_id`, retrying refused ones with the same id.
+/// Returns every ack: (seq, data).
+fn publish_through(addrs: Vec<std::net::SocketAddr>, topic: &'static str, tag: &str, count: u64) -> Vec<(u64, Value)> {
+    let mut acks = Vec::new();
+    let mut at = 0;
+    let mut c: Option<Client> = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while i < count {
+        assert!(Instant::now() < deadline, "publishing stalled at {i}");
+        if c.is_none() {
+            match std::panic::catch_unwind(|| Client::connect(addrs[at])) {
+                Ok(cl) => c = Some(cl),
+                Err(_) => {
+                    at = (at + 1) % addrs.len();
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+        }
+        let cl = c.as_mut().unwrap();
+        let data = json!({"p": tag, "i": i});
+        let cmd = json!({"op": "pub", "id": i, "topic": topic, "data": data, "msg_id": format!("{tag}-{i}")});
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cl.ask(cmd)));
+        match r {
+            Ok(a) if a["op"] == "ack" => {
+                acks.push((a["seq"].as_u64().unwrap(), data));
+                i += 1;
+            }
+            Ok(e) => {
+                // Refused while the partition moves: the same id again.
+                assert_eq!(e["op"], "error", "{e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(_) => {
+                // The node died: the next one.
+                c = None;
+                at = (at + 1) % addrs.len();
+            }
+        }
+    }
+    acks
+}
+
+#[test]
+fn kill_9_of_the_owner_under_publish_load_loses_no_acked_publication() {
+    let Some(bin) = nats_bin() else { return };
+    let nats = Nats::start(bin);
+    let mut nodes = three_nodes(&nats);
+    let topic = "acme/moving";
+    let owner = owner_of(&nodes.iter().collect::<Vec<_>>(), topic);
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    // A subscriber on every node; the owner's will come back elsewhere.
+    let mut subs: Vec<Client> = nodes.iter().map(|n| Client::connect(n.addr())).collect();
+    let mut epoch = String::new();
+    let mut start = 0;
+    for s in &mut subs {
+        let r = s.sub(topic);
+        epoch = r["epoch"].as_str().unwrap().to_owned();
+        start = r["seq"].as_u64().unwrap();
+    }
+    assert_eq!(start, 3, "the three probes");
+    // Publishers on the owner (moving on when it dies) and on another node.
+    let on_owner = {
+        let addrs = vec![nodes[owner].addr(), nodes[others[0]].addr(), nodes[others[1]].addr()];
+        std::thread::spawn(move || publish_through(addrs, topic, "a", 150))
+    };
+    let on_other = {
+        let addrs = vec![nodes[others[1]].addr(), nodes[others[0]].addr()];
+        std::thread::spawn(move || publish_through(addrs, "acme/moving", "b", 150))
+    };
+    // The owner's subscriber reads a while, then the owner is killed.
+    let mut before = Vec::new();
+    while before.len() < 40 {
+        before.extend(msgs_of(&mut subs[owner], 1));
+    }
+    let killed_at = Instant::now();
+    nodes[owner].kill9();
+    let mut acks = on_owner.join().expect("publisher on the owner");
+    acks.extend(on_other.join().expect("publisher on another node"));
+    let moved_in = killed_at.elapsed();
+    // Every publish acked exactly once per i (the msg_ids), no seq twice.
+    acks.sort_by_key(|a| a.0);
+    let seqs: Vec<u64> = acks.iter().map(|a| a.0).collect();
+    let mut dedup = seqs.clone();
+    dedup.dedup();
+    assert_eq!(seqs, dedup, "no seq acked for two publications");
+    // The owner's subscriber comes back on another node and resumes.
+    let last = before.last().unwrap().0;
+    let mut back = Client::connect(nodes[others[0]].addr());
+    back.send(json!({"op": "sub", "id": 1, "topic": topic, "since": {"seq": last, "epoch": epoch}}));
+    let r = back.expect_op("subscribed");
+    assert_eq!((r["recovered"].as_bool(), r["epoch"].as_str()), (Some(true), Some(epoch.as_str())), "{r}");
+    let end = r["seq"].as_u64().unwrap();
+    eprintln!("resumed at {last} on node {}: end {end}, {} acks", others[0], acks.len());
+    let replay = msgs_of(&mut back, (end - last) as usize);
+    let mut seen: Vec<u64> = before.iter().map(|m| m.0).chain(replay.iter().map(|m| m.0)).collect();
+    // The survivors' subscribers saw the same contiguous sequence, in one
+    // epoch, each publication once.
+    let mut stream = Vec::new();
+    for &k in &others {
+        let got = msgs_of(&mut subs[k], (end - start) as usize);
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (start + 1..=end).collect::<Vec<_>>(), "node {k}");
+        assert!(got.iter().all(|g| g.1 == epoch), "one epoch across the move");
+        stream = got.into_iter().map(|g| (g.0, g.2)).collect::<Vec<_>>();
+    }
+    seen.dedup();
+    assert_eq!(seen, (start + 1..=end).collect::<Vec<_>>(), "the resumed client has every seq once");
+    let mut datas: Vec<String> = stream.iter().map(|g| g.1.to_string()).collect();
+    datas.sort();
+    datas.dedup();
+    assert_eq!(datas.len(), stream.len(), "no publication stored twice (msg_id dedupe across the move)");
+    // Zero acked loss: every ack names the seq its publication has.
+    for (seq, data) in &acks {
+        let at = stream.iter().find(|g| g.0 == *seq).map(|g| &g.1);
+        assert_eq!(at, Some(data), "acked seq {seq}");
+    }
+    eprintln!(
+        "ownership moved and publishing finished {moved_in:?} after the kill; {} acks, end seq {end}",
+        acks.len()
+    );
+}
+
+#[test]
+fn every_node_restarted_old_epochs_still_recover() {
+    let Some(bin) = nats_bin() else { return };
+    let nats = Nats::start(bin);
+    let mut nodes = three_nodes(&nats);
+    let topics = ["acme/r1", "acme/r2", "acme/r3", "acme/r4"];
+    let mut epochs = Vec::new();
+    for (k, t) in topics.iter().enumerate() {
+        let mut p = Client::connect(nodes[k % 3].addr());
+        let mut e = String::new();
+        for i in 1..=12u64 {
+            let a = p.publish(t, json!({"t": k, "i": i}));
+            assert_eq!(a["seq"].as_u64(), Some(i), "{a}");
+            e = a["epoch"].as_str().unwrap().to_owned();
+        }
+        epochs.push(e);
+    }
+    eprintln!("published; killing every node");
+    for n in &mut nodes {
+        n.kill9();
+    }
+    for n in &mut nodes {
+        n.restart();
+    }
+    wait_spread(&nodes.iter().collect::<Vec<_>>());
+    for (k, t) in topics.iter().enumerate() {
+        // Resumed on a node other than the one it was published through.
+        let mut c = Client::connect(nodes[(k + 1) % 3].addr());
+        c.send(json!({"op": "sub", "id": 1, "topic": t, "since": {"seq": 5, "epoch": epochs[k]}}));
+        let r = c.expect_op("subscribed");
+        assert_eq!((r["recovered"].as_bool(), r["seq"].as_u64()), (Some(true), Some(12)), "{t}: {r}");
+        let replay = msgs_of(&mut c, 7);
+        assert_eq!(replay.iter().map(|g| g.0).collect::<Vec<_>>(), (6..=12).collect::<Vec<_>>());
+        assert_eq!(replay[6].2, json!({"t": k, "i": 12}));
+        eprintln!("{t}: resumed; publishing after the restart");
+        let a = Client::connect(nodes[(k + 2) % 3].addr()).publish(t, json!("after"));
+        assert_eq!((a["seq"].as_u64(), a["epoch"].as_str()), (Some(13), Some(epochs[k].as_str())), "{a}");
+    }
 }

@@ -237,6 +237,9 @@ pub fn render(t: &Totals, draining: bool) -> String {
     o.per_shard(t, "cluster_loading", "gauge", "Durable mode: commands waiting for topic loads.", |s| {
         s.cluster_loading
     });
+    o.per_shard(t, "cluster_streams_owned", "gauge", "Cluster: streams (units of ownership) this node owns.", |s| {
+        s.cluster_owned
+    });
     let mut store = crate::conn::stats::Latency::default();
     for s in &t.shards {
         store.merge(&s.counters.store_latency);
@@ -347,7 +350,7 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 47] = [
+    let counters: [(&str, &str, Field); 52] = [
         ("cluster_appends_total", "Durable mode: publications handed to JetStream.", |s| s.counters.cluster_appends),
         ("cluster_stored_total", "Durable mode: publications JetStream stored (then acked and delivered).", |s| {
             s.counters.cluster_stored
@@ -355,6 +358,21 @@ pub fn render(t: &Totals, draining: bool) -> String {
         ("cluster_loads_total", "Durable mode: topics loaded from JetStream.", |s| s.counters.cluster_loads),
         ("cluster_load_errors_total", "Durable mode: topic loads that failed (their commands refused).", |s| {
             s.counters.cluster_load_errors
+        }),
+        ("cluster_forwards_total", "Cluster: publishes forwarded to the node owning their partition.", |s| {
+            s.counters.cluster_forwards
+        }),
+        ("cluster_forwarded_total", "Cluster: answers to forwarded publishes (acks and refusals).", |s| {
+            s.counters.cluster_forwarded
+        }),
+        ("cluster_replicated_total", "Cluster: publications stored by other nodes, applied to mirrors here.", |s| {
+            s.counters.cluster_replicated
+        }),
+        ("cluster_reloads_total", "Cluster: mirrors reloaded from JetStream (a gap, an ownership change).", |s| {
+            s.counters.cluster_reloads
+        }),
+        ("cluster_ownership_moves_total", "Cluster: streams this node took or gave up.", |s| {
+            s.counters.cluster_ownership_moves
         }),
         ("centrifugo_api_refused_total", "Centrifugo server API requests refused for their API key (401).", |s| {
             s.counters.cf_api_refused

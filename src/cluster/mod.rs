@@ -20,11 +20,18 @@ use async_nats::HeaderMap;
 use base64::Engine as _;
 
 use crate::config::Config;
+use crate::conn::core::OVERLOADED_RETRY_MS;
 use crate::mesh::msg::{ClusterReq, StoredTopic};
-use crate::mesh::{Doorbell, MeshMsg, SharedPub};
+use crate::mesh::{Doorbell, MeshMsg, PubReply, Requester, SharedPub};
+use crate::proto::message::ErrorCode;
 use crate::topic::owned::Epoch;
 use crate::topic::publication::{PubMeta, Publication};
 use crate::topic::PartitionMap;
+
+pub mod forward;
+pub mod leases;
+
+use leases::{Keeper, LeaseEvent};
 
 /// A shard's ends of the participant's rings.
 #[derive(Debug)]
@@ -75,12 +82,26 @@ pub enum ClusterError {
 /// What a shard needs to know to talk to JetStream.
 #[derive(Debug, Clone)]
 struct Plan {
-    /// `[cluster] node_id`, part of every append's incarnation.
+    /// `[cluster] node_id` (or its default), the lease holder's name and
+    /// part of every append's incarnation.
     node: Arc<str>,
     streams: u32,
     map: PartitionMap,
     timeout: Duration,
     max_count: usize,
+    /// `cluster.max_inflight`: forwards in flight, remote publishes waiting.
+    max_inflight: usize,
+}
+
+/// `[cluster] node_id`, or by default `<host name>:<listen port>` (stable
+/// across restarts, so a restarted node takes its own leases back at once).
+pub fn node_id(cfg: &Config) -> String {
+    if !cfg.cluster.node_id.is_empty() {
+        return cfg.cluster.node_id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!("{}:{}", if host.is_empty() { "localhost" } else { host }, cfg.server.listen.port())
 }
 
 /// The stream a topic lives in and its subject there.
@@ -106,15 +127,18 @@ pub fn start(
         let (to, req_rx) = rtrb::RingBuffer::new(cap);
         let (ans_tx, from) = rtrb::RingBuffer::new(cap);
         ends.push(ShardEnd { to, bell: bell.clone(), from });
-        rings.push(Link { rx: req_rx, tx: ans_tx, bell: shard_bell, backlog: VecDeque::new() });
+        rings.push(Link { rx: req_rx, tx: ans_tx, bell: shard_bell, backlog: VecDeque::new(), rung: false });
     }
     let plan = Plan {
-        node: cfg.cluster.node_id.as_str().into(),
+        node: node_id(cfg).into(),
         streams: cfg.cluster.streams.max(1),
         map,
         timeout: Duration::from_millis(cfg.cluster.request_timeout_ms.max(100)),
         max_count: cfg.replay.max_count,
+        max_inflight: cfg.cluster.max_inflight.max(1),
     };
+    let lease = Duration::from_millis(cfg.cluster.lease_ms.max(300));
+    let replicas = cfg.cluster.replicas.max(1);
     let stream_cfg = |i: u32| stream::Config {
         name: format!("SC_{i}"),
         subjects: vec![format!("sc.d.{i}.>")],
@@ -143,8 +167,17 @@ pub fn start(
                     Ok(js) => js,
                     Err(e) => return drop(ready_tx.send(Err(e))),
                 };
+                let mut keeper = match Keeper::open(&js, &plan.node, plan.streams as usize, lease, replicas).await {
+                    Ok(k) => k,
+                    Err(e) => return drop(ready_tx.send(Err(e))),
+                };
+                // The first round before serving: a lone node owns every
+                // stream from its first connection on.
+                let mut first = Vec::new();
+                keeper.round(&[], &mut first).await;
+                tracing::info!(node = %plan.node, owned = keeper.held(), live = keeper.live, "cluster: joined");
                 let _ = ready_tx.send(Ok(()));
-                run(js, plan, rings, bell2, bell_rx, stop2).await;
+                run(js, keeper, first, plan, rings, bell2, bell_rx, stop2).await;
             });
         })
         .map_err(|e| ClusterError::Nats(e.to_string()))?;
@@ -232,10 +265,13 @@ struct Link {
     bell: Arc<Doorbell>,
     /// Answers that found the ring full, in order.
     backlog: VecDeque<MeshMsg>,
+    /// Something was pushed since the last doorbell.
+    rung: bool,
 }
 
 impl Link {
     fn send(&mut self, msg: MeshMsg) {
+        self.rung = true;
         if !self.backlog.is_empty() {
             return self.backlog.push_back(msg);
         }
@@ -250,96 +286,490 @@ impl Link {
                 self.backlog.push_front(m);
                 break;
             }
+            self.rung = true;
         }
     }
 }
 
 /// What a task reports to the loop.
 enum Done {
-    Stored { shard: usize, topic: Arc<str>, through: u64 },
-    Loaded { shard: usize, topic: Arc<str>, state: Result<Option<Box<StoredTopic>>, String> },
+    Stored {
+        shard: usize,
+        topic: Arc<str>,
+        through: u64,
+    },
+    Loaded {
+        shard: usize,
+        topic: Arc<str>,
+        state: Result<Option<Box<StoredTopic>>, String>,
+    },
+    /// A writer gave up its topic's unstored appends (the stream was lost).
+    Abandoned {
+        topic: Arc<str>,
+    },
+    Lease(LeaseEvent),
+    /// A message another node stored, from a stream's ordered consumer.
+    Replica(usize, Box<jetstream::Message>),
+    /// A publish another node forwarded to this one (it owns the stream).
+    Remote(Box<async_nats::Message>),
+    /// The answer to a publish this node forwarded.
+    Forwarded {
+        shard: usize,
+        from: usize,
+        to: Requester,
+        reply: PubReply,
+    },
 }
 
+/// This node's standing on one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Own {
+    /// Another node's (or nobody's): forward its publishes, mirror it.
+    Free,
+    /// Ours: sequence its topics.
+    Owned,
+    /// Being given up: `seen` shards have stopped sequencing it.
+    Releasing { seen: usize },
+    /// Given up by every shard, appends drained; the key is being deleted.
+    Draining,
+}
+
+/// A topic's writer task and the stream it writes.
+struct Writer {
+    tx: tokio::sync::mpsc::UnboundedSender<SharedPub>,
+    stream: usize,
+}
+
+/// The participant's state, on its thread.
+struct Node {
+    js: jetstream::Context,
+    client: async_nats::Client,
+    plan: Plan,
+    links: Vec<Link>,
+    done: tokio::sync::mpsc::UnboundedSender<Done>,
+    incarnation: Arc<str>,
+    writers: HashMap<Arc<str>, Writer>,
+    /// Per topic with appends not yet stored: its stream and last append.
+    unstored: HashMap<Arc<str>, (usize, u64)>,
+    own: Vec<Own>,
+    /// Bumped when a stream is lost: its writers stop retrying.
+    fence: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    /// The `sc.own.<s>` subscription of each owned stream.
+    serving: Vec<Option<tokio::task::JoinHandle<()>>>,
+    /// Remote publishers waiting for their answer, by token.
+    remote: HashMap<u64, async_nats::Subject>,
+    next_token: u64,
+    /// Forwards in flight.
+    forwards: Arc<std::sync::atomic::AtomicUsize>,
+    /// Drained streams, to the lease keeper.
+    drained: tokio::sync::mpsc::UnboundedSender<usize>,
+}
+
+impl Node {
+    fn broadcast(&mut self, msg: impl Fn() -> MeshMsg) {
+        for l in &mut self.links {
+            l.send(msg());
+        }
+    }
+
+    fn stream_of(&self, topic: &str) -> usize {
+        (self.plan.map.partition(topic) % self.plan.streams) as usize
+    }
+
+    fn on_req(&mut self, shard: usize, req: ClusterReq) {
+        match req {
+            ClusterReq::Append(publ) => {
+                let s = self.stream_of(&publ.topic);
+                tracing::debug!(topic = &*publ.topic, seq = publ.seq, stream = s, own = ?self.own[s], "cluster: append");
+                if self.own[s] == Own::Free {
+                    // Sequenced before the shard heard the stream was lost:
+                    // refused there, never written.
+                    return;
+                }
+                let topic = publ.topic.clone();
+                self.unstored.insert(topic.clone(), (s, publ.seq));
+                let publ = match self.writers.get(&topic) {
+                    Some(w) => match w.tx.send(publ) {
+                        Ok(()) => return,
+                        Err(e) => e.0,
+                    },
+                    None => publ,
+                };
+                // No writer (or it ended, idle): start one.
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let fence = self.fence[s].clone();
+                let gen = fence.load(Ordering::SeqCst);
+                let w = WriterTask {
+                    js: self.js.clone(),
+                    plan: self.plan.clone(),
+                    shard,
+                    topic: topic.clone(),
+                    inc: self.incarnation.clone(),
+                    done: self.done.clone(),
+                    fence,
+                    gen,
+                };
+                tokio::spawn(w.run(rx));
+                let _ = tx.send(publ);
+                self.writers.insert(topic, Writer { tx, stream: s });
+            }
+            ClusterReq::Load(topic) => {
+                tracing::debug!(topic = &*topic, "cluster: load");
+                let (js, plan, done) = (self.js.clone(), self.plan.clone(), self.done.clone());
+                tokio::spawn(async move {
+                    let state = load(&js, &plan, &topic).await;
+                    let _ = done.send(Done::Loaded { shard, topic, state });
+                });
+            }
+            ClusterReq::Forward { from, req } => {
+                tracing::debug!(topic = &*req.topic, "cluster: forward");
+                if self.forwards.load(Ordering::SeqCst) >= self.plan.max_inflight {
+                    let reply = forward::refused(ErrorCode::Overloaded, Some(OVERLOADED_RETRY_MS));
+                    return self.links[shard].send(MeshMsg::Forwarded { from, to: req.to, reply });
+                }
+                let subject = forward::subject(self.stream_of(&req.topic));
+                let payload = bytes::Bytes::from(forward::encode_publish(&req));
+                let (client, done, timeout) = (self.client.clone(), self.done.clone(), self.plan.timeout);
+                let (to, topic) = (req.to, req.topic);
+                let inflight = self.forwards.clone();
+                inflight.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let reply = forward_once(&client, subject, payload, &topic, timeout).await;
+                    inflight.fetch_sub(1, Ordering::SeqCst);
+                    let _ = done.send(Done::Forwarded { shard, from, to, reply });
+                });
+            }
+            ClusterReq::Answer { to, reply } => {
+                tracing::debug!(?reply, "cluster: answer to a remote publish");
+                let token = u64::from(to.conn.idx) | (u64::from(to.conn.gen) << 32);
+                if let Some(subject) = self.remote.remove(&token) {
+                    let client = self.client.clone();
+                    let body = bytes::Bytes::from(forward::encode_reply(&reply));
+                    tokio::spawn(async move {
+                        let _ = client.publish(subject, body).await;
+                    });
+                }
+            }
+            ClusterReq::OwnershipSeen(s) => {
+                if let Some(Own::Releasing { seen }) = self.own.get_mut(s as usize) {
+                    *seen += 1;
+                }
+            }
+        }
+    }
+
+    fn on_done(&mut self, d: Done) {
+        match d {
+            Done::Stored { shard, topic, through } => {
+                tracing::debug!(topic = &*topic, through, "cluster: stored");
+                if self.unstored.get(&topic).is_some_and(|(_, last)| *last <= through) {
+                    self.unstored.remove(&topic);
+                }
+                if let Some(l) = self.links.get_mut(shard) {
+                    l.send(MeshMsg::Stored { topic, through });
+                }
+            }
+            Done::Loaded { shard, topic, state } => {
+                tracing::debug!(topic = &*topic, ok = state.is_ok(), "cluster: loaded");
+                if let Some(l) = self.links.get_mut(shard) {
+                    l.send(MeshMsg::Loaded { topic, state });
+                }
+            }
+            Done::Abandoned { topic } => {
+                self.unstored.remove(&topic);
+            }
+            Done::Lease(ev) => self.on_lease(ev),
+            Done::Replica(s, m) => {
+                if self.own.get(s) != Some(&Own::Free) {
+                    // Ours: delivered when stored, not from the stream.
+                    return;
+                }
+                let Some(publ) = replica(&m) else { return };
+                let shard = self.plan.map.owner(&publ.topic);
+                if let Some(l) = self.links.get_mut(shard) {
+                    l.send(MeshMsg::Replicated(Arc::new(publ)));
+                }
+            }
+            Done::Remote(m) => self.on_remote(*m),
+            Done::Forwarded { shard, from, to, reply } => {
+                tracing::debug!(?reply, "cluster: forwarded, answered");
+                if let Some(l) = self.links.get_mut(shard) {
+                    l.send(MeshMsg::Forwarded { from, to, reply });
+                }
+            }
+        }
+    }
+
+    fn on_lease(&mut self, ev: LeaseEvent) {
+        tracing::info!(?ev, node = %self.plan.node, "cluster: lease");
+        match ev {
+            LeaseEvent::Acquired(s) => {
+                self.own[s] = Own::Owned;
+                self.serve(s);
+                self.broadcast(|| MeshMsg::Ownership { stream: s as u32, owned: true });
+            }
+            LeaseEvent::Lost(s) => {
+                self.own[s] = Own::Free;
+                self.stop_serving(s);
+                self.fence[s].fetch_add(1, Ordering::SeqCst);
+                self.writers.retain(|_, w| w.stream != s);
+                self.unstored.retain(|_, (st, _)| *st != s);
+                self.broadcast(|| MeshMsg::Ownership { stream: s as u32, owned: false });
+            }
+            LeaseEvent::Release(s) => {
+                self.own[s] = Own::Releasing { seen: 0 };
+                self.stop_serving(s);
+                self.broadcast(|| MeshMsg::Ownership { stream: s as u32, owned: false });
+            }
+            LeaseEvent::Freed(s) => self.own[s] = Own::Free,
+        }
+    }
+
+    /// Streams being given up whose shards all stopped and whose appends
+    /// are all stored go to the keeper to be freed.
+    fn check_drained(&mut self) {
+        for s in 0..self.own.len() {
+            if self.own[s] == (Own::Releasing { seen: self.links.len() })
+                && !self.unstored.values().any(|(st, _)| *st == s)
+            {
+                self.own[s] = Own::Draining;
+                let _ = self.drained.send(s);
+            }
+        }
+    }
+
+    /// Answers forwarded publishes of stream `s` (queue group: one owner).
+    fn serve(&mut self, s: usize) {
+        let (client, done) = (self.client.clone(), self.done.clone());
+        let task = tokio::spawn(async move {
+            let Ok(mut sub) = client.queue_subscribe(forward::subject(s), "sc-own".into()).await else { return };
+            while let Some(m) = futures_lite::StreamExt::next(&mut sub).await {
+                if done.send(Done::Remote(Box::new(m))).is_err() {
+                    break;
+                }
+            }
+        });
+        if let Some(old) = self.serving[s].replace(task) {
+            old.abort();
+        }
+    }
+
+    fn stop_serving(&mut self, s: usize) {
+        if let Some(t) = self.serving[s].take() {
+            t.abort();
+        }
+    }
+
+    /// A publish another node forwarded: to the topic's owner shard here,
+    /// answered on the request's reply subject.
+    fn on_remote(&mut self, m: async_nats::Message) {
+        tracing::debug!(subject = %m.subject, "cluster: remote publish");
+        let Some(reply_to) = m.reply.clone() else { return };
+        let refuse = |client: &async_nats::Client, reply: PubReply| {
+            let (client, body) = (client.clone(), bytes::Bytes::from(forward::encode_reply(&reply)));
+            let to = m.reply.clone();
+            tokio::spawn(async move {
+                if let Some(to) = to {
+                    let _ = client.publish(to, body).await;
+                }
+            });
+        };
+        if self.remote.len() >= self.plan.max_inflight {
+            return refuse(&self.client, forward::refused(ErrorCode::Overloaded, Some(OVERLOADED_RETRY_MS)));
+        }
+        self.next_token += 1;
+        let token = self.next_token;
+        let to = Requester {
+            conn: crate::mesh::ConnRef { idx: token as u32, gen: (token >> 32) as u32 },
+            id: None,
+            kind: crate::mesh::ReplyKind::Ws,
+            receipt: false,
+        };
+        let Some(req) = forward::decode_publish(&m.payload, to) else {
+            return refuse(&self.client, forward::refused(ErrorCode::BadRequest, None));
+        };
+        let shard = self.plan.map.owner(&req.topic);
+        self.remote.insert(token, reply_to);
+        if let Some(l) = self.links.get_mut(shard) {
+            l.send(MeshMsg::Publish(Box::new(req)));
+        }
+    }
+}
+
+/// Forwards one publish to the owner of its stream: its answer, or a
+/// refusal when nobody owns it within the timeout (`overloaded`, safe to
+/// retry) or the owner did not answer (`timeout`: it may be stored).
+async fn forward_once(
+    client: &async_nats::Client,
+    subject: String,
+    payload: bytes::Bytes,
+    topic: &str,
+    timeout: Duration,
+) -> PubReply {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, client.request(subject.clone(), payload.clone())).await {
+            Ok(Ok(m)) => return forward::decode_reply(topic, &m.payload),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                // Nobody owns the stream this instant (a lease moving).
+                if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
+                    return forward::refused(ErrorCode::Overloaded, Some(OVERLOADED_RETRY_MS));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => return forward::refused(ErrorCode::Timeout, None),
+        }
+    }
+}
+
+/// Reads stream `s` from now on (an ordered consumer: in order, without
+/// gaps, recreated by the client after a reconnect) and hands each message
+/// to the loop.
+async fn replicate(js: jetstream::Context, s: usize, done: tokio::sync::mpsc::UnboundedSender<Done>) {
+    use jetstream::consumer::{pull, DeliverPolicy};
+    let mut next: Option<u64> = None;
+    loop {
+        let policy = match next {
+            None => DeliverPolicy::New,
+            Some(n) => DeliverPolicy::ByStartSequence { start_sequence: n },
+        };
+        let consumer = async {
+            let stream = js.get_stream(format!("SC_{s}")).await.ok()?;
+            let c = stream
+                .create_consumer(pull::OrderedConfig { deliver_policy: policy, ..Default::default() })
+                .await
+                .ok()?;
+            c.messages().await.ok()
+        };
+        let Some(mut msgs) = consumer.await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        while let Some(m) = futures_lite::StreamExt::next(&mut msgs).await {
+            let Ok(m) = m else { continue };
+            if let Ok(info) = m.info() {
+                next = Some(info.stream_sequence + 1);
+            }
+            if done.send(Done::Replica(s, Box::new(m))).is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A stored message as the publication it holds.
+fn replica(m: &jetstream::Message) -> Option<Publication> {
+    let h = m.headers.as_ref()?;
+    let hv = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
+    let topic = hv("Sc-Topic")?;
+    let seq = hv("Sc-Seq")?.parse::<u64>().ok()?;
+    let epoch = Epoch::parse(&hv("Sc-Epoch")?)?;
+    let mut scratch = Vec::new();
+    rebuild(&topic, seq, epoch, h, &m.payload, &mut scratch)
+}
+
+async fn lease_loop(
+    mut keeper: Keeper,
+    done: tokio::sync::mpsc::UnboundedSender<Done>,
+    mut drained: tokio::sync::mpsc::UnboundedReceiver<usize>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut events = Vec::new();
+    let mut ready = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(keeper.tick()) => {}
+        }
+        while let Ok(s) = drained.try_recv() {
+            ready.push(s);
+        }
+        keeper.round(&ready, &mut events).await;
+        ready.clear();
+        for ev in events.drain(..) {
+            if done.send(Done::Lease(ev)).is_err() {
+                return;
+            }
+        }
+    }
+    keeper.release_all().await;
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     js: jetstream::Context,
+    keeper: Keeper,
+    first: Vec<LeaseEvent>,
     plan: Plan,
-    mut links: Vec<Link>,
+    links: Vec<Link>,
     bell: Arc<Doorbell>,
     bell_rx: UnixStream,
     stop: Arc<AtomicBool>,
 ) {
     let Ok(bell_rx) = tokio::net::UnixStream::from_std(bell_rx) else { return };
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
-    // One writer task per topic, fed in seq order.
-    let mut writers: HashMap<Arc<str>, tokio::sync::mpsc::UnboundedSender<SharedPub>> = HashMap::new();
-    let incarnation = incarnation_id(&plan.node);
+    let (drained_tx, drained_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (stop_leases, stop_rx) = tokio::sync::oneshot::channel();
+    let streams = plan.streams as usize;
+    for s in 0..streams {
+        tokio::spawn(replicate(js.clone(), s, done_tx.clone()));
+    }
+    let mut node = Node {
+        client: js.client(),
+        js,
+        incarnation: incarnation_id(&plan.node),
+        plan,
+        links,
+        done: done_tx.clone(),
+        writers: HashMap::new(),
+        unstored: HashMap::new(),
+        own: vec![Own::Free; streams],
+        fence: (0..streams).map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0))).collect(),
+        serving: (0..streams).map(|_| None).collect(),
+        remote: HashMap::new(),
+        next_token: 0,
+        forwards: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        drained: drained_tx,
+    };
+    for ev in first {
+        node.on_lease(ev);
+    }
+    let leases = tokio::spawn(lease_loop(keeper, done_tx, drained_rx, stop_rx));
     let mut buf = [0u8; 64];
     while !stop.load(Ordering::SeqCst) {
         let mut any = false;
-        for (shard, l) in links.iter_mut().enumerate() {
-            while let Ok(req) = l.rx.pop() {
+        for shard in 0..node.links.len() {
+            while let Ok(req) = node.links[shard].rx.pop() {
                 any = true;
-                match req {
-                    ClusterReq::Append(publ) => {
-                        let topic = publ.topic.clone();
-                        let w = writers.entry(topic.clone()).or_insert_with(|| {
-                            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                            let (js, plan, done) = (js.clone(), plan.clone(), done_tx.clone());
-                            tokio::spawn(writer(js, plan, shard, topic.clone(), incarnation.clone(), rx, done));
-                            tx
-                        });
-                        if let Err(e) = w.send(publ) {
-                            // The writer ended (idle): start a fresh one.
-                            let publ = e.0;
-                            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                            let (js, plan, done) = (js.clone(), plan.clone(), done_tx.clone());
-                            tokio::spawn(writer(js, plan, shard, topic.clone(), incarnation.clone(), rx, done));
-                            let _ = tx.send(publ);
-                            writers.insert(topic, tx);
-                        }
-                    }
-                    ClusterReq::Load(topic) => {
-                        let (js, plan, done) = (js.clone(), plan.clone(), done_tx.clone());
-                        tokio::spawn(async move {
-                            let state = load(&js, &plan, &topic).await;
-                            let _ = done.send(Done::Loaded { shard, topic, state });
-                        });
-                    }
-                }
+                node.on_req(shard, req);
             }
         }
-        let mut rung = vec![false; links.len()];
         while let Ok(d) = done_rx.try_recv() {
             any = true;
-            let (shard, msg) = match d {
-                Done::Stored { shard, topic, through } => (shard, MeshMsg::Stored { topic, through }),
-                Done::Loaded { shard, topic, state } => (shard, MeshMsg::Loaded { topic, state }),
-            };
-            if let Some(l) = links.get_mut(shard) {
-                l.send(msg);
-                rung[shard] = true;
-            }
+            node.on_done(d);
         }
-        for (i, l) in links.iter_mut().enumerate() {
+        node.check_drained();
+        for l in node.links.iter_mut() {
             if !l.backlog.is_empty() {
                 l.flush();
-                rung[i] = true;
             }
-            if rung[i] {
+            if std::mem::take(&mut l.rung) {
                 l.bell.notify();
             }
         }
-        writers.retain(|_, w| !w.is_closed());
+        node.writers.retain(|_, w| !w.tx.is_closed());
         if any {
             tokio::task::yield_now().await;
             continue;
         }
         bell.park();
-        if links.iter().any(|l| l.rx.slots() > 0) || !done_rx.is_empty() {
+        if node.links.iter().any(|l| l.rx.slots() > 0) || !done_rx.is_empty() {
             bell.unpark();
             continue;
         }
-        let backlog = links.iter().any(|l| !l.backlog.is_empty());
+        let backlog = node.links.iter().any(|l| !l.backlog.is_empty());
         let nap = if backlog { Duration::from_millis(1) } else { Duration::from_millis(200) };
         tokio::select! {
             r = bell_rx.readable() => {
@@ -349,20 +779,16 @@ async fn run(
             }
             d = done_rx.recv() => {
                 if let Some(d) = d {
-                    let (shard, msg) = match d {
-                        Done::Stored { shard, topic, through } => (shard, MeshMsg::Stored { topic, through }),
-                        Done::Loaded { shard, topic, state } => (shard, MeshMsg::Loaded { topic, state }),
-                    };
-                    if let Some(l) = links.get_mut(shard) {
-                        l.send(msg);
-                        l.bell.notify();
-                    }
+                    node.on_done(d);
                 }
             }
             _ = tokio::time::sleep(nap) => {}
         }
         bell.unpark();
     }
+    // A graceful stop gives the leases back so other nodes take over at once.
+    let _ = stop_leases.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), leases).await;
 }
 
 /// A per-process incarnation id: appends carry it, so a seq reused after a
@@ -408,136 +834,192 @@ fn ws_header_len(frame: &[u8]) -> usize {
     }
 }
 
-/// Writes one topic's appends in seq order; on a failure writes again
-/// every unstored one from it, in order, with the same ids, until stored.
-/// Reports "stored through" in order. Ends after a minute idle.
-async fn writer(
+/// One topic's writer: its appends in seq order; on a failure it writes
+/// again every unstored one from it, in order, with the same ids, until
+/// stored — or until its stream is lost (`fence` moved), when it gives them
+/// up (never acked). Reports "stored through" in order. Ends after a
+/// minute idle.
+struct WriterTask {
     js: jetstream::Context,
     plan: Plan,
     shard: usize,
     topic: Arc<str>,
     inc: Arc<str>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<SharedPub>,
     done: tokio::sync::mpsc::UnboundedSender<Done>,
-) {
-    let (_, subject) = subject_of(&plan, &topic);
-    // Sent and not yet confirmed, in seq order.
-    let mut unacked: VecDeque<(SharedPub, Option<jetstream::context::PublishAckFuture>)> = VecDeque::new();
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        // Take what is queued (waiting only when nothing is in flight).
-        if unacked.is_empty() {
-            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
-                Ok(Some(p)) => unacked.push_back((p, None)),
-                _ => return,
-            }
-        }
-        while let Ok(p) = rx.try_recv() {
-            unacked.push_back((p, None));
-        }
-        // Send every unsent one, in order.
-        let mut failed = false;
-        for (p, fut) in unacked.iter_mut().filter(|(_, f)| f.is_none()) {
-            let (headers, payload) = stored_form(p, &inc);
-            let id = format!("{} {} {} {}", p.topic, p.epoch.as_str(), p.seq, inc);
-            let msg = jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(id);
-            match js.send_publish(subject.clone(), msg).await {
-                Ok(f) => *fut = Some(f),
-                Err(_) => {
-                    failed = true;
-                    break;
+    fence: Arc<std::sync::atomic::AtomicU64>,
+    gen: u64,
+}
+
+impl WriterTask {
+    async fn run(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<SharedPub>) {
+        let (js, plan, shard, topic, inc, done) =
+            (&self.js, &self.plan, self.shard, &self.topic, &self.inc, &self.done);
+        let (_, subject) = subject_of(plan, topic);
+        // Sent and not yet confirmed, in seq order.
+        let mut unacked: VecDeque<(SharedPub, Option<jetstream::context::PublishAckFuture>)> = VecDeque::new();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            // Take what is queued (waiting only when nothing is in flight).
+            if unacked.is_empty() {
+                match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                    Ok(Some(p)) => unacked.push_back((p, None)),
+                    _ => return,
                 }
             }
-        }
-        // Confirm in order.
-        while !failed {
-            let Some((p, fut)) = unacked.front_mut() else { break };
-            let Some(f) = fut.take() else { break };
-            let seq = p.seq;
-            match tokio::time::timeout(plan.timeout, std::future::IntoFuture::into_future(f)).await {
-                Ok(Ok(_)) => {
-                    unacked.pop_front();
-                    backoff = Duration::from_millis(10);
-                    let last_in_run = unacked.front().is_none_or(|(_, f)| f.is_none());
-                    if last_in_run || rx.is_empty() {
-                        let _ = done.send(Done::Stored { shard, topic: topic.clone(), through: seq });
+            while let Ok(p) = rx.try_recv() {
+                unacked.push_back((p, None));
+            }
+            // Send every unsent one, in order (none once the stream is lost).
+            let fenced = self.fence.load(Ordering::SeqCst) != self.gen;
+            let mut failed = fenced;
+            for (p, fut) in unacked.iter_mut().filter(|(_, f)| f.is_none() && !fenced) {
+                let (headers, payload) = stored_form(p, inc);
+                let id = format!("{} {} {} {}", p.topic, p.epoch.as_str(), p.seq, inc);
+                let msg = jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(id);
+                match js.send_publish(subject.clone(), msg).await {
+                    Ok(f) => *fut = Some(f),
+                    Err(_) => {
+                        failed = true;
+                        break;
                     }
                 }
-                _ => failed = true,
             }
-        }
-        if failed {
-            // Everything not confirmed goes again, in order.
-            for (_, f) in unacked.iter_mut() {
-                *f = None;
+            // Confirm in order.
+            while !failed {
+                let Some((p, fut)) = unacked.front_mut() else { break };
+                let Some(f) = fut.take() else { break };
+                let seq = p.seq;
+                match tokio::time::timeout(plan.timeout, std::future::IntoFuture::into_future(f)).await {
+                    Ok(Ok(_)) => {
+                        unacked.pop_front();
+                        backoff = Duration::from_millis(10);
+                        let last_in_run = unacked.front().is_none_or(|(_, f)| f.is_none());
+                        if last_in_run || rx.is_empty() {
+                            let _ = done.send(Done::Stored { shard, topic: topic.clone(), through: seq });
+                        }
+                    }
+                    _ => failed = true,
+                }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            if failed {
+                if self.fence.load(Ordering::SeqCst) != self.gen {
+                    // The stream was lost: another node sequences it now;
+                    // what was not stored was refused to its publishers.
+                    let _ = done.send(Done::Abandoned { topic: topic.clone() });
+                    return;
+                }
+                // Everything not confirmed goes again, in order.
+                for (_, f) in unacked.iter_mut() {
+                    *f = None;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }
 
 /// Reads a topic's stored state: every message of its subject, in stream
-/// order, orphans of an older incarnation cut (rule 6), the contiguous run
-/// of seqs that remains.
+/// order (one ordered consumer filtered to the subject: a batch, not a
+/// round trip per message), orphans of an older incarnation cut (rule 6),
+/// the contiguous run of seqs that remains.
 async fn load(js: &jetstream::Context, plan: &Plan, topic: &str) -> Result<Option<Box<StoredTopic>>, String> {
+    use jetstream::consumer::{pull, DeliverPolicy};
     let (s, subject) = subject_of(plan, topic);
     let stream = js.get_stream(format!("SC_{s}")).await.map_err(|e| e.to_string())?;
-    // By seq: (incarnation, publication); newest incarnation cuts older.
-    let mut by_seq: std::collections::BTreeMap<u64, (String, SharedPub)> = std::collections::BTreeMap::new();
-    let mut current_inc = String::new();
-    let mut epoch: Option<Epoch> = None;
-    let mut next = 1u64;
+    // The subject's last message says where the read ends (or that there
+    // is nothing to read).
+    let last = match stream.direct_get_last_for_subject(subject.as_str()).await {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.clone(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut msgs = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut scan = Scan::default();
     let mut scratch = Vec::new();
+    // The subject holds at most max_count messages (the stream's limit).
     for _ in 0..plan.max_count.saturating_mul(4).max(16) {
-        let m = match stream.direct_get_next_for_subject(subject.as_str(), Some(next)).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => break,
-            Err(e) => return Err(e.to_string()),
+        let m = match tokio::time::timeout(plan.timeout, futures_lite::StreamExt::next(&mut msgs)).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) => break,
+            Err(_) => return Err(format!("reading {subject} timed out")),
         };
-        next = m.sequence + 1;
-        let hv = |k: &str| m.headers.get(k).map(|v| v.as_str().to_owned());
+        let at = m.info().map(|i| i.stream_sequence).unwrap_or(last);
+        if let Some(h) = m.headers.as_ref() {
+            scan.take(topic, h, &m.payload, &mut scratch);
+        }
+        if at >= last {
+            break;
+        }
+    }
+    Ok(scan.finish(plan.max_count))
+}
+
+/// A subject's messages taken in stream order: by seq, the newest
+/// incarnation cutting older ones from where it started (rule 6).
+#[derive(Default)]
+struct Scan {
+    by_seq: std::collections::BTreeMap<u64, (String, SharedPub)>,
+    current_inc: String,
+    epoch: Option<Epoch>,
+}
+
+impl Scan {
+    fn take(&mut self, topic: &str, h: &HeaderMap, payload: &[u8], scratch: &mut Vec<u8>) {
+        let hv = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
         let (Some(seq), Some(ep), Some(inc)) = (
             hv("Sc-Seq").and_then(|v| v.parse::<u64>().ok()),
             hv("Sc-Epoch").and_then(|e| Epoch::parse(&e)),
             hv("Sc-Inc"),
         ) else {
-            continue;
+            return;
         };
-        if inc != current_inc {
+        if inc != self.current_inc {
             // A later incarnation's first write at seq s: older ones from s on
             // were never acked (orphans).
-            let cut: Vec<u64> = by_seq.range(seq..).filter(|(_, (i, _))| *i != inc).map(|(k, _)| *k).collect();
+            let cut: Vec<u64> = self.by_seq.range(seq..).filter(|(_, (i, _))| *i != inc).map(|(k, _)| *k).collect();
             for k in cut {
-                by_seq.remove(&k);
+                self.by_seq.remove(&k);
             }
-            current_inc = inc.clone();
+            self.current_inc = inc.clone();
         }
-        if epoch.is_some_and(|e| e != ep) {
+        if self.epoch.is_some_and(|e| e != ep) {
             // Another epoch replaced the topic: start over with it.
-            by_seq.clear();
+            self.by_seq.clear();
         }
-        epoch = Some(ep);
-        let Some(publ) = rebuild(topic, seq, ep, &m.headers, &m.payload, &mut scratch) else { continue };
-        by_seq.insert(seq, (inc, Arc::new(publ)));
+        self.epoch = Some(ep);
+        let Some(publ) = rebuild(topic, seq, ep, h, payload, scratch) else { return };
+        self.by_seq.insert(seq, (inc, Arc::new(publ)));
     }
-    let Some(epoch) = epoch else { return Ok(None) };
-    // The contiguous run ending at the highest seq.
-    let mut pubs: Vec<SharedPub> = Vec::new();
-    let mut last = 0;
-    for (seq, (_, p)) in by_seq.into_iter().rev() {
-        if last != 0 && seq + 1 != pubs.last().map_or(0, |p: &SharedPub| p.seq) {
-            break;
+
+    /// The contiguous run ending at the highest seq, at most `max` of it.
+    fn finish(self, max: usize) -> Option<Box<StoredTopic>> {
+        let epoch = self.epoch?;
+        let mut pubs: Vec<SharedPub> = Vec::new();
+        let mut last = 0;
+        for (seq, (_, p)) in self.by_seq.into_iter().rev() {
+            if last != 0 && seq + 1 != pubs.last().map_or(0, |p: &SharedPub| p.seq) {
+                break;
+            }
+            if last == 0 {
+                last = seq;
+            }
+            pubs.push(p);
         }
-        if last == 0 {
-            last = seq;
-        }
-        pubs.push(p);
+        pubs.reverse();
+        let keep = pubs.len().saturating_sub(max);
+        pubs.drain(..keep);
+        Some(Box::new((epoch, last, pubs)))
     }
-    pubs.reverse();
-    let keep = pubs.len().saturating_sub(plan.max_count);
-    pubs.drain(..keep);
-    Ok(Some(Box::new((epoch, last, pubs))))
 }
 
 /// A stored message back into a publication (its native frame rebuilt

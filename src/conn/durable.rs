@@ -41,6 +41,11 @@ pub struct Durable {
     pub max_inflight: usize,
     /// `cluster.max_loading`.
     pub max_loading: usize,
+    /// Which streams (the units of ownership) this node owns now.
+    owned: Vec<bool>,
+    /// Requests that found the participant's ring full, in order (answers
+    /// to remote publishers; bounded by the held publications).
+    overflow: VecDeque<ClusterReq>,
 }
 
 /// A sequenced publication waiting for its store.
@@ -58,7 +63,13 @@ pub struct Held {
 
 impl Durable {
     /// A shard's end: requests go on `to`, the participant is woken by `bell`.
-    pub fn new(to: rtrb::Producer<ClusterReq>, bell: Arc<Doorbell>, max_inflight: usize, max_loading: usize) -> Self {
+    pub fn new(
+        to: rtrb::Producer<ClusterReq>,
+        bell: Arc<Doorbell>,
+        streams: usize,
+        max_inflight: usize,
+        max_loading: usize,
+    ) -> Self {
         Self {
             to,
             bell,
@@ -68,7 +79,57 @@ impl Durable {
             waiting: 0,
             max_inflight,
             max_loading,
+            owned: vec![false; streams.max(1)],
+            overflow: VecDeque::new(),
         }
+    }
+
+    /// The stream (the unit of ownership) of `topic`.
+    pub fn stream_of(map: &crate::topic::PartitionMap, streams: usize, topic: &str) -> usize {
+        (map.partition(topic) as usize) % streams.max(1)
+    }
+
+    /// Whether this node owns stream `s`.
+    pub fn owns(&self, s: usize) -> bool {
+        self.owned.get(s).copied().unwrap_or(false)
+    }
+
+    /// Streams this node owns.
+    pub fn owned_count(&self) -> usize {
+        self.owned.iter().filter(|o| **o).count()
+    }
+
+    /// Sends what waited for room in the ring (called each loop turn).
+    pub fn flush(&mut self) {
+        let mut sent = false;
+        while let Some(r) = self.overflow.pop_front() {
+            match self.to.push(r) {
+                Ok(()) => sent = true,
+                Err(rtrb::PushError::Full(r)) => {
+                    self.overflow.push_front(r);
+                    break;
+                }
+            }
+        }
+        if sent {
+            self.bell.notify();
+        }
+    }
+
+    /// Whether requests still wait for room in the ring.
+    pub fn has_overflow(&self) -> bool {
+        !self.overflow.is_empty()
+    }
+
+    /// Sends `req`, queueing it behind earlier ones if the ring is full.
+    fn send_queued(&mut self, req: ClusterReq) {
+        if !self.overflow.is_empty() {
+            return self.overflow.push_back(req);
+        }
+        if let Err(rtrb::PushError::Full(r)) = self.to.push(req) {
+            self.overflow.push_back(r);
+        }
+        self.bell.notify();
     }
 
     /// Whether one more publication may be sequenced (room to hold it and
@@ -100,6 +161,182 @@ fn creates(msg: &MeshMsg) -> Option<&str> {
 }
 
 impl ShardCore {
+    /// The mesh index of the cluster participant (after the shards).
+    pub(crate) fn participant(&self) -> usize {
+        self.map.shards
+    }
+
+    /// Sends a mesh message to the participant (an answer for a remote
+    /// publisher).
+    pub(crate) fn send_to_participant(&mut self, msg: MeshMsg) {
+        let Some(d) = self.durable.as_mut() else { return self.counters.internal_errors += 1 };
+        match msg {
+            MeshMsg::Published { to, reply } => d.send_queued(ClusterReq::Answer { to, reply }),
+            _ => self.counters.internal_errors += 1,
+        }
+    }
+
+    /// Durable cluster mode, before anything else: ownership changes,
+    /// replicated publications, forwarded answers, and publishes into a
+    /// partition another node owns (forwarded there). Others go on.
+    pub(crate) fn cluster_route(&mut self, from: usize, msg: MeshMsg) -> Option<MeshMsg> {
+        let streams = self.durable.as_ref().map_or(1, |d| d.owned.len().max(1));
+        match msg {
+            MeshMsg::Ownership { stream, owned } => {
+                self.on_ownership(stream as usize, owned);
+                None
+            }
+            MeshMsg::Replicated(publ) => {
+                self.on_replicated(publ);
+                None
+            }
+            MeshMsg::Forwarded { from, to, reply } => {
+                self.counters.cluster_forwarded += 1;
+                self.send_to(from, MeshMsg::Published { to, reply });
+                None
+            }
+            MeshMsg::Publish(req) => {
+                let s = Durable::stream_of(&self.map, streams, &req.topic);
+                let participant = self.participant();
+                let d = self.durable.as_mut()?;
+                if d.owns(s) {
+                    return Some(MeshMsg::Publish(req));
+                }
+                if from == participant {
+                    // Forwarded here, but this node no longer owns it.
+                    let reply = PubReply::Refused {
+                        code: ErrorCode::Overloaded,
+                        message: "the topic's partition is changing owner; retry later",
+                        retry_after_ms: Some(OVERLOADED_RETRY_MS),
+                    };
+                    self.send_to(from, MeshMsg::Published { to: req.to, reply });
+                    return None;
+                }
+                let to = req.to;
+                if d.to.push(ClusterReq::Forward { from, req }).is_ok() {
+                    d.bell.notify();
+                    self.counters.cluster_forwards += 1;
+                } else {
+                    *self.counters.publishes_rejected.entry("store_backlog").or_default() += 1;
+                    let reply = PubReply::Refused {
+                        code: ErrorCode::Overloaded,
+                        message: "engine overloaded (the store lags); retry later",
+                        retry_after_ms: Some(OVERLOADED_RETRY_MS),
+                    };
+                    self.send_to(from, MeshMsg::Published { to, reply });
+                }
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// This node took (or lost) stream `s`. Either way the topics of it
+    /// held here may lag the stream: they are reloaded before they are used
+    /// again. Losing it refuses what was still waiting for the store
+    /// (never acked: the publishers retry, at the new owner).
+    fn on_ownership(&mut self, s: usize, owned: bool) {
+        let map = self.map;
+        let Some(d) = self.durable.as_mut() else { return };
+        let streams = d.owned.len();
+        if s >= streams {
+            return self.counters.internal_errors += 1;
+        }
+        if d.owned[s] == owned {
+            d.send_queued(ClusterReq::OwnershipSeen(s as u32));
+            return;
+        }
+        d.owned[s] = owned;
+        let mut refused = Vec::new();
+        let mut unpin = Vec::new();
+        if !owned {
+            let lost: Vec<Arc<str>> =
+                d.pending.keys().filter(|t| Durable::stream_of(&map, streams, t) == s).cloned().collect();
+            for t in lost {
+                if let Some(q) = d.pending.remove(&t) {
+                    d.held -= q.len();
+                    refused.extend(q);
+                    unpin.push(t);
+                }
+            }
+        }
+        d.send_queued(ClusterReq::OwnershipSeen(s as u32));
+        for t in unpin {
+            self.owner.pin(&t, false);
+        }
+        let n = self.owner.mark_stale(|t| Durable::stream_of(&map, streams, t) == s);
+        self.counters.cluster_ownership_moves += 1;
+        tracing::debug!(stream = s, owned, topics = n, "cluster: ownership changed");
+        for h in refused {
+            *self.counters.publishes_rejected.entry("owner_moved").or_default() += 1;
+            let reply = PubReply::Refused {
+                code: ErrorCode::Overloaded,
+                message: "the topic's partition moved to another node before it was stored; retry",
+                retry_after_ms: Some(OVERLOADED_RETRY_MS),
+            };
+            self.send_to(h.from, MeshMsg::Published { to: h.to, reply });
+        }
+    }
+
+    /// A publication another node stored: a mirror held here applies it
+    /// and delivers it; a gap reloads the topic first.
+    fn on_replicated(&mut self, publ: SharedPub) {
+        let streams = self.durable.as_ref().map_or(1, |d| d.owned.len().max(1));
+        let s = Durable::stream_of(&self.map, streams, &publ.topic);
+        let participant = self.participant();
+        let Some(d) = self.durable.as_mut() else { return };
+        if d.owns(s) {
+            // Sequenced here: delivered when stored, not from the stream.
+            return;
+        }
+        if let Some(w) = d.loading.get_mut(&*publ.topic) {
+            // Applied after the load, in order.
+            if d.waiting < d.max_loading {
+                w.push((participant, MeshMsg::Replicated(publ)));
+                d.waiting += 1;
+            }
+            return;
+        }
+        match self.owner.apply(&publ, self.now) {
+            crate::topic::owner::Applied::Next => {
+                self.counters.cluster_replicated += 1;
+                let targets: Vec<usize> =
+                    self.owner.topic(&publ.topic).map(|t| t.interested().collect()).unwrap_or_default();
+                self.deliver_mirrored(&targets, &publ);
+            }
+            crate::topic::owner::Applied::Old | crate::topic::owner::Applied::Absent => {}
+            crate::topic::owner::Applied::Gap => {
+                let topic = publ.topic.clone();
+                self.reload(&topic, Some((self.participant(), MeshMsg::Replicated(publ))));
+            }
+        }
+    }
+
+    /// Delivers a mirrored publication to the interested shards and offers
+    /// it to the topic's groups here (nobody is acked: the owner node did).
+    fn deliver_mirrored(&mut self, targets: &[usize], publ: &SharedPub) {
+        self.deliver_to(targets, publ, self.now);
+        if !self.groups.is_empty() {
+            self.groups_offer(publ);
+        }
+    }
+
+    /// Asks the participant for `topic`'s stored state (a mirror that saw a
+    /// gap); `waiter` runs after it.
+    fn reload(&mut self, topic: &Arc<str>, waiter: Option<(usize, MeshMsg)>) {
+        let Some(d) = self.durable.as_mut() else { return };
+        if d.loading.contains_key(&**topic) || d.loading.len() >= d.max_loading || d.waiting >= d.max_loading {
+            return;
+        }
+        if d.send(ClusterReq::Load(topic.clone())) {
+            let w: Vec<(usize, MeshMsg)> = waiter.into_iter().collect();
+            d.waiting += w.len();
+            d.loading.insert((**topic).into(), w);
+            self.counters.cluster_loads += 1;
+            self.counters.cluster_reloads += 1;
+        }
+    }
+
     /// Durable mode: a message that would create a topic not resident here
     /// waits for its load (true: taken). Others go on.
     pub(crate) fn wait_for_load(&mut self, from: usize, msg: MeshMsg) -> Option<MeshMsg> {
@@ -154,7 +391,18 @@ impl ShardCore {
         let restored = match state {
             Ok(s) => {
                 let now = self.now;
-                self.owner.restore(topic, s.map(|b| *b), now).map_err(|_| "the topic table is full")
+                match self.owner.restore(topic, s.map(|b| *b), now) {
+                    Ok(newer) => {
+                        // A mirror's subscribers get what it had not seen.
+                        let targets: Vec<usize> =
+                            self.owner.topic(topic).map(|t| t.interested().collect()).unwrap_or_default();
+                        for p in &newer {
+                            self.deliver_mirrored(&targets, p);
+                        }
+                        Ok(())
+                    }
+                    Err(_) => Err("the topic table is full"),
+                }
             }
             Err(e) => {
                 self.counters.cluster_load_errors += 1;
@@ -163,9 +411,10 @@ impl ShardCore {
             }
         };
         for (from, msg) in waiting {
-            match restored {
-                Ok(()) => self.on_mesh(from, msg),
-                Err(why) => self.refuse_waiting(from, msg, why),
+            match (restored, msg) {
+                (_, MeshMsg::Replicated(p)) => self.on_replicated(p),
+                (Ok(()), msg) => self.on_mesh(from, msg),
+                (Err(why), msg) => self.refuse_waiting(from, msg, why),
             }
         }
     }

@@ -62,6 +62,9 @@ impl ShardCore {
         if shard == self.id {
             return self.on_mesh(shard, msg);
         }
+        if shard == self.map.shards && self.durable.is_some() {
+            return self.send_to_participant(msg);
+        }
         match self.outboxes.get_mut(shard).and_then(Option::as_mut) {
             Some(out) => out.push(msg),
             None => self.counters.internal_errors += 1,
@@ -89,7 +92,7 @@ impl ShardCore {
             }
         }
         let msg = match self.durable.is_some() {
-            true => match self.wait_for_load(from, msg) {
+            true => match self.cluster_route(from, msg).and_then(|m| self.wait_for_load(from, m)) {
                 Some(m) => m,
                 None => return,
             },
@@ -98,6 +101,10 @@ impl ShardCore {
         match msg {
             MeshMsg::Stored { topic, through } => self.on_stored(&topic, through),
             MeshMsg::Loaded { topic, state } => self.on_loaded(&topic, state),
+            MeshMsg::Ownership { .. } | MeshMsg::Replicated(_) | MeshMsg::Forwarded { .. } => {
+                // Taken by cluster_route (durable mode only).
+                self.counters.internal_errors += 1
+            }
             MeshMsg::Publish(req) => self.owner_publish(from, *req),
             MeshMsg::Subscribe { conn, id, topic, since, streams, last, member, wide } => {
                 let opts = crate::topic::owner::SubOpts { streams, last };
@@ -522,7 +529,7 @@ impl ShardCore {
     }
 
     /// Hands a publication to every target shard (itself included).
-    fn deliver_to(&mut self, targets: &[usize], publ: &SharedPub, received_at: Instant) {
+    pub(crate) fn deliver_to(&mut self, targets: &[usize], publ: &SharedPub, received_at: Instant) {
         for &s in targets {
             if s == self.id {
                 self.fanout_local(publ.clone(), received_at);

@@ -275,6 +275,16 @@ pub struct Counters {
     pub cluster_loads: u64,
     /// Durable mode: loads that failed (the waiting commands refused).
     pub cluster_load_errors: u64,
+    /// Cluster: publishes forwarded to the node owning their partition.
+    pub cluster_forwards: u64,
+    /// Cluster: answers to forwarded publishes (acks and refusals).
+    pub cluster_forwarded: u64,
+    /// Cluster: publications other nodes stored, applied to mirrors here.
+    pub cluster_replicated: u64,
+    /// Cluster: mirrors reloaded for a gap or an ownership change.
+    pub cluster_reloads: u64,
+    /// Cluster: ownership changes (a stream taken or given up) seen here.
+    pub cluster_ownership_moves: u64,
     /// Durable mode: publish received → stored (the ack's wait for the store).
     pub store_latency: Latency,
     /// TLS handshakes completed.
@@ -383,6 +393,11 @@ impl Counters {
             cluster_stored: 0,
             cluster_loads: 0,
             cluster_load_errors: 0,
+            cluster_forwards: 0,
+            cluster_forwarded: 0,
+            cluster_replicated: 0,
+            cluster_reloads: 0,
+            cluster_ownership_moves: 0,
             store_latency: Latency::default(),
             tls_handshakes: 0,
             tls_errors: 0,
@@ -457,6 +472,8 @@ pub struct ShardStats {
     pub cluster_held: u64,
     /// Durable mode: commands waiting for topic loads here.
     pub cluster_loading: u64,
+    /// Cluster: streams this node owns (every shard sees the same).
+    pub cluster_owned: u64,
     /// Sum of interest counts over owned topics (must equal the sum of all
     /// shards' `subscriptions` for this shard's topics when quiet).
     pub owned_interest: u64,

@@ -86,6 +86,25 @@ pub enum ClusterReq {
     Append(SharedPub),
     /// Load a topic's stored state (answered `Loaded`).
     Load(Arc<str>),
+    /// A publish into a partition another node owns: forward it there
+    /// (answered `Forwarded`; `from` is the publisher's shard).
+    Forward {
+        /// The publisher's shard.
+        from: usize,
+        /// The publish.
+        req: Box<PublishReq>,
+    },
+    /// The answer to a publish the participant brought from another node
+    /// (`to.conn` is the participant's token for it).
+    Answer {
+        /// The remote publisher's token.
+        to: Requester,
+        /// The owner's answer.
+        reply: PubReply,
+    },
+    /// This shard has taken in an `Ownership` change of `stream`: every
+    /// append of it that came before is in the ring already.
+    OwnershipSeen(u32),
 }
 
 /// A topic's stored state: epoch, last seq, recent publications in order.
@@ -416,6 +435,28 @@ pub enum MeshMsg {
         topic: Arc<str>,
         /// The last stored seq (every one before it is stored too).
         through: u64,
+    },
+    /// Participant → every shard: this node now owns (or no longer owns)
+    /// the partitions of `stream` — it sequences their topics (or forwards
+    /// their publishes and mirrors them from the stream).
+    Ownership {
+        /// The stream (the unit of ownership).
+        stream: u32,
+        /// Owned now.
+        owned: bool,
+    },
+    /// Participant → a topic's local shard: a publication another node
+    /// sequenced and stored (a mirror applies it in seq order).
+    Replicated(SharedPub),
+    /// Participant → the shard that forwarded a publish: the owner node's
+    /// answer, for the publisher on shard `from`.
+    Forwarded {
+        /// The publisher's shard.
+        from: usize,
+        /// Who waits for it.
+        to: Requester,
+        /// The answer.
+        reply: PubReply,
     },
     /// Participant → owner: `topic`'s stored state (Ok(None): never
     /// stored; Err: the store could not be read).

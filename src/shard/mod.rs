@@ -400,7 +400,11 @@ impl MeshTask {
 
     fn flush_overflow(&mut self) -> bool {
         let mut core = self.ctx.core.borrow_mut();
-        core.outboxes.iter_mut().flatten().fold(false, |any, o| o.flush_overflow() | any)
+        let waiting = core.durable.as_mut().is_some_and(|d| {
+            d.flush();
+            d.has_overflow()
+        });
+        core.outboxes.iter_mut().flatten().fold(waiting, |any, o| o.flush_overflow() | any)
     }
 }
 
@@ -446,6 +450,7 @@ pub fn snapshot(core: &ShardCore, bell: &crate::mesh::Doorbell) -> ShardStats {
         requests_serving: requests.1 as u64,
         cluster_held: core.durable.as_ref().map_or(0, |d| d.held as u64),
         cluster_loading: core.durable.as_ref().map_or(0, |d| d.waiting as u64),
+        cluster_owned: core.durable.as_ref().map_or(0, |d| d.owned_count() as u64),
         owned_interest: core.owner.total_interest(),
         outbound_bytes,
         outbound_max_bytes,

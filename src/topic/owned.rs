@@ -37,6 +37,18 @@ impl Epoch {
         })
     }
 
+    /// The epoch a durable cluster gives a topic it has never stored: the
+    /// same on every node (a subscriber on a node that does not own the
+    /// topic is told the epoch the owner will sequence it in), drawn from
+    /// the topic name. (A topic whose whole history aged out of the stream
+    /// starts again in it: docs/ARCHITECTURE.md.)
+    pub fn first_of(topic: &str) -> Self {
+        let mut z = crate::topic::name::fnv1a64(topic.as_bytes()) ^ 0x5348_4152_4443_5354;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Self::from_u64(z ^ (z >> 31))
+    }
+
     fn from_u64(v: u64) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 12];
@@ -104,6 +116,10 @@ pub struct OwnedTopic {
     /// Holds that keep the topic off the idle lists (so it is not evicted):
     /// durable mode pins a topic while its publications wait for the store.
     pub pins: u32,
+    /// Durable cluster mode: the state may lag the stream (the node's
+    /// ownership of the topic's partition changed, or a mirror saw a gap);
+    /// it is reloaded before the topic is used to sequence or subscribe.
+    pub stale: bool,
 }
 
 /// A topic's retained value.
@@ -132,6 +148,7 @@ impl OwnedTopic {
             retained: None,
             presence: Default::default(),
             pins: 0,
+            stale: false,
         }
     }
 

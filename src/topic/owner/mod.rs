@@ -121,6 +121,19 @@ pub struct StreamIn<'a> {
     pub end: bool,
 }
 
+/// What a mirror did with a replicated publication ([`Owner::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The next seq: kept, to be delivered.
+    Next,
+    /// Already held.
+    Old,
+    /// A gap, another epoch, or the topic is stale: reload it.
+    Gap,
+    /// Not held here (nobody here needs it).
+    Absent,
+}
+
 /// Why the owner refused a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -519,35 +532,107 @@ impl Owner {
         }
     }
 
-    /// Whether `topic` is held here (a durable owner loads a topic that is
-    /// not before it publishes into or subscribes to it).
+    /// Whether `topic` is held here and current (a durable owner loads a
+    /// topic that is not before it publishes into or subscribes to it).
     pub fn is_resident(&self, topic: &str) -> bool {
+        self.table.find(topic).and_then(|i| self.table.get(i)).is_some_and(|s| !s.topic.stale)
+    }
+
+    /// Whether `topic` is held here, current or not.
+    pub fn holds(&self, topic: &str) -> bool {
         self.table.find(topic).is_some()
+    }
+
+    /// Marks every topic held here that `pick` selects as stale (reloaded
+    /// before its next publish or subscribe). Returns how many.
+    pub fn mark_stale(&mut self, mut pick: impl FnMut(&str) -> bool) -> usize {
+        let names: Vec<Arc<str>> = self.table.iter().filter(|t| pick(&t.name)).map(|t| t.name.clone()).collect();
+        for n in &names {
+            if let Some(slot) = self.table.find(n).and_then(|i| self.table.get_mut(i)) {
+                slot.topic.stale = true;
+            }
+        }
+        names.len()
     }
 
     /// Makes `topic` resident with the state stored for it: its epoch, last
     /// seq, and its most recent publications in seq order (ring and dedupe
     /// window refilled, within the usual bounds). A topic never stored
-    /// (`None`) gets a fresh epoch, as a new topic does.
+    /// (`None`) gets the epoch every node gives it ([`Epoch::first_of`]). A
+    /// topic already
+    /// held (a stale one, or a mirror that saw a gap) takes the stored
+    /// state in place of its own, keeping its subscribers; the returned
+    /// publications are the ones it did not have (to deliver to them).
     pub fn restore(
         &mut self,
         topic: &str,
         state: Option<(Epoch, u64, Vec<SharedPub>)>,
         now: Instant,
-    ) -> Result<(), Refused> {
+    ) -> Result<Vec<SharedPub>, Refused> {
+        let held = self.table.find(topic).is_some();
         let idx = self.slot_for(topic)?;
-        let Some((epoch, seq, pubs)) = state else { return Ok(()) };
+        let Some(slot) = self.table.get_mut(idx) else {
+            return Err(Refused::TableFull);
+        };
+        slot.topic.stale = false;
+        let Some((epoch, seq, pubs)) = state else {
+            if slot.topic.seq == 0 {
+                slot.topic.epoch = Epoch::first_of(topic);
+            }
+            return Ok(Vec::new());
+        };
+        let (old_epoch, old_seq) = (slot.topic.epoch, slot.topic.seq);
+        if held {
+            // The ring and window are replaced by what the store holds.
+            let t = &mut slot.topic;
+            while !t.replay.is_empty() {
+                self.bytes -= t.replay.pop_oldest();
+                self.replay_items -= 1;
+            }
+            while !t.dedupe.is_empty() {
+                self.bytes -= t.dedupe.pop_oldest();
+                self.dedupe_items -= 1;
+            }
+        }
         let Some(slot) = self.table.get_mut(idx) else {
             return Err(Refused::TableFull);
         };
         slot.topic.epoch = epoch;
         slot.topic.seq = seq;
+        let newer: Vec<SharedPub> = match held && old_epoch == epoch {
+            true => pubs.iter().filter(|p| p.seq > old_seq).cloned().collect(),
+            false => Vec::new(),
+        };
         for publ in pubs {
             self.keep(idx, &publ, now);
         }
         self.stats.topics_restored += 1;
         self.enforce_budget(usize::MAX);
-        Ok(())
+        Ok(newer)
+    }
+
+    /// A mirror (durable cluster mode, a topic another node sequences)
+    /// takes a publication the owner node stored: the next seq is kept
+    /// (ring, dedupe) and is to be delivered; an older one is ignored; a
+    /// gap, another epoch or a stale topic asks for a reload.
+    pub fn apply(&mut self, publ: &SharedPub, now: Instant) -> Applied {
+        let Some(idx) = self.table.find(&publ.topic) else { return Applied::Absent };
+        let Some(slot) = self.table.get_mut(idx) else { return Applied::Absent };
+        let t = &mut slot.topic;
+        if t.stale {
+            return Applied::Gap;
+        }
+        if t.epoch == publ.epoch && publ.seq <= t.seq {
+            return Applied::Old;
+        }
+        if t.epoch != publ.epoch || publ.seq != t.seq + 1 {
+            return Applied::Gap;
+        }
+        t.seq = publ.seq;
+        self.keep(idx, publ, now);
+        self.table.touch(idx);
+        self.enforce_budget(usize::MAX);
+        Applied::Next
     }
 
     /// Counts one more subscription of `shard` and answers with the

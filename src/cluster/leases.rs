@@ -1,0 +1,208 @@
+//! Who owns which stream (docs/ARCHITECTURE.md, "One writer per
+//! partition"): leases in the JetStream KV bucket `SC_LEASES` (key `s<i>`,
+//! value the node id, history 1, max age `cluster.lease_ms`), taken with
+//! `create` and renewed with `update(revision)`; live nodes announce
+//! themselves in `SC_NODES` (same max age). Each node takes its share,
+//! `ceil(streams / live nodes)`, and gives up extras so a new node gets
+//! work. A node stops sequencing a stream as soon as it has not renewed
+//! its lease for half a lease (it fences itself before the key can expire
+//! and another node take it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use futures_lite::StreamExt as _;
+
+/// A change of this node's ownership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Taken: sequence its topics.
+    Acquired(usize),
+    /// Lost (not renewed in time, or taken by another node): stop at once.
+    Lost(usize),
+    /// To be given up: stop sequencing, let appends drain, then `Freed`.
+    Release(usize),
+    /// Given up (the key is deleted; another node may take it).
+    Freed(usize),
+}
+
+/// The lease keeper's state (run by one task of the participant).
+pub struct Keeper {
+    leases: kv::Store,
+    nodes: kv::Store,
+    node: String,
+    streams: usize,
+    lease: Duration,
+    /// Held leases: revision and when last renewed.
+    held: BTreeMap<usize, (u64, Instant)>,
+    /// Held leases being given up.
+    releasing: BTreeSet<usize>,
+    /// Live nodes at the last look.
+    pub live: usize,
+}
+
+fn key(s: usize) -> String {
+    format!("s{s}")
+}
+
+impl Keeper {
+    /// Opens (or makes) the buckets.
+    pub async fn open(
+        js: &jetstream::Context,
+        node: &str,
+        streams: usize,
+        lease: Duration,
+        replicas: usize,
+    ) -> Result<Self, String> {
+        // The bucket's stream made here, as async-nats would make it: its
+        // create_key_value asks for account info first, which it cannot
+        // parse from nats-server 2.9.
+        let bucket = |name: &str| jetstream::stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age: lease,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        let mut stores = Vec::new();
+        for name in ["SC_LEASES", "SC_NODES"] {
+            js.get_or_create_stream(bucket(name)).await.map_err(|e| format!("KV bucket {name}: {e}"))?;
+            let store = js.get_key_value(name).await.map_err(|e| format!("KV bucket {name}: {e}"))?;
+            stores.push(store);
+        }
+        let nodes = stores.pop().ok_or("no bucket")?;
+        let leases = stores.pop().ok_or("no bucket")?;
+        Ok(Self {
+            leases,
+            nodes,
+            node: node.into(),
+            streams,
+            lease,
+            held: BTreeMap::new(),
+            releasing: BTreeSet::new(),
+            live: 1,
+        })
+    }
+
+    /// How often a round runs.
+    pub fn tick(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// Streams held now (releasing ones included).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// One round: fence what was not renewed in time, announce this node,
+    /// renew, give up what `drained` says is drained, take a share, mark
+    /// extras for release. Bounded by about one tick.
+    pub async fn round(&mut self, drained: &[usize], events: &mut Vec<LeaseEvent>) {
+        let start = Instant::now();
+        let op = (self.lease / 6).max(Duration::from_millis(50));
+        // Fence first: a lease not renewed for half its life is gone.
+        let stale: Vec<usize> = self
+            .held
+            .iter()
+            .filter(|(_, (_, at))| start.duration_since(*at) > self.lease / 2)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in stale {
+            self.drop_lease(s, events);
+        }
+        let _ = tokio::time::timeout(op, self.nodes.put(&self.node, bytes::Bytes::new())).await;
+        if let Ok(Some(n)) = tokio::time::timeout(op, self.count_nodes()).await {
+            self.live = n.max(1);
+        }
+        let held: Vec<(usize, u64)> = self.held.iter().map(|(s, (r, _))| (*s, *r)).collect();
+        for (s, rev) in held {
+            let value = bytes::Bytes::from(self.node.clone());
+            match tokio::time::timeout(op, self.leases.update(key(s), value, rev)).await {
+                Ok(Ok(r)) => {
+                    self.held.insert(s, (r, Instant::now()));
+                }
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    // Someone else holds it now.
+                    self.drop_lease(s, events);
+                }
+                _ => {}
+            }
+        }
+        for &s in drained {
+            if self.releasing.remove(&s) && self.held.remove(&s).is_some() {
+                let _ = tokio::time::timeout(op, self.leases.delete(key(s))).await;
+                events.push(LeaseEvent::Freed(s));
+            }
+        }
+        let share = self.streams.div_ceil(self.live);
+        let mut s = 0;
+        while self.held.len() < share && s < self.streams && start.elapsed() < self.tick() {
+            if !self.held.contains_key(&s) {
+                if let Some(rev) = self.try_take(s, op).await {
+                    self.held.insert(s, (rev, Instant::now()));
+                    events.push(LeaseEvent::Acquired(s));
+                }
+            }
+            s += 1;
+        }
+        // Extras go, highest first, so a joining node gets work.
+        let keep = self.held.len().saturating_sub(self.releasing.len());
+        let extra = keep.saturating_sub(share);
+        let give: Vec<usize> =
+            self.held.keys().rev().filter(|s| !self.releasing.contains(s)).take(extra).copied().collect();
+        for s in give {
+            self.releasing.insert(s);
+            events.push(LeaseEvent::Release(s));
+        }
+    }
+
+    fn drop_lease(&mut self, s: usize, events: &mut Vec<LeaseEvent>) {
+        if self.held.remove(&s).is_some() {
+            self.releasing.remove(&s);
+            events.push(LeaseEvent::Lost(s));
+        }
+    }
+
+    async fn count_nodes(&self) -> Option<usize> {
+        let mut keys = self.nodes.keys().await.ok()?;
+        let mut n = 0;
+        while let Some(k) = keys.next().await {
+            if k.is_ok() {
+                n += 1;
+            }
+        }
+        Some(n)
+    }
+
+    /// Takes stream `s` if its lease is free (or is this node's own, left
+    /// by an earlier run of it): the new revision.
+    async fn try_take(&self, s: usize, op: Duration) -> Option<u64> {
+        let value = bytes::Bytes::from(self.node.clone());
+        let entry = tokio::time::timeout(op, self.leases.entry(key(s))).await.ok()?.ok()?;
+        let r = match entry {
+            Some(e) if e.operation == kv::Operation::Put && &e.value[..] != self.node.as_bytes() => return None,
+            Some(e) if e.operation == kv::Operation::Put => {
+                tokio::time::timeout(op, self.leases.update(key(s), value, e.revision)).await.ok()?.ok()?
+            }
+            _ => tokio::time::timeout(op, self.leases.create(key(s), value)).await.ok()?.ok()?,
+        };
+        Some(r)
+    }
+
+    /// Gives every lease back (a graceful stop): the keys are deleted so
+    /// other nodes take them at once.
+    pub async fn release_all(&mut self) {
+        let op = (self.lease / 6).max(Duration::from_millis(50));
+        for s in std::mem::take(&mut self.held).into_keys() {
+            let _ = tokio::time::timeout(op, self.leases.delete(key(s))).await;
+        }
+        let _ = tokio::time::timeout(op, self.nodes.delete(&self.node)).await;
+    }
+}

@@ -277,11 +277,13 @@ fn kill_9_keeps_every_acked_publication_the_epoch_and_dedupe() {
     assert_eq!(messages, 32, "{text}");
 }
 
+/// A NATS outage shorter than half a lease: publishes wait, then are acked
+/// and delivered in order; none is lost or refused.
 #[test]
-fn acks_wait_for_the_store_through_a_nats_outage_and_none_is_lost() {
+fn a_short_nats_outage_delays_acks_and_loses_none() {
     let Some(bin) = nats_bin() else { return };
     let mut nats = Nats::start(bin);
-    let node = Node::start(&nats);
+    let node = Node::start_with(&nats, "lease_ms = 8000\n");
     let topic = "acme/outage";
     let mut sub = Client::connect(node.addr());
     sub.sub(topic);
@@ -295,7 +297,7 @@ fn acks_wait_for_the_store_through_a_nats_outage_and_none_is_lost() {
         p.send(json!({"op": "pub", "id": i, "topic": topic, "data": i}));
     }
     let early = p.quiet(Duration::from_millis(1500));
-    assert!(early.iter().all(|m| m["op"] != "ack"), "no ack before the store: {early:?}");
+    assert!(early.is_empty(), "no answer while the store is away (inside half a lease): {early:?}");
     assert!(sub.quiet(Duration::from_millis(100)).is_empty(), "nothing delivered before the store");
 
     nats.restart();
@@ -305,6 +307,82 @@ fn acks_wait_for_the_store_through_a_nats_outage_and_none_is_lost() {
     assert_eq!(acks, vec![2, 3, 4, 5, 6]);
     sub.ws.get_ref().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     assert_eq!(msgs(&mut sub, 5).iter().map(|m| m.0).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
+    let m = node.metrics();
+    assert_eq!(metric(&m, "shardcast_cluster_nats_disconnects_total", ""), 1, "{m}");
+    assert_eq!(metric(&m, "shardcast_cluster_nats_reconnects_total", ""), 1);
+    assert_eq!(metric(&m, "shardcast_cluster_nats_connected", ""), 1);
+}
+
+/// A NATS outage longer than half a lease: the node fences itself (it can
+/// no longer prove it owns its streams), what waited for the store is
+/// refused `overloaded` (never acked), publishes meanwhile are refused at
+/// once; once NATS is back the node owns its streams again and a retry with
+/// the same `msg_id` is acked — each publication stored once, no acked loss.
+#[test]
+fn a_long_nats_outage_fences_the_node_refuses_and_recovers_without_loss() {
+    let Some(bin) = nats_bin() else { return };
+    let mut nats = Nats::start(bin);
+    let node = Node::start_with(&nats, "lease_ms = 1500\n");
+    let topic = "acme/long-outage";
+    let mut sub = Client::connect(node.addr());
+    sub.sub(topic);
+    let mut p = Client::connect(node.addr());
+    let pub_cmd = |i: u64| json!({"op": "pub", "id": i, "topic": topic, "data": i, "msg_id": format!("m-{i}")});
+    assert_eq!(p.ask(pub_cmd(1))["seq"], 1);
+    assert_eq!(msgs(&mut sub, 1)[0].0, 1);
+
+    nats.stop();
+    let down = Instant::now();
+    for i in 2..=4 {
+        p.send(pub_cmd(i));
+    }
+    // Held for the store, then refused when the node fences itself.
+    p.ws.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for _ in 2..=4 {
+        let e = p.recv();
+        assert_eq!((e["op"].as_str(), e["code"].as_str()), (Some("error"), Some("overloaded")), "{e}");
+        assert!(e["retry_after_ms"].as_u64().is_some(), "{e}");
+    }
+    let detected = down.elapsed();
+    assert!(detected < Duration::from_millis(1500), "fenced within a lease of the outage: {detected:?}");
+    // Meanwhile a publish is refused at once (not sent anywhere).
+    let t = Instant::now();
+    let e = p.ask(pub_cmd(5));
+    assert_eq!(e["code"], "overloaded", "{e}");
+    assert!(t.elapsed() < Duration::from_millis(500), "refused at once: {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(1000));
+    nats.restart();
+    // Retries with the same msg_ids: acked once NATS is back, in order.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut acked = Vec::new();
+    for i in 2..=5 {
+        loop {
+            assert!(Instant::now() < deadline, "no recovery after NATS returned");
+            let a = p.ask(pub_cmd(i));
+            if a["op"] == "ack" {
+                acked.push(a["seq"].as_u64().unwrap());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Each acked seq is delivered, each publication once.
+    sub.ws.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let last = *acked.iter().max().unwrap();
+    while got.last().is_none_or(|g: &(u64, Value)| g.0 < last) {
+        got.extend(msgs(&mut sub, 1));
+    }
+    for s in &acked {
+        assert!(got.iter().any(|g| g.0 == *s), "acked seq {s} delivered: {got:?}");
+    }
+    let mut datas: Vec<String> = got.iter().map(|g| g.1.to_string()).collect();
+    datas.sort();
+    datas.dedup();
+    assert_eq!(datas.len(), got.len(), "each publication once: {got:?}");
+    let m = node.metrics();
+    assert!(metric(&m, "shardcast_publishes_rejected_total", "owner_moved") >= 3, "{m}");
+    assert!(metric(&m, "shardcast_cluster_ownership_moves_total", "") >= 2);
 }
 
 #[test]

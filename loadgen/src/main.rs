@@ -76,6 +76,10 @@ enum Scenario {
     /// `rooms` plus one tenant publishing far over its rate on its own
     /// topic: the other tenants' latency, and the noisy one's rejections.
     NoisyTenant(NoisyArgs),
+    /// `rooms` over the nodes of a cluster (`--addr` and `--nodes`): each
+    /// room's subscribers and publishers on different nodes; verifies one
+    /// contiguous seq sequence per room as every subscriber sees it.
+    Cluster(RoomsArgs),
     /// Merge JSON reports into one HTML page of latency percentile curves.
     Html(HtmlArgs),
     /// Internal: run one worker (the parent starts these).
@@ -138,6 +142,11 @@ struct Common {
     /// Write a self-contained HTML report (latency percentiles plotted) here.
     #[arg(long)]
     html: Option<String>,
+    /// Cluster mode: more nodes of the same cluster (loopback), comma-
+    /// separated; connections are spread round-robin over `--addr` and
+    /// these (subscribers and publishers of one topic on different nodes).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
 }
 
 #[derive(Args, Clone)]
@@ -528,6 +537,12 @@ fn main() -> anyhow::Result<()> {
             fanout(a, "reconnect-storm")
         }
         Scenario::Rooms(a) => rooms(&a, None),
+        Scenario::Cluster(a) => {
+            if a.common.nodes.is_empty() {
+                bail!("cluster: give the other nodes with --nodes (the first is --addr)");
+            }
+            rooms(&a, None)
+        }
         Scenario::NoisyTenant(a) => rooms(&a.rooms, Some((a.noisy, a.noisy_inflight))),
         Scenario::Html(a) => {
             let mut runs = Vec::new();
@@ -619,8 +634,12 @@ fn rooms(a: &RoomsArgs, noisy: Option<(usize, usize)>) -> anyhow::Result<()> {
         }
         plans[0].noisy_publishers = noisy_pubs;
     }
-    let scenario = if noisy.is_some() { "noisy-tenant" } else { "rooms" };
-    let extra = serde_json::json!({"scenario":scenario,"rooms":a.rooms,"per_room":a.per_room,"publishers":a.publishers,"rate":a.rate,"payload":a.payload,"noisy_publishers":noisy_pubs,"noisy_inflight":noisy_inflight,"reconnect_every":a.reconnect_every});
+    let scenario = match (noisy.is_some(), a.common.nodes.is_empty()) {
+        (true, _) => "noisy-tenant",
+        (false, true) => "rooms",
+        (false, false) => "cluster",
+    };
+    let extra = serde_json::json!({"scenario":scenario,"nodes":a.common.nodes.len() + 1,"rooms":a.rooms,"per_room":a.per_room,"publishers":a.publishers,"rate":a.rate,"payload":a.payload,"noisy_publishers":noisy_pubs,"noisy_inflight":noisy_inflight,"reconnect_every":a.reconnect_every});
     orchestrate(&a.common, plans, extra)
 }
 
@@ -636,9 +655,16 @@ fn split(
     payload: usize,
     slow_every: usize,
 ) -> anyhow::Result<Vec<Plan>> {
-    if !c.addr.ip().is_loopback() || c.sources.iter().any(|s| !s.is_loopback()) {
-        bail!("loopback only: --addr and --sources must be in 127.0.0.0/8");
+    if !c.addr.ip().is_loopback()
+        || c.sources.iter().any(|s| !s.is_loopback())
+        || c.nodes.iter().any(|n| !n.ip().is_loopback())
+    {
+        bail!("loopback only: --addr, --nodes and --sources must be in 127.0.0.0/8");
     }
+    let targets: Vec<SocketAddr> = match c.nodes.is_empty() {
+        true => Vec::new(),
+        false => std::iter::once(c.addr).chain(c.nodes.iter().copied()).collect(),
+    };
     if subscribers + publishers > MAX_CONNECTIONS {
         bail!("at most {MAX_CONNECTIONS} connections per run");
     }
@@ -665,6 +691,7 @@ fn split(
             Plan {
                 worker: w,
                 target: c.addr,
+                targets: targets.clone(),
                 sources: c.sources.clone(),
                 subscribers: n,
                 first_subscriber: first,

@@ -27,6 +27,10 @@ use crate::ws::{self, Masker};
 pub struct Plan {
     pub worker: usize,
     pub target: SocketAddr,
+    /// Cluster mode: every node's address (`target` first); connection k
+    /// goes to node k mod n.
+    #[serde(default)]
+    pub targets: Vec<SocketAddr>,
     pub sources: Vec<std::net::IpAddr>,
     /// Subscriber connections in this worker.
     pub subscribers: usize,
@@ -80,6 +84,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The node connection `i` of this worker goes to (cluster mode:
+    /// round-robin over the nodes by global index; else the one target).
+    pub fn target_of(&self, i: usize) -> SocketAddr {
+        match self.targets.len() {
+            0 => self.target,
+            n => self.targets[(self.first_subscriber + i + self.worker) % n],
+        }
+    }
+
     /// Connections this worker opens: subscribers, then open-loop
     /// publishers, then the noisy tenant's.
     pub fn connections(&self) -> usize {
@@ -379,8 +392,9 @@ impl Worker {
             (true, noisy_topic) => quiet_topic(i, noisy_topic, self.plan.topics.len()),
             (false, _) => (self.plan.first_subscriber + i) % self.plan.topics.len(),
         };
-        let (wbuf, after_connect) = self.hello(publisher, topic);
-        let mut conn = match connect(self.plan.target, source, slow) {
+        let target = self.plan.target_of(i);
+        let (wbuf, after_connect) = self.hello(publisher, topic, target);
+        let mut conn = match connect(target, source, slow) {
             Ok(mut stream) => {
                 self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
                 let stream = Link::new(stream, self.tls.as_ref())?;
@@ -405,11 +419,11 @@ impl Worker {
 
     /// The first bytes a new connection writes, and its state once TCP
     /// connects.
-    fn hello(&self, publisher: bool, topic: usize) -> (Vec<u8>, State) {
+    fn hello(&self, publisher: bool, topic: usize, target: SocketAddr) -> (Vec<u8>, State) {
         let mut wbuf = Vec::new();
         match self.plan.proto {
-            Proto::Ws => (ws::upgrade_request(&self.plan.target.to_string(), self.token_for(topic)), State::Upgrading),
-            Proto::Centrifugo => (self.cf_upgrade(publisher, topic), State::Upgrading),
+            Proto::Ws => (ws::upgrade_request(&target.to_string(), self.token_for(topic)), State::Upgrading),
+            Proto::Centrifugo => (self.cf_upgrade(publisher, topic, target), State::Upgrading),
             _ if publisher => {
                 let wait = peers::hello_publisher(self.plan.proto, &mut wbuf);
                 (wbuf, if wait { State::Subscribing } else { State::Ready })
@@ -423,8 +437,8 @@ impl Worker {
 
     /// A Centrifugo-mode connection's upgrade: subscribers at the
     /// Centrifugo endpoint (the token goes in `connect`), publishers at `/ws`.
-    fn cf_upgrade(&self, publisher: bool, topic: usize) -> Vec<u8> {
-        let host = self.plan.target.to_string();
+    fn cf_upgrade(&self, publisher: bool, topic: usize, target: SocketAddr) -> Vec<u8> {
+        let host = target.to_string();
         match publisher {
             true => ws::upgrade_request(&host, self.token_for(topic)),
             false => ws::upgrade_request_at(&host, "/connection/websocket", None),
@@ -975,7 +989,8 @@ impl Worker {
             if let Some(mut old) = self.conns[i].stream.take() {
                 let _ = self.poll.registry().deregister(old.socket());
             }
-            let mut stream = connect(self.plan.target, source, false)?;
+            let target = self.plan.target_of(i);
+            let mut stream = connect(target, source, false)?;
             self.poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
             let stream = Link::new(stream, self.tls.as_ref())?;
             let c = &mut self.conns[i];
@@ -985,8 +1000,8 @@ impl Worker {
             c.rbuf.clear();
             let topic = c.topic;
             let req = match self.plan.proto {
-                Proto::Centrifugo => self.cf_upgrade(false, topic),
-                _ => ws::upgrade_request(&self.plan.target.to_string(), self.token_for(topic)),
+                Proto::Centrifugo => self.cf_upgrade(false, topic, target),
+                _ => ws::upgrade_request(&target.to_string(), self.token_for(topic)),
             };
             self.conns[i].wbuf = req;
         }

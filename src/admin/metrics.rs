@@ -205,6 +205,7 @@ pub fn render(t: &Totals, draining: bool) -> String {
     let mut o = Out { text: String::with_capacity(16 * 1024) };
     o.family("draining", "gauge", "1 while a graceful drain runs.");
     o.sample("draining", &[], if draining { 1.0 } else { 0.0 });
+    crate::cluster::stats::render(&mut o.text);
     o.per_shard(t, "connections_open", "gauge", "Connections open.", |s| s.connections_open);
     o.per_shard(t, "connections_opened_total", "counter", "Connections accepted.", |s| s.counters.connections_opened);
     o.per_shard_labelled(

@@ -9,6 +9,8 @@
 //! and another node take it).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -27,6 +29,45 @@ pub enum LeaseEvent {
     Freed(usize),
 }
 
+/// When each held lease was last renewed, shared with the participant's
+/// loop, which fences a stream the moment its lease is half a lease old —
+/// even while a round of the keeper is stuck on a NATS that does not answer.
+#[derive(Debug)]
+pub struct Fence {
+    base: Instant,
+    renewed_ms: Vec<AtomicU64>,
+    /// Set by the loop when it fenced the stream; the keeper then lets the
+    /// lease go (and may take it again later, as a new acquisition).
+    fenced: Vec<AtomicBool>,
+    half: Duration,
+}
+
+impl Fence {
+    fn new(streams: usize, lease: Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            renewed_ms: (0..streams).map(|_| AtomicU64::new(0)).collect(),
+            fenced: (0..streams).map(|_| AtomicBool::new(false)).collect(),
+            half: lease / 2,
+        }
+    }
+
+    fn renewed(&self, s: usize, at: Instant) {
+        self.renewed_ms[s].store(at.duration_since(self.base).as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Whether stream `s`'s lease was last renewed more than half a lease
+    /// ago (then it is marked fenced).
+    pub fn expired(&self, s: usize, now: Instant) -> bool {
+        let at = self.base + Duration::from_millis(self.renewed_ms[s].load(Ordering::SeqCst));
+        let gone = now.duration_since(at) > self.half;
+        if gone {
+            self.fenced[s].store(true, Ordering::SeqCst);
+        }
+        gone
+    }
+}
+
 /// The lease keeper's state (run by one task of the participant).
 pub struct Keeper {
     leases: kv::Store,
@@ -40,6 +81,8 @@ pub struct Keeper {
     releasing: BTreeSet<usize>,
     /// Live nodes at the last look.
     pub live: usize,
+    /// Shared with the loop.
+    pub fence: Arc<Fence>,
 }
 
 fn key(s: usize) -> String {
@@ -88,6 +131,7 @@ impl Keeper {
             held: BTreeMap::new(),
             releasing: BTreeSet::new(),
             live: 1,
+            fence: Arc::new(Fence::new(streams, lease)),
         })
     }
 
@@ -125,9 +169,12 @@ impl Keeper {
         for (s, rev) in held {
             let value = bytes::Bytes::from(self.node.clone());
             match tokio::time::timeout(op, self.leases.update(key(s), value, rev)).await {
-                Ok(Ok(r)) => {
-                    self.held.insert(s, (r, Instant::now()));
+                Ok(Ok(r)) if !self.fence.fenced[s].load(Ordering::SeqCst) => {
+                    let now = Instant::now();
+                    self.held.insert(s, (r, now));
+                    self.fence.renewed(s, now);
                 }
+                Ok(Ok(_)) => self.drop_lease(s, events),
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     // Someone else holds it now.
                     self.drop_lease(s, events);
@@ -146,7 +193,10 @@ impl Keeper {
         while self.held.len() < share && s < self.streams && start.elapsed() < self.tick() {
             if !self.held.contains_key(&s) {
                 if let Some(rev) = self.try_take(s, op).await {
-                    self.held.insert(s, (rev, Instant::now()));
+                    let now = Instant::now();
+                    self.fence.fenced[s].store(false, Ordering::SeqCst);
+                    self.fence.renewed(s, now);
+                    self.held.insert(s, (rev, now));
                     events.push(LeaseEvent::Acquired(s));
                 }
             }

@@ -33,6 +33,65 @@ pub mod leases;
 
 use leases::{Keeper, LeaseEvent};
 
+/// The participant's own figures (one participant per process), read by
+/// `/metrics`: atomics written by its thread only, off the data path.
+pub mod stats {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// 1 while connected to NATS.
+    pub static CONNECTED: AtomicU64 = AtomicU64::new(0);
+    /// Connections to NATS lost.
+    pub static DISCONNECTS: AtomicU64 = AtomicU64::new(0);
+    /// Connections to NATS (re)established after the first.
+    pub static RECONNECTS: AtomicU64 = AtomicU64::new(0);
+    /// Largest store → delivery delay of a mirrored publication since the
+    /// last scrape, ms (the stream's replication lag to this node).
+    pub static MIRROR_LAG_MAX_MS: AtomicU64 = AtomicU64::new(0);
+    /// Forwards in flight now.
+    pub static FORWARDS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+    /// Prometheus text for these (called by the metrics renderer).
+    pub fn render(out: &mut String) {
+        use std::fmt::Write as _;
+        let rows: [(&str, &str, &str, u64); 5] = [
+            (
+                "cluster_nats_connected",
+                "gauge",
+                "Cluster: 1 while connected to NATS.",
+                CONNECTED.load(Ordering::Relaxed),
+            ),
+            (
+                "cluster_nats_disconnects_total",
+                "counter",
+                "Cluster: connections to NATS lost.",
+                DISCONNECTS.load(Ordering::Relaxed),
+            ),
+            (
+                "cluster_nats_reconnects_total",
+                "counter",
+                "Cluster: connections to NATS made again.",
+                RECONNECTS.load(Ordering::Relaxed),
+            ),
+            (
+                "cluster_mirror_lag_max_ms",
+                "gauge",
+                "Cluster: largest store-to-mirror delay since the last scrape, ms.",
+                MIRROR_LAG_MAX_MS.swap(0, Ordering::Relaxed),
+            ),
+            (
+                "cluster_forwards_in_flight",
+                "gauge",
+                "Cluster: forwarded publishes waiting for the owner.",
+                FORWARDS_IN_FLIGHT.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ =
+                writeln!(out, "# HELP shardcast_{name} {help}\n# TYPE shardcast_{name} {kind}\nshardcast_{name} {v}");
+        }
+    }
+}
+
 /// A shard's ends of the participant's rings.
 #[derive(Debug)]
 pub struct ShardEnd {
@@ -199,7 +258,7 @@ pub fn check(cfg: &Config) -> Result<String, String> {
     rt.block_on(async {
         let timeout = Duration::from_millis(cfg.cluster.request_timeout_ms.max(100));
         let opts = async_nats::ConnectOptions::new().connection_timeout(timeout);
-        let client = tokio::time::timeout(timeout, opts.connect(cfg.cluster.nats_url.as_str()))
+        let client = tokio::time::timeout(timeout, opts.connect(servers(&cfg.cluster.nats_url)?))
             .await
             .map_err(|_| format!("cannot reach NATS at {}", cfg.cluster.nats_url))?
             .map_err(|e| format!("cannot reach NATS at {}: {e}", cfg.cluster.nats_url))?;
@@ -241,12 +300,46 @@ pub fn check(cfg: &Config) -> Result<String, String> {
     })
 }
 
+/// `[cluster] nats_url`: one server, or several comma-separated (the
+/// servers of a NATS cluster; the client also learns the others from them).
+fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|e| format!("[cluster] nats_url {u:?}: {e}")))
+        .collect()
+}
+
 async fn connect(url: &str, configs: Vec<stream::Config>, timeout: Duration) -> Result<jetstream::Context, String> {
-    let opts = async_nats::ConnectOptions::new().connection_timeout(timeout);
-    let client = tokio::time::timeout(timeout, opts.connect(url))
+    // Reconnect attempts back off from 50 ms to at most 500 ms, so a NATS that
+    // returns is found within half a second.
+    let backoff = |n: usize| Duration::from_millis((50u64 << n.min(4)).min(500));
+    let opts = async_nats::ConnectOptions::new()
+        .connection_timeout(timeout)
+        .reconnect_delay_callback(backoff)
+        .event_callback(|ev| async move {
+            match ev {
+                async_nats::Event::Connected => {
+                    if stats::CONNECTED.swap(1, Ordering::Relaxed) == 0
+                        && stats::DISCONNECTS.load(Ordering::Relaxed) > 0
+                    {
+                        stats::RECONNECTS.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::info!("cluster: connected to NATS");
+                }
+                async_nats::Event::Disconnected => {
+                    stats::CONNECTED.store(0, Ordering::Relaxed);
+                    stats::DISCONNECTS.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("cluster: disconnected from NATS");
+                }
+                other => tracing::info!(event = %other, "cluster: NATS"),
+            }
+        });
+    let client = tokio::time::timeout(timeout, opts.connect(servers(url)?))
         .await
         .map_err(|_| format!("cannot reach NATS at {url}"))?
         .map_err(|e| format!("cannot reach NATS at {url}: {e}"))?;
+    stats::CONNECTED.store(1, Ordering::Relaxed);
     let mut js = jetstream::new(client);
     js.set_timeout(timeout);
     for c in configs {
@@ -353,7 +446,7 @@ struct Node {
     unstored: HashMap<Arc<str>, (usize, u64)>,
     own: Vec<Own>,
     /// Bumped when a stream is lost: its writers stop retrying.
-    fence: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    gens: Vec<Arc<std::sync::atomic::AtomicU64>>,
     /// The `sc.own.<s>` subscription of each owned stream.
     serving: Vec<Option<tokio::task::JoinHandle<()>>>,
     /// Remote publishers waiting for their answer, by token.
@@ -363,6 +456,8 @@ struct Node {
     forwards: Arc<std::sync::atomic::AtomicUsize>,
     /// Drained streams, to the lease keeper.
     drained: tokio::sync::mpsc::UnboundedSender<usize>,
+    /// The keeper's renewal times: the loop fences on them.
+    fence: Arc<leases::Fence>,
 }
 
 impl Node {
@@ -397,7 +492,7 @@ impl Node {
                 };
                 // No writer (or it ended, idle): start one.
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let fence = self.fence[s].clone();
+                let fence = self.gens[s].clone();
                 let gen = fence.load(Ordering::SeqCst);
                 let w = WriterTask {
                     js: self.js.clone(),
@@ -423,7 +518,10 @@ impl Node {
             }
             ClusterReq::Forward { from, req } => {
                 tracing::debug!(topic = &*req.topic, "cluster: forward");
-                if self.forwards.load(Ordering::SeqCst) >= self.plan.max_inflight {
+                let down = self.client.connection_state() != async_nats::connection::State::Connected;
+                if down || self.forwards.load(Ordering::SeqCst) >= self.plan.max_inflight {
+                    // Not sent (NATS is not there, or too many in flight):
+                    // safe to retry as is.
                     let reply = forward::refused(ErrorCode::Overloaded, Some(OVERLOADED_RETRY_MS));
                     return self.links[shard].send(MeshMsg::Forwarded { from, to: req.to, reply });
                 }
@@ -433,9 +531,11 @@ impl Node {
                 let (to, topic) = (req.to, req.topic);
                 let inflight = self.forwards.clone();
                 inflight.fetch_add(1, Ordering::SeqCst);
+                stats::FORWARDS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let reply = forward_once(&client, subject, payload, &topic, timeout).await;
                     inflight.fetch_sub(1, Ordering::SeqCst);
+                    stats::FORWARDS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
                     let _ = done.send(Done::Forwarded { shard, from, to, reply });
                 });
             }
@@ -511,7 +611,7 @@ impl Node {
             LeaseEvent::Lost(s) => {
                 self.own[s] = Own::Free;
                 self.stop_serving(s);
-                self.fence[s].fetch_add(1, Ordering::SeqCst);
+                self.gens[s].fetch_add(1, Ordering::SeqCst);
                 self.writers.retain(|_, w| w.stream != s);
                 self.unstored.retain(|_, (st, _)| *st != s);
                 self.broadcast(|| MeshMsg::Ownership { stream: s as u32, owned: false });
@@ -522,6 +622,19 @@ impl Node {
                 self.broadcast(|| MeshMsg::Ownership { stream: s as u32, owned: false });
             }
             LeaseEvent::Freed(s) => self.own[s] = Own::Free,
+        }
+    }
+
+    /// Fences every stream whose lease has not been renewed for half a lease
+    /// (NATS unreachable, or the keeper stuck): the shards stop sequencing
+    /// it now, not when a round of the keeper gets through.
+    fn check_fence(&mut self) {
+        let now = std::time::Instant::now();
+        for s in 0..self.own.len() {
+            if matches!(self.own[s], Own::Owned | Own::Releasing { .. } | Own::Draining) && self.fence.expired(s, now) {
+                tracing::warn!(stream = s, "cluster: lease not renewed for half a lease: fenced");
+                self.on_lease(LeaseEvent::Lost(s));
+            }
         }
     }
 
@@ -659,10 +772,17 @@ async fn replicate(js: jetstream::Context, s: usize, done: tokio::sync::mpsc::Un
     }
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A stored message as the publication it holds.
 fn replica(m: &jetstream::Message) -> Option<Publication> {
     let h = m.headers.as_ref()?;
     let hv = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
+    if let Some(at) = hv("Sc-At").and_then(|v| v.parse::<u64>().ok()) {
+        stats::MIRROR_LAG_MAX_MS.fetch_max(unix_ms().saturating_sub(at), Ordering::Relaxed);
+    }
     let topic = hv("Sc-Topic")?;
     let seq = hv("Sc-Seq")?.parse::<u64>().ok()?;
     let epoch = Epoch::parse(&hv("Sc-Epoch")?)?;
@@ -686,8 +806,12 @@ async fn lease_loop(
         while let Ok(s) = drained.try_recv() {
             ready.push(s);
         }
-        keeper.round(&ready, &mut events).await;
-        ready.clear();
+        // A round never runs past a tick (NATS unreachable: its operations
+        // time out, and the loop fences on the renewal times meanwhile).
+        let tick = keeper.tick();
+        if tokio::time::timeout(tick, keeper.round(&ready, &mut events)).await.is_ok() {
+            ready.clear();
+        }
         for ev in events.drain(..) {
             if done.send(Done::Lease(ev)).is_err() {
                 return;
@@ -726,7 +850,8 @@ async fn run(
         writers: HashMap::new(),
         unstored: HashMap::new(),
         own: vec![Own::Free; streams],
-        fence: (0..streams).map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0))).collect(),
+        fence: keeper.fence.clone(),
+        gens: (0..streams).map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0))).collect(),
         serving: (0..streams).map(|_| None).collect(),
         remote: HashMap::new(),
         next_token: 0,
@@ -750,6 +875,7 @@ async fn run(
             any = true;
             node.on_done(d);
         }
+        node.check_fence();
         node.check_drained();
         for l in node.links.iter_mut() {
             if !l.backlog.is_empty() {
@@ -809,6 +935,7 @@ fn stored_form(publ: &Publication, incarnation: &str) -> (HeaderMap, bytes::Byte
     h.insert("Sc-Epoch", publ.epoch.as_str());
     h.insert("Sc-Inc", incarnation);
     h.insert("Sc-Data-Len", publ.data().len().to_string().as_str());
+    h.insert("Sc-At", unix_ms().to_string().as_str());
     if let Some(m) = &publ.msg_id {
         h.insert("Sc-Msg-Id", &**m);
     }

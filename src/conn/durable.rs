@@ -255,13 +255,15 @@ impl ShardCore {
             for t in lost {
                 if let Some(q) = d.pending.remove(&t) {
                     d.held -= q.len();
+                    let delivered = q.front().map_or(0, |h| h.publ.seq.saturating_sub(1));
                     refused.extend(q);
-                    unpin.push(t);
+                    unpin.push((t, delivered));
                 }
             }
         }
         d.send_queued(ClusterReq::OwnershipSeen(s as u32));
-        for t in unpin {
+        for (t, delivered) in unpin {
+            self.owner.rewind(&t, delivered);
             self.owner.pin(&t, false);
         }
         let n = self.owner.mark_stale(|t| Durable::stream_of(&map, streams, t) == s);

@@ -120,6 +120,11 @@ pub struct OwnedTopic {
     /// ownership of the topic's partition changed, or a mirror saw a gap);
     /// it is reloaded before the topic is used to sequence or subscribe.
     pub stale: bool,
+    /// Durable cluster mode: the last seq its subscribers were given, when
+    /// publications after it were sequenced here and then given up (the
+    /// partition moved before they were stored). A reload delivers what the
+    /// store holds after this one.
+    pub rewound: Option<u64>,
 }
 
 /// A topic's retained value.
@@ -149,6 +154,7 @@ impl OwnedTopic {
             presence: Default::default(),
             pins: 0,
             stale: false,
+            rewound: None,
         }
     }
 

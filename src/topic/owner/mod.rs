@@ -543,6 +543,16 @@ impl Owner {
         self.table.find(topic).is_some()
     }
 
+    /// Records that `topic`'s subscribers were given seqs up to `seq` only
+    /// (later ones were sequenced and given up): its next reload delivers
+    /// from there.
+    pub fn rewind(&mut self, topic: &str, seq: u64) {
+        if let Some(slot) = self.table.find(topic).and_then(|i| self.table.get_mut(i)) {
+            let r = slot.topic.rewound.map_or(seq, |r| r.min(seq));
+            slot.topic.rewound = Some(r);
+        }
+    }
+
     /// Marks every topic held here that `pick` selects as stale (reloaded
     /// before its next publish or subscribe). Returns how many.
     pub fn mark_stale(&mut self, mut pick: impl FnMut(&str) -> bool) -> usize {
@@ -581,7 +591,8 @@ impl Owner {
             }
             return Ok(Vec::new());
         };
-        let (old_epoch, old_seq) = (slot.topic.epoch, slot.topic.seq);
+        let old_seq = slot.topic.rewound.take().map_or(slot.topic.seq, |r| r.min(slot.topic.seq));
+        let old_epoch = slot.topic.epoch;
         if held {
             // The ring and window are replaced by what the store holds.
             let t = &mut slot.topic;

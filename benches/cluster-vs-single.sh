@@ -33,8 +33,8 @@ start_nats() {
     NATS=$!
     for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$NPORT) 2>/dev/null && break; sleep 0.1; done
 }
-start_node() { # config port
-    ./target/release/shardcast serve --config "$1" --listen 127.0.0.1:$2 >/dev/null 2>&1 &
+start_node() { # config port [cpus]
+    ./target/release/shardcast serve --config "$1" --listen 127.0.0.1:$2 ${3:+--cpus $3} >/dev/null 2>&1 &
     PIDS+=($!)
     for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$2) 2>/dev/null && break; sleep 0.1; done
 }
@@ -49,7 +49,13 @@ run() { # mode label loadgen-args...
         durable) start_nats; start_node $DIR/node-1.toml ${PORTS[0]} ;;
         cluster)
             start_nats
-            for i in 0 1 2; do start_node $DIR/node-$((i + 1)).toml ${PORTS[$i]}; done
+            # Three nodes share the two cores: one shard each (CPU 0, 1, 0)
+            # unless CLUSTER_SHARDS=2 (two each, six shards on two cores).
+            for i in 0 1 2; do
+                local cpus=$((i % 2))
+                [ "${CLUSTER_SHARDS:-1}" = 2 ] && cpus=0,1
+                start_node $DIR/node-$((i + 1)).toml ${PORTS[$i]} $cpus
+            done
             extra=(--nodes 127.0.0.1:${PORTS[1]},127.0.0.1:${PORTS[2]})
             # The streams spread over the three nodes before the run.
             sleep 4
@@ -71,12 +77,13 @@ run() { # mode label loadgen-args...
 FANOUT=(fanout --subscribers 1000 --publishers 1 --rate 1000 --duration "$SECS" --drain 2 --processes 2)
 ROOMS=(rooms --rooms 2000 --per-room 2 --publishers 8 --rate 5000 --duration "$SECS" --processes 2
        --sources 127.0.0.2,127.0.0.3)
+MODES=${MODES:-memory durable cluster}
 for r in $(seq 1 "$ROUNDS"); do
     echo "== round $r"
-    for mode in memory durable cluster; do
+    for mode in $MODES; do
         run $mode "fanout-1k $mode" "${FANOUT[@]}"
     done
-    for mode in memory durable cluster; do
+    for mode in $MODES; do
         run $mode "rooms-5k $mode" "${ROOMS[@]}"
     done
 done

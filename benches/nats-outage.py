@@ -200,7 +200,7 @@ async def run(outage):
               f"({'OK' if not missing and not lost else 'LOSS'})")
         for t in (reader, preader):
             t.cancel()
-        return not missing and not lost
+        return not missing and not lost and dups == 0
     finally:
         node.send_signal(signal.SIGINT)
         try:

@@ -737,3 +737,30 @@ fn every_node_restarted_old_epochs_still_recover() {
         assert_eq!((a["seq"].as_u64(), a["epoch"].as_str()), (Some(13), Some(epochs[k].as_str())), "{a}");
     }
 }
+
+/// A node stopped gracefully (SIGTERM: drain) gives its leases back, so the
+/// others take its streams at once (well before the lease would expire) and
+/// its topics go on at the same epoch and seq.
+#[test]
+fn a_graceful_stop_hands_the_streams_over_at_once() {
+    let Some(bin) = nats_bin() else { return };
+    let nats = Nats::start(bin);
+    let mut nodes: Vec<Node> =
+        (1..=3).map(|i| Node::start_with(&nats, &format!("node_id = \"g{i}\"\nlease_ms = 6000\n"))).collect();
+    wait_spread(&nodes.iter().collect::<Vec<_>>());
+    let topic = "acme/handover";
+    let owner = owner_of(&nodes.iter().collect::<Vec<_>>(), topic);
+    let a = Client::connect(nodes[owner].addr()).publish(topic, json!("before"));
+    let (seq, epoch) = (a["seq"].as_u64().unwrap(), a["epoch"].as_str().unwrap().to_owned());
+    let stopped = Instant::now();
+    let st = Command::new("kill").args(["-TERM", &nodes[owner].child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let _ = nodes[owner].child.wait();
+    let rest: Vec<&Node> = nodes.iter().enumerate().filter(|(i, _)| *i != owner).map(|(_, n)| n).collect();
+    wait_spread(&rest);
+    let moved = stopped.elapsed();
+    assert!(moved < Duration::from_secs(4), "handed over in {moved:?}, not after the 6 s lease");
+    let a = Client::connect(rest[0].addr()).publish(topic, json!("after"));
+    assert_eq!((a["seq"].as_u64(), a["epoch"].as_str()), (Some(seq + 1), Some(epoch.as_str())), "{a}");
+    eprintln!("streams handed over {moved:?} after SIGTERM");
+}

@@ -81,6 +81,8 @@ pub struct Keeper {
     releasing: BTreeSet<usize>,
     /// Live nodes at the last look.
     pub live: usize,
+    /// The live count when the last two looks agreed.
+    steady: Option<usize>,
     /// Shared with the loop.
     pub fence: Arc<Fence>,
 }
@@ -131,6 +133,7 @@ impl Keeper {
             held: BTreeMap::new(),
             releasing: BTreeSet::new(),
             live: 1,
+            steady: None,
             fence: Arc::new(Fence::new(streams, lease)),
         })
     }
@@ -163,6 +166,9 @@ impl Keeper {
         }
         let _ = tokio::time::timeout(op, self.nodes.put(&self.node, bytes::Bytes::new())).await;
         if let Ok(Some(n)) = tokio::time::timeout(op, self.count_nodes()).await {
+            // Extras are given up only on a count seen twice in a row (a
+            // heartbeat late under load must not move streams around).
+            self.steady = if n.max(1) == self.live { Some(self.live) } else { None };
             self.live = n.max(1);
         }
         let held: Vec<(usize, u64)> = self.held.iter().map(|(s, (r, _))| (*s, *r)).collect();
@@ -182,16 +188,19 @@ impl Keeper {
                 _ => {}
             }
         }
+        let mut freed = BTreeSet::new();
         for &s in drained {
             if self.releasing.remove(&s) && self.held.remove(&s).is_some() {
                 let _ = tokio::time::timeout(op, self.leases.delete(key(s))).await;
                 events.push(LeaseEvent::Freed(s));
+                freed.insert(s);
             }
         }
         let share = self.streams.div_ceil(self.live);
         let mut s = 0;
         while self.held.len() < share && s < self.streams && start.elapsed() < self.tick() {
-            if !self.held.contains_key(&s) {
+            // A stream given up this round is left for the others.
+            if !self.held.contains_key(&s) && !freed.contains(&s) {
                 if let Some(rev) = self.try_take(s, op).await {
                     let now = Instant::now();
                     self.fence.fenced[s].store(false, Ordering::SeqCst);
@@ -203,8 +212,9 @@ impl Keeper {
             s += 1;
         }
         // Extras go, highest first, so a joining node gets work.
+        let Some(steady) = self.steady else { return };
         let keep = self.held.len().saturating_sub(self.releasing.len());
-        let extra = keep.saturating_sub(share);
+        let extra = keep.saturating_sub(self.streams.div_ceil(steady));
         let give: Vec<usize> =
             self.held.keys().rev().filter(|s| !self.releasing.contains(s)).take(extra).copied().collect();
         for s in give {
@@ -222,13 +232,14 @@ impl Keeper {
 
     async fn count_nodes(&self) -> Option<usize> {
         let mut keys = self.nodes.keys().await.ok()?;
-        let mut n = 0;
+        // A key put again while the listing runs can come twice.
+        let mut seen = std::collections::HashSet::new();
         while let Some(k) = keys.next().await {
-            if k.is_ok() {
-                n += 1;
+            if let Ok(k) = k {
+                seen.insert(k);
             }
         }
-        Some(n)
+        Some(seen.len())
     }
 
     /// Takes stream `s` if its lease is free (or is this node's own, left

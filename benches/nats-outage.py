@@ -109,7 +109,6 @@ async def run(outage):
         t0 = time.monotonic()
         sent = {}  # id -> (first send time, last send time, i)
         answers = []  # (id, time, op, seq or code)
-        pending = asyncio.Queue()
 
         async def read_pub():
             async for m in pub:
@@ -120,17 +119,16 @@ async def run(outage):
                     answers.append((i, now, "ack", v["seq"]))
                 elif v.get("op") == "error":
                     answers.append((i, now, "error", v.get("code")))
-                    await pending.put((i, v.get("retry_after_ms") or 100))
+                    retries.append(asyncio.create_task(resend(i, v.get("retry_after_ms") or 100)))
 
-        async def resend():
-            while True:
-                i, wait = await pending.get()
-                await asyncio.sleep(wait / 1000)
-                sent[i] = (sent[i][0], time.monotonic())
-                await pub.send(json.dumps({"op": "pub", "id": i, "topic": topic, "data": {"i": i}, "msg_id": f"m-{i}"}))
+        async def resend(i, wait):
+            # Each refused publish again after its retry_after_ms, same id.
+            await asyncio.sleep(wait / 1000)
+            sent[i] = (sent[i][0], time.monotonic())
+            await pub.send(json.dumps({"op": "pub", "id": i, "topic": topic, "data": {"i": i}, "msg_id": f"m-{i}"}))
 
+        retries = []
         preader = asyncio.create_task(read_pub())
-        resender = asyncio.create_task(resend())
         kill_at, back_at = 2.0, 2.0 + outage
         end_at = back_at + 8.0
         killed = restarted = None
@@ -150,7 +148,8 @@ async def run(outage):
                 sent[i] = (now, now)
                 await pub.send(json.dumps({"op": "pub", "id": i, "topic": topic, "data": {"i": i}, "msg_id": f"m-{i}"}))
             await asyncio.sleep(0.01)
-        resender.cancel()
+        for t in retries:
+            t.cancel()
         m = metrics(admin)
         # The last answer per id decides; acked ones must all be delivered.
         acked = {}

@@ -908,6 +908,14 @@ impl Config {
         if v.drain_timeout_ms == 0 {
             return invalid("liveness.drain_timeout_ms", "must be at least 1");
         }
+        let c = &self.cluster;
+        let node_ok = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.');
+        if !c.node_id.chars().all(node_ok) || c.node_id.len() > 128 {
+            return invalid("cluster.node_id", "only A-Z a-z 0-9 - _ . (at most 128): it is a NATS KV key");
+        }
+        if c.lease_ms < 300 || c.streams == 0 || c.streams > 1024 {
+            return invalid("cluster.lease_ms", "lease_ms at least 300; streams in 1..=1024");
+        }
         Ok(())
     }
 
@@ -949,6 +957,9 @@ mod tests {
     fn errors_name_the_field() {
         let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
         assert!(err("[shards]\ncpus = []").contains("`shards.cpus`"));
+        assert!(err("[cluster]\nnode_id = \"host:8080\"").contains("`cluster.node_id`"));
+        assert!(err("[cluster]\nlease_ms = 10").contains("`cluster.lease_ms`"));
+        assert!(Config::from_toml("[cluster]\nnode_id = \"node-1.eu_west\"").is_ok());
         assert!(err("[shards]\ncpus = [0, 0]").contains("listed twice"));
         assert!(err("[shards]\ncpus = \"some\"").contains("`shards.cpus`"));
         assert!(err("[shards]\npartitions = 0").contains("`shards.partitions`"));

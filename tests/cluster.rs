@@ -273,6 +273,7 @@ fn kill_9_keeps_every_acked_publication_the_epoch_and_dedupe() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("JetStream on") && text.contains("SC_0"), "{text}");
+    assert!(text.contains("nodes alive 1 ") && text.contains("leases (lease_ms 3000) SC_0 "), "{text}");
     let messages: u64 = text.lines().filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum();
     assert_eq!(messages, 32, "{text}");
 }

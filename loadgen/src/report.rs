@@ -102,12 +102,17 @@ impl Report {
         listen_overflows_delta: u64,
     ) -> Self {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        let mut acks = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
         let sum = |f: &dyn Fn(&WorkerResult) -> u64| results.iter().map(f).sum::<u64>();
         for r in &results {
             for &(v, n) in &r.latency_us {
                 let _ = hist.record_n(v, n);
             }
+            for &(v, n) in &r.ack_us {
+                let _ = acks.record_n(v, n);
+            }
         }
+        let ack_pct = |q: f64| if acks.is_empty() { 0 } else { acks.value_at_quantile(q) };
         let mut errors: HashMap<String, u64> = HashMap::new();
         let mut max_acked: HashMap<String, u64> = HashMap::new();
         for r in &results {
@@ -210,6 +215,11 @@ impl Report {
                     json!([q, pct(q)])
                 }).chain(std::iter::once(json!([1.0, hist.max()]))).collect::<Vec<_>>(),
             },
+            "ack_us": {
+                "samples": acks.len(),
+                "p50": ack_pct(0.5), "p90": ack_pct(0.9), "p99": ack_pct(0.99), "p999": ack_pct(0.999),
+                "max": acks.max(),
+            },
             "noisy_deliveries": sum(&|r| r.noisy_received),
             "server": server,
             "loadgen": {
@@ -250,6 +260,13 @@ impl Report {
             "latency µs    p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
             l["p50"], l["p90"], l["p99"], l["p999"], l["max"], l["samples"]
         );
+        let a = &j["ack_us"];
+        if a["samples"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "ack µs        p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples; publish → ack)",
+                a["p50"], a["p90"], a["p99"], a["p999"], a["max"], a["samples"]
+            );
+        }
         println!(
             "verify        {}{} (expected {}, lost {}, out of order {}, duplicates {}, gap-notified {})",
             if v["ok"].as_bool() == Some(true) { "OK" } else { "VIOLATIONS" },

@@ -220,6 +220,10 @@ pub struct WorkerResult {
     pub cpu_secs: f64,
     /// Latency histogram (µs) as (value, count) pairs.
     pub latency_us: Vec<(u64, u64)>,
+    /// Publish → ack histogram (µs) as (value, count) pairs (shardcast's
+    /// protocol: the ack echoes the publish's id, its send time).
+    #[serde(default)]
+    pub ack_us: Vec<(u64, u64)>,
 }
 
 /// Monotonic clock in ns (CLOCK_MONOTONIC is system-wide, so a publisher's
@@ -301,6 +305,7 @@ struct Worker {
     masker: Masker,
     result: WorkerResult,
     hist: Histogram<u64>,
+    ack_hist: Histogram<u64>,
     scratch: Vec<u8>,
     pad: String,
     measuring: bool,
@@ -341,6 +346,7 @@ impl Worker {
             conns: Vec::with_capacity(total),
             result,
             hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            ack_hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             scratch: vec![0u8; 256 * 1024],
             measuring: false,
             tls,
@@ -695,6 +701,10 @@ impl Worker {
                 let c = &mut self.conns[i];
                 c.unacked = c.unacked.saturating_sub(1);
                 self.result.acked += 1;
+                if let Some(sent_us) = ws::find_u64(text, b"\"id\":") {
+                    let us = (mono_ns() / 1000).saturating_sub(sent_us);
+                    self.ack_hist.saturating_record(us.clamp(1, 60_000_000));
+                }
                 let seq = ws::find_u64(text, b"\"seq\":").unwrap_or(0);
                 let topic = ws::find_str(text, b"\"topic\":\"").unwrap_or_default();
                 let m = self.result.max_acked_seq.entry(topic).or_default();
@@ -967,6 +977,8 @@ impl Worker {
         }
         self.result.latency_us =
             self.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+        self.result.ack_us =
+            self.ack_hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
         Ok(())
     }
 
@@ -1015,7 +1027,8 @@ impl Worker {
             self.pbuf.clear();
             let _ = write!(
                 self.pbuf,
-                r#"{{"op":"pub","topic":"{topic}","data":{{"t":{},"p":"{}"}}}}"#,
+                r#"{{"op":"pub","id":{},"topic":"{topic}","data":{{"t":{},"p":"{}"}}}}"#,
+                mono_ns() / 1000,
                 mono_ns(),
                 self.pad
             );

@@ -152,15 +152,22 @@ struct Plan {
     max_inflight: usize,
 }
 
-/// `[cluster] node_id`, or by default `<host name>:<listen port>` (stable
+/// `[cluster] node_id`, or by default `<host name>-<listen port>` (stable
 /// across restarts, so a restarted node takes its own leases back at once).
+/// It is a key of the KV bucket `SC_NODES`, so only `A-Z a-z 0-9 - _ .`
+/// are kept (config validation refuses others in a given `node_id`).
 pub fn node_id(cfg: &Config) -> String {
     if !cfg.cluster.node_id.is_empty() {
         return cfg.cluster.node_id.clone();
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host = host.trim();
-    format!("{}:{}", if host.is_empty() { "localhost" } else { host }, cfg.server.listen.port())
+    let host: String = host.trim().chars().filter(|c| valid_node_char(*c)).collect();
+    format!("{}-{}", if host.is_empty() { "localhost" } else { &host }, cfg.server.listen.port())
+}
+
+/// A character a `node_id` may hold (a NATS KV key's).
+pub fn valid_node_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
 /// The stream a topic lives in and its subject there.
@@ -294,6 +301,37 @@ pub fn check(cfg: &Config) -> Result<String, String> {
                 Err(e) => {
                     let _ = writeln!(out, "  new   {name}: not created yet (the engine creates it at start: {e})");
                 }
+            }
+        }
+        // Who owns which stream, and which nodes are alive.
+        let lease_ms = cfg.cluster.lease_ms;
+        match (js.get_key_value("SC_LEASES").await, js.get_key_value("SC_NODES").await) {
+            (Ok(leases), Ok(nodes)) => {
+                let mut owners = Vec::new();
+                for i in 0..cfg.cluster.streams.max(1) {
+                    let holder = match leases.entry(format!("s{i}")).await {
+                        Ok(Some(e)) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+                            String::from_utf8_lossy(&e.value).into_owned()
+                        }
+                        Ok(_) => "(free)".to_owned(),
+                        Err(e) => format!("(unreadable: {e})"),
+                    };
+                    owners.push(format!("SC_{i} {holder}"));
+                }
+                let _ = writeln!(out, "  leases (lease_ms {lease_ms}) {}", owners.join(", "));
+                let mut alive = std::collections::BTreeSet::new();
+                if let Ok(mut keys) = nodes.keys().await {
+                    while let Some(k) = futures_lite::StreamExt::next(&mut keys).await {
+                        if let Ok(k) = k {
+                            alive.insert(k);
+                        }
+                    }
+                }
+                let alive: Vec<String> = alive.into_iter().collect();
+                let _ = writeln!(out, "  nodes alive {} ({})", alive.len(), alive.join(", "));
+            }
+            _ => {
+                let _ = writeln!(out, "  leases none yet (no node has started on this NATS)");
             }
         }
         Ok(out)

@@ -765,3 +765,30 @@ fn a_graceful_stop_hands_the_streams_over_at_once() {
     assert_eq!((a["seq"].as_u64(), a["epoch"].as_str()), (Some(seq + 1), Some(epoch.as_str())), "{a}");
     eprintln!("streams handed over {moved:?} after SIGTERM");
 }
+
+/// A publish with `receipt` forwarded to the owner node is acked; the
+/// receipt it asked for is not sent (the owner counts no deliveries for
+/// this node) and its slot is given back, so the connection's
+/// `limits.max_receipts_per_connection` is never used up by forwards.
+#[test]
+fn a_forwarded_publish_with_receipt_is_acked_and_frees_its_receipt_slot() {
+    let Some(bin) = nats_bin() else { return };
+    let nats = Nats::start(bin);
+    let extra = |i: u32| format!("node_id = \"r{i}\"\nlease_ms = 1500\n[limits]\nmax_receipts_per_connection = 2\n");
+    let nodes: Vec<Node> = (1..=3).map(|i| Node::start_with(&nats, &extra(i))).collect();
+    wait_spread(&nodes.iter().collect::<Vec<_>>());
+    let topic = "acme/receipts";
+    let owner = owner_of(&nodes.iter().collect::<Vec<_>>(), topic);
+    let other = (owner + 1) % 3;
+    let mut p = Client::connect(nodes[other].addr());
+    for i in 0..6 {
+        let a = p.ask(json!({"op": "pub", "id": i, "topic": topic, "data": i, "receipt": true}));
+        assert_eq!(a["op"], "ack", "publish {i} through a node that forwards it: {a}");
+    }
+    assert!(p.quiet(Duration::from_millis(300)).iter().all(|m| m["op"] != "receipt"));
+    // Through the owner itself receipts still come.
+    let mut q = Client::connect(nodes[owner].addr());
+    q.send(json!({"op": "pub", "id": 9, "topic": topic, "data": 9, "receipt": true}));
+    let got: Vec<Value> = (0..2).map(|_| q.recv()).collect();
+    assert!(got.iter().any(|m| m["op"] == "receipt"), "{got:?}");
+}

@@ -424,10 +424,13 @@ impl Link {
 
 /// What a task reports to the loop.
 enum Done {
+    /// A writer stored `topic` through `through`; `fenced` if its stream
+    /// was lost since it started (the shard refused those; never released).
     Stored {
         shard: usize,
         topic: Arc<str>,
         through: u64,
+        fenced: bool,
     },
     Loaded {
         shard: usize,
@@ -598,7 +601,12 @@ impl Node {
 
     fn on_done(&mut self, d: Done) {
         match d {
-            Done::Stored { shard, topic, through } => {
+            Done::Stored { fenced: true, .. } => {
+                // Stored after its stream was lost: its publishers were
+                // refused, and the shard may hold newer ones of the topic
+                // under a new ownership, which this must not release.
+            }
+            Done::Stored { shard, topic, through, .. } => {
                 tracing::debug!(topic = &*topic, through, "cluster: stored");
                 if self.unstored.get(&topic).is_some_and(|(_, last)| *last <= through) {
                     self.unstored.remove(&topic);
@@ -1060,7 +1068,8 @@ impl WriterTask {
                         backoff = Duration::from_millis(10);
                         let last_in_run = unacked.front().is_none_or(|(_, f)| f.is_none());
                         if last_in_run || rx.is_empty() {
-                            let _ = done.send(Done::Stored { shard, topic: topic.clone(), through: seq });
+                            let fenced = self.fence.load(Ordering::SeqCst) != self.gen;
+                            let _ = done.send(Done::Stored { shard, topic: topic.clone(), through: seq, fenced });
                         }
                     }
                     _ => failed = true,

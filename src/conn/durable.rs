@@ -192,6 +192,12 @@ impl ShardCore {
             }
             MeshMsg::Forwarded { from, to, reply } => {
                 self.counters.cluster_forwarded += 1;
+                if to.receipt {
+                    // The owner node counts no deliveries for this node's
+                    // publisher: no receipt (documented), the slot freed.
+                    self.send_to(from, MeshMsg::ReceiptVoid { conn: to.conn });
+                }
+                let to = Requester { receipt: false, ..to };
                 self.send_to(from, MeshMsg::Published { to, reply });
                 None
             }

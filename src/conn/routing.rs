@@ -101,6 +101,7 @@ impl ShardCore {
         match msg {
             MeshMsg::Stored { topic, through } => self.on_stored(&topic, through),
             MeshMsg::Loaded { topic, state } => self.on_loaded(&topic, state),
+            MeshMsg::ReceiptVoid { conn } => self.receipt_void(conn),
             MeshMsg::Ownership { .. } | MeshMsg::Replicated(_) | MeshMsg::Forwarded { .. } => {
                 // Taken by cluster_route (durable mode only).
                 self.counters.internal_errors += 1

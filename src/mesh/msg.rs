@@ -448,6 +448,12 @@ pub enum MeshMsg {
     /// Participant → a topic's local shard: a publication another node
     /// sequenced and stored (a mirror applies it in seq order).
     Replicated(SharedPub),
+    /// A forwarding shard → the publisher's shard: the publish went to
+    /// another node, which sends no receipt; the one asked for is given up.
+    ReceiptVoid {
+        /// The publisher.
+        conn: ConnRef,
+    },
     /// Participant → the shard that forwarded a publish: the owner node's
     /// answer, for the publisher on shard `from`.
     Forwarded {

@@ -49,11 +49,14 @@ pub mod stats {
     pub static MIRROR_LAG_MAX_MS: AtomicU64 = AtomicU64::new(0);
     /// Forwards in flight now.
     pub static FORWARDS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+    /// Replicated publications dropped for a shard whose queue was full
+    /// (its mirror reloads on the gap).
+    pub static MIRROR_DROPPED: AtomicU64 = AtomicU64::new(0);
 
     /// Prometheus text for these (called by the metrics renderer).
     pub fn render(out: &mut String) {
         use std::fmt::Write as _;
-        let rows: [(&str, &str, &str, u64); 5] = [
+        let rows: [(&str, &str, &str, u64); 6] = [
             (
                 "cluster_nats_connected",
                 "gauge",
@@ -83,6 +86,12 @@ pub mod stats {
                 "gauge",
                 "Cluster: forwarded publishes waiting for the owner.",
                 FORWARDS_IN_FLIGHT.load(Ordering::Relaxed),
+            ),
+            (
+                "cluster_mirror_dropped_total",
+                "counter",
+                "Cluster: replicated publications dropped for a shard that lagged (its mirrors reload).",
+                MIRROR_DROPPED.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, v) in rows {
@@ -422,6 +431,23 @@ impl Link {
     }
 }
 
+/// Most messages waiting for room in one shard's ring before replicated
+/// publications for it are dropped (its mirrors reload on the gap).
+const MAX_LINK_BACKLOG: usize = 65_536;
+
+/// Replicated messages taken per loop turn (the rest wait in the bounded
+/// channel, holding the consumers back).
+const REPLICAS_PER_TURN: usize = 4096;
+
+/// What comes in from NATS on its own (bounded: a loop that lags holds the
+/// consumers and subscriptions back instead of growing a queue).
+enum Inbound {
+    /// A message another node stored, from stream `.0`'s ordered consumer.
+    Replica(usize, Box<jetstream::Message>),
+    /// A publish another node forwarded to this one (it owns the stream).
+    Remote(Box<async_nats::Message>),
+}
+
 /// What a task reports to the loop.
 enum Done {
     /// A writer stored `topic` through `through`; `fenced` if its stream
@@ -442,10 +468,6 @@ enum Done {
         topic: Arc<str>,
     },
     Lease(LeaseEvent),
-    /// A message another node stored, from a stream's ordered consumer.
-    Replica(usize, Box<jetstream::Message>),
-    /// A publish another node forwarded to this one (it owns the stream).
-    Remote(Box<async_nats::Message>),
     /// The answer to a publish this node forwarded.
     Forwarded {
         shard: usize,
@@ -499,6 +521,8 @@ struct Node {
     drained: tokio::sync::mpsc::UnboundedSender<usize>,
     /// The keeper's renewal times: the loop fences on them.
     fence: Arc<leases::Fence>,
+    /// Where the subscriptions of owned streams put forwarded publishes.
+    inbound: tokio::sync::mpsc::Sender<Inbound>,
 }
 
 impl Node {
@@ -625,24 +649,38 @@ impl Node {
                 self.unstored.remove(&topic);
             }
             Done::Lease(ev) => self.on_lease(ev),
-            Done::Replica(s, m) => {
-                if self.own.get(s) != Some(&Own::Free) {
-                    // Ours: delivered when stored, not from the stream.
-                    return;
-                }
-                let Some(publ) = replica(&m) else { return };
-                let shard = self.plan.map.owner(&publ.topic);
-                if let Some(l) = self.links.get_mut(shard) {
-                    l.send(MeshMsg::Replicated(Arc::new(publ)));
-                }
-            }
-            Done::Remote(m) => self.on_remote(*m),
             Done::Forwarded { shard, from, to, reply } => {
                 tracing::debug!(?reply, "cluster: forwarded, answered");
                 if let Some(l) = self.links.get_mut(shard) {
                     l.send(MeshMsg::Forwarded { from, to, reply });
                 }
             }
+        }
+    }
+
+    fn on_inbound(&mut self, m: Inbound) {
+        match m {
+            Inbound::Replica(s, m) => self.on_replica(s, &m),
+            Inbound::Remote(m) => self.on_remote(*m),
+        }
+    }
+
+    /// A message another node stored, from stream `s`'s ordered consumer:
+    /// to the topic's shard here (its mirror applies it). Dropped when that
+    /// shard's queue is long (the mirror sees the gap and reloads).
+    fn on_replica(&mut self, s: usize, m: &jetstream::Message) {
+        if self.own.get(s) != Some(&Own::Free) {
+            // Ours: delivered when stored, not from the stream.
+            return;
+        }
+        let Some(publ) = replica(m) else { return };
+        let shard = self.plan.map.owner(&publ.topic);
+        if let Some(l) = self.links.get_mut(shard) {
+            if l.backlog.len() >= MAX_LINK_BACKLOG {
+                stats::MIRROR_DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            l.send(MeshMsg::Replicated(Arc::new(publ)));
         }
     }
 
@@ -699,11 +737,11 @@ impl Node {
 
     /// Answers forwarded publishes of stream `s` (queue group: one owner).
     fn serve(&mut self, s: usize) {
-        let (client, done) = (self.client.clone(), self.done.clone());
+        let (client, inbound) = (self.client.clone(), self.inbound.clone());
         let task = tokio::spawn(async move {
             let Ok(mut sub) = client.queue_subscribe(forward::subject(s), "sc-own".into()).await else { return };
             while let Some(m) = futures_lite::StreamExt::next(&mut sub).await {
-                if done.send(Done::Remote(Box::new(m))).is_err() {
+                if inbound.send(Inbound::Remote(Box::new(m))).await.is_err() {
                     break;
                 }
             }
@@ -785,7 +823,7 @@ async fn forward_once(
 /// Reads stream `s` from now on (an ordered consumer: in order, without
 /// gaps, recreated by the client after a reconnect) and hands each message
 /// to the loop.
-async fn replicate(js: jetstream::Context, s: usize, done: tokio::sync::mpsc::UnboundedSender<Done>) {
+async fn replicate(js: jetstream::Context, s: usize, done: tokio::sync::mpsc::Sender<Inbound>) {
     use jetstream::consumer::{pull, DeliverPolicy};
     let mut next: Option<u64> = None;
     loop {
@@ -810,7 +848,9 @@ async fn replicate(js: jetstream::Context, s: usize, done: tokio::sync::mpsc::Un
             if let Ok(info) = m.info() {
                 next = Some(info.stream_sequence + 1);
             }
-            if done.send(Done::Replica(s, Box::new(m))).is_err() {
+            // Bounded: a loop that lags holds the consumer back (JetStream
+            // keeps the messages), it does not grow a queue here.
+            if done.send(Inbound::Replica(s, Box::new(m))).await.is_err() {
                 return;
             }
         }
@@ -880,11 +920,12 @@ async fn run(
 ) {
     let Ok(bell_rx) = tokio::net::UnixStream::from_std(bell_rx) else { return };
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let (inbound_tx, mut inbound_rx) = tokio::sync::mpsc::channel::<Inbound>(REPLICAS_PER_TURN);
     let (drained_tx, drained_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let (stop_leases, stop_rx) = tokio::sync::oneshot::channel();
     let streams = plan.streams as usize;
     for s in 0..streams {
-        tokio::spawn(replicate(js.clone(), s, done_tx.clone()));
+        tokio::spawn(replicate(js.clone(), s, inbound_tx.clone()));
     }
     let mut node = Node {
         client: js.client(),
@@ -897,6 +938,7 @@ async fn run(
         unstored: HashMap::new(),
         own: vec![Own::Free; streams],
         fence: keeper.fence.clone(),
+        inbound: inbound_tx.clone(),
         gens: (0..streams).map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0))).collect(),
         serving: (0..streams).map(|_| None).collect(),
         remote: HashMap::new(),
@@ -921,6 +963,11 @@ async fn run(
             any = true;
             node.on_done(d);
         }
+        for _ in 0..REPLICAS_PER_TURN {
+            let Ok(m) = inbound_rx.try_recv() else { break };
+            any = true;
+            node.on_inbound(m);
+        }
         node.check_fence();
         node.check_drained();
         for l in node.links.iter_mut() {
@@ -937,7 +984,7 @@ async fn run(
             continue;
         }
         bell.park();
-        if node.links.iter().any(|l| l.rx.slots() > 0) || !done_rx.is_empty() {
+        if node.links.iter().any(|l| l.rx.slots() > 0) || !done_rx.is_empty() || !inbound_rx.is_empty() {
             bell.unpark();
             continue;
         }
@@ -952,6 +999,11 @@ async fn run(
             d = done_rx.recv() => {
                 if let Some(d) = d {
                     node.on_done(d);
+                }
+            }
+            r = inbound_rx.recv() => {
+                if let Some(m) = r {
+                    node.on_inbound(m);
                 }
             }
             _ = tokio::time::sleep(nap) => {}

@@ -35,23 +35,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "shardcast")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.join(ROOT, "tests", "browser"))
+from helpers import free_port, wait  # noqa: E402  (the tests' loopback helpers)
 
 
 def wait_port(port, secs=15):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"nothing listens on {port}")
+    wait(lambda: socket.create_connection(("127.0.0.1", port), 0.2).close() or True, secs, f"a listener on {port}")
 
 
 def nats(port, store):

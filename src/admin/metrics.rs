@@ -351,7 +351,7 @@ pub fn render(t: &Totals, draining: bool) -> String {
         s.counters.close_linger_expired
     });
     type Field = fn(&ShardStats) -> u64;
-    let counters: [(&str, &str, Field); 52] = [
+    let counters: [(&str, &str, Field); 53] = [
         ("cluster_appends_total", "Durable mode: publications handed to JetStream.", |s| s.counters.cluster_appends),
         ("cluster_stored_total", "Durable mode: publications JetStream stored (then acked and delivered).", |s| {
             s.counters.cluster_stored
@@ -375,6 +375,11 @@ pub fn render(t: &Totals, draining: bool) -> String {
         ("cluster_ownership_moves_total", "Cluster: streams this node took or gave up.", |s| {
             s.counters.cluster_ownership_moves
         }),
+        (
+            "cluster_stale_reads_total",
+            "Cluster: loads older than the topic's state (a lagging replica), redone.",
+            |s| s.counters.cluster_stale_reads,
+        ),
         ("centrifugo_api_refused_total", "Centrifugo server API requests refused for their API key (401).", |s| {
             s.counters.cf_api_refused
         }),

@@ -118,7 +118,7 @@ impl Keeper {
         };
         let mut stores = Vec::new();
         for name in ["SC_LEASES", "SC_NODES"] {
-            js.get_or_create_stream(bucket(name)).await.map_err(|e| format!("KV bucket {name}: {e}"))?;
+            super::ensure_stream(js, bucket(name)).await.map_err(|e| format!("KV bucket {name}: {e}"))?;
             let store = js.get_key_value(name).await.map_err(|e| format!("KV bucket {name}: {e}"))?;
             stores.push(store);
         }
@@ -174,11 +174,14 @@ impl Keeper {
         let held: Vec<(usize, u64)> = self.held.iter().map(|(s, (r, _))| (*s, *r)).collect();
         for (s, rev) in held {
             let value = bytes::Bytes::from(self.node.clone());
+            // The lease runs from when the update was *sent*: the server may
+            // have stored it long before its answer came back (a slow NATS),
+            // and the key expires counting from then.
+            let sent = Instant::now();
             match tokio::time::timeout(op, self.leases.update(key(s), value, rev)).await {
                 Ok(Ok(r)) if !self.fence.fenced[s].load(Ordering::SeqCst) => {
-                    let now = Instant::now();
-                    self.held.insert(s, (r, now));
-                    self.fence.renewed(s, now);
+                    self.held.insert(s, (r, sent));
+                    self.fence.renewed(s, sent);
                 }
                 Ok(Ok(_)) => self.drop_lease(s, events),
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -201,11 +204,11 @@ impl Keeper {
         while self.held.len() < share && s < self.streams && start.elapsed() < self.tick() {
             // A stream given up this round is left for the others.
             if !self.held.contains_key(&s) && !freed.contains(&s) {
+                let sent = Instant::now();
                 if let Some(rev) = self.try_take(s, op).await {
-                    let now = Instant::now();
                     self.fence.fenced[s].store(false, Ordering::SeqCst);
-                    self.fence.renewed(s, now);
-                    self.held.insert(s, (rev, now));
+                    self.fence.renewed(s, sent);
+                    self.held.insert(s, (rev, sent));
                     events.push(LeaseEvent::Acquired(s));
                 }
             }

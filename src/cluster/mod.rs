@@ -391,11 +391,27 @@ async fn connect(url: &str, configs: Vec<stream::Config>, timeout: Duration) -> 
     js.set_timeout(timeout);
     for c in configs {
         let name = c.name.clone();
-        js.get_or_create_stream(c)
+        ensure_stream(&js, c)
             .await
             .map_err(|e| format!("JetStream stream {name} (is JetStream enabled, nats-server -js?): {e}"))?;
     }
     Ok(js)
+}
+
+/// Gets or makes a stream, trying a timed-out request twice more: on a
+/// JetStream cluster, nodes starting together make replicated streams at
+/// once and the meta leader can be slow to answer (measured: one of three
+/// nodes failed to start on three servers with replicas 3).
+pub(crate) async fn ensure_stream(js: &jetstream::Context, c: stream::Config) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 0..3 {
+        match js.get_or_create_stream(c.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+    }
+    Err(last)
 }
 
 /// One shard's rings, on the participant's side.
@@ -1154,10 +1170,14 @@ async fn load(js: &jetstream::Context, plan: &Plan, topic: &str) -> Result<Optio
     let (s, subject) = subject_of(plan, topic);
     let stream = js.get_stream(format!("SC_{s}")).await.map_err(|e| e.to_string())?;
     // The subject's last message says where the read ends (or that there
-    // is nothing to read).
-    let last = match stream.direct_get_last_for_subject(subject.as_str()).await {
+    // is nothing to read). Asked of the stream's leader: a direct get may
+    // be answered by a replica that lags (replicas > 1), and a load that
+    // ends early would take the topic back in time.
+    let last = match stream.get_last_raw_message_by_subject(subject.as_str()).await {
         Ok(m) => m.sequence,
-        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return Ok(None)
+        }
         Err(e) => return Err(e.to_string()),
     };
     let consumer = stream

@@ -400,6 +400,19 @@ impl ShardCore {
             Ok(s) => {
                 let now = self.now;
                 match self.owner.restore(topic, s.map(|b| *b), now) {
+                    Err(crate::topic::owner::Refused::StaleRead) => {
+                        // Older than what was given out: load again, the
+                        // waiting commands with it.
+                        self.counters.cluster_stale_reads += 1;
+                        let Some(d) = self.durable.as_mut() else { return };
+                        let name: Arc<str> = topic.into();
+                        if d.send(ClusterReq::Load(name)) {
+                            d.waiting += waiting.len();
+                            d.loading.insert(topic.into(), waiting);
+                            return;
+                        }
+                        Err("the store answered with an older state; retry later")
+                    }
                     Ok(newer) => {
                         // A mirror's subscribers get what it had not seen.
                         let targets: Vec<usize> =

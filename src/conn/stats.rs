@@ -285,6 +285,9 @@ pub struct Counters {
     pub cluster_reloads: u64,
     /// Cluster: ownership changes (a stream taken or given up) seen here.
     pub cluster_ownership_moves: u64,
+    /// Cluster: loads answered with a state older than the topic's (a
+    /// lagging replica), loaded again.
+    pub cluster_stale_reads: u64,
     /// Durable mode: publish received → stored (the ack's wait for the store).
     pub store_latency: Latency,
     /// TLS handshakes completed.
@@ -398,6 +401,7 @@ impl Counters {
             cluster_replicated: 0,
             cluster_reloads: 0,
             cluster_ownership_moves: 0,
+            cluster_stale_reads: 0,
             store_latency: Latency::default(),
             tls_handshakes: 0,
             tls_errors: 0,

@@ -150,6 +150,10 @@ pub enum Refused {
     Conflict,
     /// `retained.max_per_tenant` or `retained.shard_budget_bytes`.
     RetainedFull,
+    /// Durable cluster mode: a load answered with a state older than what
+    /// the topic already gave its subscribers (a lagging replica): load
+    /// again.
+    StaleRead,
 }
 
 impl Refused {
@@ -162,6 +166,7 @@ impl Refused {
             Self::Stream(r) => r.label(),
             Self::Conflict => "conflict",
             Self::RetainedFull => "retained_full",
+            Self::StaleRead => "stale_read",
         }
     }
 
@@ -174,6 +179,7 @@ impl Refused {
             Self::Stream(r) => r.message(),
             Self::Conflict => "the retained value's seq is not if_seq",
             Self::RetainedFull => "the tenant or shard holds its maximum of retained values",
+            Self::StaleRead => "the store answered with an older state; retry later",
         }
     }
 }
@@ -584,6 +590,14 @@ impl Owner {
         let Some(slot) = self.table.get_mut(idx) else {
             return Err(Refused::TableFull);
         };
+        if let Some((epoch, seq, _)) = &state {
+            // What this topic's subscribers were given came from the store:
+            // a state behind it in the same epoch is a stale read.
+            let floor = slot.topic.rewound.unwrap_or(slot.topic.seq).min(slot.topic.seq);
+            if held && *epoch == slot.topic.epoch && *seq < floor {
+                return Err(Refused::StaleRead);
+            }
+        }
         slot.topic.stale = false;
         let Some((epoch, seq, pubs)) = state else {
             if slot.topic.seq == 0 {

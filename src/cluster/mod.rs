@@ -21,6 +21,7 @@ use base64::Engine as _;
 
 use crate::config::Config;
 use crate::conn::core::OVERLOADED_RETRY_MS;
+use crate::conn::durable::Durable;
 use crate::mesh::msg::{ClusterReq, StoredTopic};
 use crate::mesh::{Doorbell, MeshMsg, PubReply, Requester, SharedPub};
 use crate::proto::message::ErrorCode;
@@ -181,9 +182,9 @@ pub fn valid_node_char(c: char) -> bool {
 
 /// The stream a topic lives in and its subject there.
 fn subject_of(plan: &Plan, topic: &str) -> (usize, String) {
-    let s = plan.map.partition(topic) % plan.streams;
+    let s = Durable::stream_of(&plan.map, plan.streams as usize, topic);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(topic);
-    (s as usize, format!("sc.d.{s}.{token}"))
+    (s, format!("sc.d.{s}.{token}"))
 }
 
 /// Starts the participant: connects to `[cluster] nats_url`, makes sure the
@@ -549,7 +550,7 @@ impl Node {
     }
 
     fn stream_of(&self, topic: &str) -> usize {
-        (self.plan.map.partition(topic) % self.plan.streams) as usize
+        Durable::stream_of(&self.plan.map, self.plan.streams as usize, topic)
     }
 
     fn on_req(&mut self, shard: usize, req: ClusterReq) {
@@ -967,6 +968,7 @@ async fn run(
     }
     let leases = tokio::spawn(lease_loop(keeper, done_tx, drained_rx, stop_rx));
     let mut buf = [0u8; 64];
+    let mut last_sweep = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let mut any = false;
         for shard in 0..node.links.len() {
@@ -994,7 +996,12 @@ async fn run(
                 l.bell.notify();
             }
         }
-        node.writers.retain(|_, w| !w.tx.is_closed());
+        // Idle writers end on their own; their entries go about once a
+        // second (not a scan of every topic's writer each turn).
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            node.writers.retain(|_, w| !w.tx.is_closed());
+            last_sweep = std::time::Instant::now();
+        }
         if any {
             tokio::task::yield_now().await;
             continue;

@@ -308,9 +308,12 @@ impl ShardCore {
         match self.owner.apply(&publ, self.now) {
             crate::topic::owner::Applied::Next => {
                 self.counters.cluster_replicated += 1;
-                let targets: Vec<usize> =
-                    self.owner.topic(&publ.topic).map(|t| t.interested().collect()).unwrap_or_default();
+                // The shard's scratch list of targets, not one per publication.
+                let mut targets = std::mem::take(&mut self.targets);
+                targets.clear();
+                targets.extend(self.owner.topic(&publ.topic).into_iter().flat_map(|t| t.interested()));
                 self.deliver_mirrored(&targets, &publ);
+                self.targets = targets;
             }
             crate::topic::owner::Applied::Old | crate::topic::owner::Applied::Absent => {}
             crate::topic::owner::Applied::Gap => {

@@ -792,3 +792,40 @@ fn a_forwarded_publish_with_receipt_is_acked_and_frees_its_receipt_slot() {
     let got: Vec<Value> = (0..2).map(|_| q.recv()).collect();
     assert!(got.iter().any(|m| m["op"] == "receipt"), "{got:?}");
 }
+
+/// A lease renewal whose answer timed out but which the server stored
+/// after all (a slow NATS) leaves the key one revision ahead of what the
+/// node knows. Seen under overload: the next renewal was refused for its
+/// revision and the node gave its streams up and took them back, over and
+/// over (ownership moving with appends in flight). The node must see its
+/// own value there and go on renewing from that revision.
+#[test]
+fn a_renewal_stored_after_its_answer_timed_out_keeps_the_lease() {
+    let Some(bin) = nats_bin() else { return };
+    let nats = Nats::start(bin);
+    let node = Node::start_with(&nats, "node_id = \"late\"\nlease_ms = 1500\n");
+    wait_spread(&[&node]);
+    let topic = "acme/late-renewal";
+    assert_eq!(Client::connect(node.addr()).publish(topic, json!(1))["seq"], 1);
+    let moves = |n: &Node| metric(&n.metrics(), "shardcast_cluster_ownership_moves_total", "");
+    let before = moves(&node);
+    // Each lease key written again with the node's own value: what a
+    // renewal stored after its answer was given up on leaves behind.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let kv = async_nats::jetstream::new(client).get_key_value("SC_LEASES").await.unwrap();
+        for s in 0..8 {
+            let e = kv.entry(format!("s{s}")).await.unwrap().expect("the lease is held");
+            assert_eq!(&e.value[..], b"late");
+            kv.put(format!("s{s}"), e.value.clone()).await.unwrap();
+        }
+    });
+    // Three renewal rounds later: still the owner, nothing moved.
+    std::thread::sleep(Duration::from_millis(1600));
+    let m = node.metrics();
+    assert_eq!(moves(&node), before, "the node gave its streams up over its own late renewal: {m}");
+    assert_eq!(metric_max(&m, "shardcast_cluster_streams_owned"), 8, "{m}");
+    let a = Client::connect(node.addr()).publish(topic, json!(2));
+    assert_eq!(a["seq"], 2, "{a}");
+}

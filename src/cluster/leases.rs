@@ -85,6 +85,69 @@ pub struct Keeper {
     steady: Option<usize>,
     /// Shared with the loop.
     pub fence: Arc<Fence>,
+    /// Takes only a key that is absent (never over a delete marker): see
+    /// [`cas_is_racy`].
+    careful: bool,
+}
+
+/// Whether a compare-and-set on a revision other than 0 can succeed twice
+/// on this server: nats-server before 2.11, clustered, checks
+/// `Nats-Expected-Last-Subject-Sequence` > 0 only before the raft proposal,
+/// against the applied state, so two nodes taking a released lease (its
+/// delete marker's revision) at once could both win (seen: two nodes took
+/// the same stream 3 ms apart on three 2.9.10 servers). An expected
+/// revision of 0 (the key absent) is checked when applied, in raft order,
+/// so it stays exact. Fixed in 2.11.0 (nats-server 469f834).
+pub fn cas_is_racy(version: &str, clustered: bool) -> bool {
+    let mut parts = version.trim_start_matches('v').split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    clustered && (major, minor) < (2, 11)
+}
+
+/// How a renewal went.
+enum Renewal {
+    /// Stored at revision `rev`; the lease runs from `sent`.
+    Renewed { rev: u64, sent: Instant },
+    /// Another node holds the key.
+    Taken,
+    /// No answer in time (it may have been stored: the next renewal finds
+    /// this node's own value at a newer revision and goes on from there).
+    Unanswered,
+}
+
+/// Renews stream `s`'s lease held at revision `rev`. The lease runs from
+/// when the update was *sent*: the server may have stored it long before
+/// its answer came back (a slow NATS), and the key expires counting from
+/// then. A revision mismatch with this node's own value in the key is this
+/// node's earlier renewal, stored after its answer timed out: the update
+/// is sent again on that revision (no other node writes a key that holds a
+/// value, so it cannot be anyone else's).
+async fn renew(kv: &kv::Store, node: &str, s: usize, rev: u64, op: Duration) -> Renewal {
+    let value = bytes::Bytes::from(node.to_owned());
+    let sent = Instant::now();
+    match tokio::time::timeout(op, kv.update(key(s), value.clone(), rev)).await {
+        Ok(Ok(rev)) => return Renewal::Renewed { rev, sent },
+        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+        _ => return Renewal::Unanswered,
+    }
+    let entry = match tokio::time::timeout(op, kv.entry(key(s))).await {
+        Ok(Ok(Some(e))) => e,
+        Ok(Ok(None)) => return Renewal::Taken,
+        _ => return Renewal::Unanswered,
+    };
+    if entry.revision <= rev {
+        // A replica behind the leader answered: nothing is known.
+        return Renewal::Unanswered;
+    }
+    if entry.operation != kv::Operation::Put || &entry.value[..] != node.as_bytes() {
+        return Renewal::Taken;
+    }
+    let sent = Instant::now();
+    match tokio::time::timeout(op, kv.update(key(s), value, entry.revision)).await {
+        Ok(Ok(rev)) => Renewal::Renewed { rev, sent },
+        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Renewal::Taken,
+        _ => Renewal::Unanswered,
+    }
 }
 
 fn key(s: usize) -> String {
@@ -122,6 +185,14 @@ impl Keeper {
             let store = js.get_key_value(name).await.map_err(|e| format!("KV bucket {name}: {e}"))?;
             stores.push(store);
         }
+        let info = js.client().server_info();
+        let careful = cas_is_racy(&info.version, info.cluster.is_some());
+        if careful {
+            tracing::warn!(
+                version = %info.version,
+                "cluster: clustered nats-server older than 2.11: a released lease is taken only once its delete marker expires (up to lease_ms)"
+            );
+        }
         let nodes = stores.pop().ok_or("no bucket")?;
         let leases = stores.pop().ok_or("no bucket")?;
         Ok(Self {
@@ -135,6 +206,7 @@ impl Keeper {
             live: 1,
             steady: None,
             fence: Arc::new(Fence::new(streams, lease)),
+            careful,
         })
     }
 
@@ -148,8 +220,8 @@ impl Keeper {
         self.held.len()
     }
 
-    /// One round: fence what was not renewed in time, announce this node,
-    /// renew, give up what `drained` says is drained, take a share, mark
+    /// One round: fence what was not renewed in time, renew (all at once),
+    /// announce this node, give up what `drained` says is drained, take a share, mark
     /// extras for release. Bounded by about one tick.
     pub async fn round(&mut self, drained: &[usize], events: &mut Vec<LeaseEvent>) {
         let start = Instant::now();
@@ -164,32 +236,32 @@ impl Keeper {
         for s in stale {
             self.drop_lease(s, events);
         }
+        // Every held lease renewed at once, first thing in the round (one
+        // round trip, not one per stream: measured, renewals one after
+        // another behind the heartbeat, on three NATS servers under load,
+        // came late enough to fence streams every few seconds).
+        let mut renewals = tokio::task::JoinSet::new();
+        for (&s, &(rev, _)) in &self.held {
+            let (kv, node) = (self.leases.clone(), self.node.clone());
+            renewals.spawn(async move { (s, renew(&kv, &node, s, rev, op).await) });
+        }
+        while let Some(done) = renewals.join_next().await {
+            let Ok((s, result)) = done else { continue };
+            match result {
+                Renewal::Renewed { rev, sent } if !self.fence.fenced[s].load(Ordering::SeqCst) => {
+                    self.held.insert(s, (rev, sent));
+                    self.fence.renewed(s, sent);
+                }
+                Renewal::Renewed { .. } | Renewal::Taken => self.drop_lease(s, events),
+                Renewal::Unanswered => {}
+            }
+        }
         let _ = tokio::time::timeout(op, self.nodes.put(&self.node, bytes::Bytes::new())).await;
         if let Ok(Some(n)) = tokio::time::timeout(op, self.count_nodes()).await {
             // Extras are given up only on a count seen twice in a row (a
             // heartbeat late under load must not move streams around).
             self.steady = if n.max(1) == self.live { Some(self.live) } else { None };
             self.live = n.max(1);
-        }
-        let held: Vec<(usize, u64)> = self.held.iter().map(|(s, (r, _))| (*s, *r)).collect();
-        for (s, rev) in held {
-            let value = bytes::Bytes::from(self.node.clone());
-            // The lease runs from when the update was *sent*: the server may
-            // have stored it long before its answer came back (a slow NATS),
-            // and the key expires counting from then.
-            let sent = Instant::now();
-            match tokio::time::timeout(op, self.leases.update(key(s), value, rev)).await {
-                Ok(Ok(r)) if !self.fence.fenced[s].load(Ordering::SeqCst) => {
-                    self.held.insert(s, (r, sent));
-                    self.fence.renewed(s, sent);
-                }
-                Ok(Ok(_)) => self.drop_lease(s, events),
-                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    // Someone else holds it now.
-                    self.drop_lease(s, events);
-                }
-                _ => {}
-            }
         }
         let mut freed = BTreeSet::new();
         for &s in drained {
@@ -255,9 +327,17 @@ impl Keeper {
             Some(e) if e.operation == kv::Operation::Put => {
                 tokio::time::timeout(op, self.leases.update(key(s), value, e.revision)).await.ok()?.ok()?
             }
+            // Released (a delete marker): on a server whose compare-and-set
+            // is racy, wait until the marker expires and the key is absent.
+            Some(_) if self.careful => return None,
             _ => tokio::time::timeout(op, self.leases.create(key(s), value)).await.ok()?.ok()?,
         };
         Some(r)
+    }
+
+    /// Whether takes wait for released keys to expire (see [`cas_is_racy`]).
+    pub fn careful(&self) -> bool {
+        self.careful
     }
 
     /// Gives every lease back (a graceful stop): the keys are deleted so
@@ -268,5 +348,21 @@ impl Keeper {
             let _ = tokio::time::timeout(op, self.leases.delete(key(s))).await;
         }
         let _ = tokio::time::timeout(op, self.nodes.delete(&self.node)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cas_is_racy;
+
+    #[test]
+    fn compare_and_set_is_racy_only_on_clustered_servers_before_2_11() {
+        assert!(cas_is_racy("2.9.10", true));
+        assert!(cas_is_racy("2.10.29", true));
+        assert!(!cas_is_racy("2.9.10", false), "a lone server applies every check in order");
+        assert!(!cas_is_racy("2.11.0", true));
+        assert!(!cas_is_racy("2.15.1", true));
+        assert!(!cas_is_racy("v2.12.3-beta", true));
+        assert!(cas_is_racy("garbage", true), "unknown versions are treated as old");
     }
 }

